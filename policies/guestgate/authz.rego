@@ -1,0 +1,121 @@
+# guestgate's shipped guest policy (contract §4, §5).
+#
+# Input: request, route (family, space, content, action, public) and user (name, groups —
+# the directory's and the token's, unioned — authenticated, claims).
+# Output (`decision`): {"allow", "reason", "guest", "status"}. Only `allow == true` allows.
+#
+# Regular users pass: the wiki keeps enforcing its own permissions for them. Guests see
+# nothing unless a space is granted to them or to one of their guest groups, and then only
+# with the permissions of those grants.
+#
+# Valid OPA v1 Rego; `opa test policies/` runs the tests beside it unchanged.
+package guestgate
+
+import rego.v1
+
+# Families no guest may reach: site-wide user information, system apps, administration,
+# listings that leak across spaces, and everything the route profile does not describe.
+guest_blocked_families := {
+	"people_directory",
+	"user_search",
+	"user_picker",
+	"mentions",
+	"site_analytics",
+	"space_analytics",
+	"team_calendars",
+	"questions",
+	"apps",
+	"admin",
+	"space_admin",
+	"space_export",
+	"feeds",
+	"search",
+	"other",
+}
+
+# Families the wiki's UI needs whatever space is shown: static resources and sign-in.
+guest_ui_families := {"static", "auth"}
+
+# Families judged by the space they touch and the permission the action needs.
+space_families := {"space", "content", "page_analytics", "collab"}
+
+# Permissions a grant can carry. `admin` is not among them: `guestgate check` refuses it in
+# the data, and it is ignored here should it slip through.
+grantable := {"view", "edit", "comment", "attach", "delete", "export"}
+
+default decision := {"allow": false, "reason": "default_deny", "guest": false, "status": 403}
+
+decision := allow("public_route") if {
+	input.route.public == true
+} else := deny("unauthenticated", 401) if {
+	input.user.authenticated != true
+} else := allow("regular_user") if {
+	not guest
+} else := deny("guest_access_expired", 403) if {
+	guest_user_expired
+} else := deny("guest_blocked_family", 403) if {
+	guest_blocked_families[input.route.family]
+} else := allow("guest_ui") if {
+	guest_ui_families[input.route.family]
+} else := allow("own_profile") if {
+	input.route.family == "user_profile"
+	lower(input.route.user) == lower(input.user.name)
+} else := deny("space_unresolved", 403) if {
+	space_families[input.route.family]
+	not is_string(input.route.space)
+} else := deny("space_not_granted", 403) if {
+	space_families[input.route.family]
+	count(granted_permissions) == 0
+} else := deny(concat("", ["missing_permission_", input.route.action]), 403) if {
+	space_families[input.route.family]
+	not granted_permissions[input.route.action]
+} else := allow("guest_space_permission") if {
+	space_families[input.route.family]
+} else := deny("guest_default_deny", 403)
+
+# A guest: at least one group, and every group a guest group. One regular group (or a group
+# the directory does not know, which counts as regular) makes the user regular.
+guest if {
+	count(input.user.groups) > 0
+	every g in input.user.groups {
+		data.groups[g].guest == true
+	}
+}
+
+guest_flag := true if guest
+
+else := false
+
+allow(reason) := {"allow": true, "reason": reason, "guest": guest_flag, "status": 200}
+
+deny(reason, status) := {"allow": false, "reason": reason, "guest": guest_flag, "status": status}
+
+guest_user_expired if {
+	expires := data.users[input.user.name].expires
+	time.now_ns() >= time.parse_rfc3339_ns(expires)
+}
+
+# The guest grants of the space the request touches (space keys are upper-cased by the
+# gateway, in the route and in the data).
+space_grants := data.spaces[upper(input.route.space)].guests
+
+# Permissions granted to the user directly or through one of their own groups; grants of
+# other guest groups never count.
+granted_permissions contains p if {
+	some g in input.user.groups
+	some p in active_permissions(space_grants.groups[g])
+}
+
+granted_permissions contains p if {
+	some p in active_permissions(space_grants.users[input.user.name])
+}
+
+# A grant is a list of permissions, or {"permissions": [...], "expires": "<RFC 3339>"}.
+active_permissions(grant) := {p | some p in grant; grantable[p]} if is_array(grant)
+
+active_permissions(grant) := {p | some p in grant.permissions; grantable[p]} if {
+	is_object(grant)
+	not expired(grant)
+}
+
+expired(grant) if time.now_ns() >= time.parse_rfc3339_ns(grant.expires)

@@ -1,0 +1,452 @@
+//! The command line (contract §1): parse arguments, load config, call into the library.
+//! Exit codes: 0 success, 1 a failed check or test, 2 bad usage or an invalid config.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::snapshot::Snapshot;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "guestgate",
+    version,
+    about = "Guest access for self-hosted wikis: a policy-enforcing reverse proxy"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// The config file.
+    #[arg(long, default_value = "config/guestgate.toml")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy and admin listeners until SIGTERM/SIGINT; SIGHUP reloads.
+    Serve(ConfigArg),
+    /// Validate config, route profile, policies, data and keys; run the policy tests.
+    Check(ConfigArg),
+    /// Print the decision the gateway would make for one request, as JSON.
+    Eval {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Path and query (`/display/ENG/Home`) or a full URL.
+        #[arg(long)]
+        url: String,
+        /// Act as this user (no token needed).
+        #[arg(long)]
+        user: Option<String>,
+        /// Token groups of --user, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// A token to verify and act as.
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Run the Rego unit tests (`test_*` rules) of policy.dir.
+    Test(ConfigArg),
+    /// Print an HS256 token signed with the configured secret, for trying things out.
+    Token {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        sub: String,
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Serve(c) => serve(&c.config),
+        Command::Check(c) => check(&c.config),
+        Command::Eval {
+            config,
+            method,
+            url,
+            user,
+            groups,
+            token,
+        } => eval(&config.config, &method, &url, user, groups, token),
+        Command::Test(c) => test(&c.config),
+        Command::Token {
+            config,
+            sub,
+            groups,
+            ttl,
+        } => token(&config.config, &sub, &groups, ttl),
+    }
+}
+
+fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
+}
+
+fn load_snapshot(config: &Config) -> Result<Snapshot, ExitCode> {
+    Snapshot::build(config).map_err(|errors| {
+        for e in errors {
+            eprintln!("{e}");
+        }
+        ExitCode::from(2)
+    })
+}
+
+fn serve(path: &Path) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    crate::telemetry::init_logging(config.log.format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let gw = match Gateway::new(config) {
+            Ok(gw) => Arc::new(gw),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        };
+        let running = match crate::server::start(gw.clone()).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+        };
+        tracing::info!(
+            proxy = %running.proxy_addr,
+            admin = %running.admin_addr,
+            revision = %gw.snapshot().revision,
+            "guestgate listening"
+        );
+        wait_for_signals(&gw).await;
+        tracing::info!("shutting down");
+        running.shutdown();
+        running.wait().await;
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(unix)]
+async fn wait_for_signals(gw: &Arc<Gateway>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => { let _ = gw.reload().await; }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signals(_gw: &Arc<Gateway>) {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn run_policy_tests(config: &Config, snapshot: &Snapshot) -> Result<(usize, usize), ExitCode> {
+    let mut files = snapshot.policy.sources.clone();
+    files.extend(snapshot.policy.test_sources.iter().cloned());
+    let outcomes = crate::policy::testing::run_tests(
+        &files,
+        &snapshot.directory.rego_data,
+        config.policy.eval_timeout,
+    )
+    .map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })?;
+    let mut failed = 0;
+    for o in &outcomes {
+        if !o.passed {
+            failed += 1;
+            println!(
+                "FAIL {} ({}): {}",
+                o.name,
+                o.file.display(),
+                o.detail.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok((outcomes.len() - failed, failed))
+}
+
+fn check(path: &Path) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let snapshot = match load_snapshot(&config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if let Err(e) =
+        crate::pipeline::forward::Upstream::new(&config.upstream, config.server.request_timeout)
+    {
+        eprintln!("{}: {e}", config.path.display());
+        return ExitCode::from(2);
+    }
+    let (passed, failed) = match run_policy_tests(&config, &snapshot) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let expired = snapshot
+        .directory
+        .expiries
+        .iter()
+        .filter(|e| **e <= now)
+        .count();
+    println!("config:   {}", config.path.display());
+    println!(
+        "routes:   {} rules ({})",
+        snapshot.routes.rules.len(),
+        snapshot.routes.source.display()
+    );
+    println!(
+        "policies: {} files, query {}",
+        snapshot.policy.sources.len(),
+        config.policy.query
+    );
+    println!(
+        "data:     {} users, {} groups, {} spaces shared with guests",
+        snapshot.directory.users.len(),
+        snapshot.directory.groups.len(),
+        snapshot.directory.shared_spaces().count()
+    );
+    println!("keys:     {}", snapshot.verifier.key_count());
+    if snapshot.verifier.key_count() == 0 {
+        println!("warning:  no verification keys configured: every token will be refused");
+    }
+    if expired > 0 {
+        println!("warning:  {expired} grant or user expiries are already in the past");
+    }
+    println!("revision: {}", snapshot.revision);
+    println!("tests:    {passed} passed, {failed} failed");
+    if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn test(path: &Path) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let snapshot = match load_snapshot(&config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match run_policy_tests(&config, &snapshot) {
+        Ok((passed, failed)) => {
+            println!("{passed} passed, {failed} failed");
+            if failed > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(code) => code,
+    }
+}
+
+fn eval(
+    path: &Path,
+    method: &str,
+    url: &str,
+    user: Option<String>,
+    groups: Vec<String>,
+    token: Option<String>,
+) -> ExitCode {
+    use crate::pipeline::{accept, decide, identify::Caller};
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let snapshot = match load_snapshot(&config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+        eprintln!("--method: `{method}` is not an HTTP method");
+        return ExitCode::from(2);
+    };
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        eprintln!("--url: `{url}` is not a URL or path");
+        return ExitCode::from(2);
+    };
+    let mut request = http::Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    let caller = match (&token, &user) {
+        (Some(t), _) => match snapshot.verifier.verify(t) {
+            Ok(identity) => Caller::Authenticated(identity),
+            Err(e) => Caller::Rejected(e),
+        },
+        (None, Some(name)) => {
+            Caller::Authenticated(Arc::new(crate::pipeline::identify::Identity {
+                name: Arc::from(name.as_str()),
+                token_groups: groups.iter().map(|g| Arc::from(g.as_str())).collect(),
+                claims: regorus::Value::new_object(),
+                token_hash: [0; 32],
+                expires_at: u64::MAX,
+            }))
+        }
+        (None, None) => Caller::Anonymous,
+    };
+    let outcome = (|| {
+        let accepted = accept::accept(&request, &config.server, &snapshot.routes)?;
+        let route = crate::pipeline::classify::classify(&snapshot.routes, &accepted);
+        let route_json =
+            serde_json::to_value(crate::policy::input::route_value(&route)).unwrap_or_default();
+        let principal = decide::principal(&snapshot, &route, &caller, config.identity.anonymous)
+            .map_err(|e| (e, Some(route_json.clone())));
+        let principal = match principal {
+            Ok(p) => p,
+            Err((e, _)) => return Ok::<_, crate::error::GatewayError>((route_json, None, Err(e))),
+        };
+        let guest_needs_space = snapshot.directory.is_guest(&principal.groups)
+            && route.content.is_some()
+            && route.space.is_none();
+        let decided = decide::decide(&snapshot, &accepted, &route, principal, true);
+        let note = guest_needs_space.then_some(
+            "the content id's space is looked up at the wiki when serving; eval does not, so the space is null here",
+        );
+        Ok((route_json, note, decided))
+    })();
+    let (route_json, note, decided) = match outcome {
+        Ok(v) => v,
+        Err(e) => {
+            let out = serde_json::json!({
+                "route": null,
+                "user": null,
+                "decision": {"allow": false, "reason": e.reason(), "status": e.status().as_u16()},
+                "revision": &*snapshot.revision,
+            });
+            println!("{out:#}");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let (user_json, decision_json) = match decided {
+        Ok(d) => {
+            let user_json = d
+                .input
+                .as_ref()
+                .and_then(|i| serde_json::to_value(&i["user"]).ok())
+                .unwrap_or_default();
+            let mut result = serde_json::to_value(&d.decision.result).unwrap_or_default();
+            if let Some(obj) = result.as_object_mut() {
+                obj.entry("status")
+                    .or_insert(d.decision.status.as_u16().into());
+            }
+            (user_json, result)
+        }
+        Err(e) => (
+            serde_json::Value::Null,
+            serde_json::json!({"allow": false, "reason": e.reason(), "status": e.status().as_u16()}),
+        ),
+    };
+    let mut out = serde_json::json!({
+        "route": route_json,
+        "user": user_json,
+        "decision": decision_json,
+        "revision": &*snapshot.revision,
+    });
+    if let Some(note) = note {
+        out["note"] = note.into();
+    }
+    println!("{out:#}");
+    ExitCode::SUCCESS
+}
+
+fn token(path: &Path, sub: &str, groups: &[String], ttl: u64) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(var) = &config.identity.hs256_secret_env else {
+        eprintln!(
+            "{}: identity.hs256_secret_env is not set; `token` signs HS256 tokens only",
+            config.path.display()
+        );
+        return ExitCode::from(2);
+    };
+    let Ok(secret) = std::env::var(var) else {
+        eprintln!("environment variable ${var} (identity.hs256_secret_env) is not set");
+        return ExitCode::from(2);
+    };
+    let now = crate::pipeline::identify::unix_now();
+    let mut claims = serde_json::json!({
+        "sub": sub,
+        config.identity.user_claim.clone(): sub,
+        config.identity.groups_claim.clone(): groups,
+        "iat": now,
+        "exp": now + ttl,
+    });
+    if let Some(iss) = &config.identity.issuer {
+        claims["iss"] = iss.clone().into();
+    }
+    if let Some(aud) = &config.identity.audience {
+        claims["aud"] = aud.clone().into();
+    }
+    match jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    ) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot sign: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Serde mirror of the TOML config file (contract §2). Only shape and defaults live here;
+//! meaning and cross-field rules are checked in `validate.rs`.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub server: ServerFile,
+    pub upstream: UpstreamFile,
+    pub identity: IdentityFile,
+    pub policy: PolicyFile,
+    pub routes: RoutesFile,
+    pub rewrite: RewriteFile,
+    pub admin: AdminFile,
+    pub log: LogFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerFile {
+    pub listen: String,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout_secs: u64,
+    pub request_timeout_secs: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerFile {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            tls_cert: None,
+            tls_key: None,
+            max_header_bytes: 16384,
+            max_headers: 100,
+            header_read_timeout_secs: 10,
+            request_timeout_secs: 60,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamFile {
+    pub url: Option<String>,
+    pub connect_timeout_secs: u64,
+    pub ca_file: Option<String>,
+    pub user_header: Option<String>,
+    pub service_authorization_env: Option<String>,
+}
+
+impl Default for UpstreamFile {
+    fn default() -> Self {
+        Self {
+            url: None,
+            connect_timeout_secs: 5,
+            ca_file: None,
+            user_header: None,
+            service_authorization_env: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityFile {
+    pub token_sources: Vec<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub hs256_secret_env: Option<String>,
+    pub jwks_file: Option<String>,
+    pub jwks_url: Option<String>,
+    pub jwks_refresh_secs: u64,
+    pub leeway_secs: u64,
+    pub user_claim: String,
+    pub groups_claim: String,
+    pub anonymous: String,
+    pub token_cache_max_entries: u64,
+}
+
+impl Default for IdentityFile {
+    fn default() -> Self {
+        Self {
+            token_sources: vec!["authorization".into(), "cookie:guestgate_token".into()],
+            issuer: None,
+            audience: None,
+            hs256_secret_env: None,
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh_secs: 300,
+            leeway_secs: 30,
+            user_claim: "preferred_username".into(),
+            groups_claim: "groups".into(),
+            anonymous: "deny".into(),
+            token_cache_max_entries: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyFile {
+    pub dir: String,
+    pub data: String,
+    pub query: String,
+    pub decision_cache_ttl_secs: u64,
+    pub decision_cache_max_entries: u64,
+    pub eval_timeout_ms: u64,
+}
+
+impl Default for PolicyFile {
+    fn default() -> Self {
+        Self {
+            dir: "../policies".into(),
+            data: "../policies/data.json".into(),
+            query: "data.guestgate.decision".into(),
+            decision_cache_ttl_secs: 30,
+            decision_cache_max_entries: 100_000,
+            eval_timeout_ms: 100,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutesFile {
+    pub profile: String,
+}
+
+impl Default for RoutesFile {
+    fn default() -> Self {
+        Self {
+            profile: "routes/confluence.toml".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewriteFile {
+    pub json: bool,
+    pub html: bool,
+    pub max_body_bytes: usize,
+    pub banner_text: String,
+}
+
+impl Default for RewriteFile {
+    fn default() -> Self {
+        Self {
+            json: true,
+            html: true,
+            max_body_bytes: 8 * 1024 * 1024,
+            banner_text: "This space is shared with guests.".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminFile {
+    pub listen: String,
+}
+
+impl Default for AdminFile {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9901".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogFile {
+    pub format: String,
+    pub decisions: String,
+}
+
+impl Default for LogFile {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            decisions: "stderr".into(),
+        }
+    }
+}

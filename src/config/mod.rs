@@ -1,0 +1,152 @@
+//! Configuration: the TOML file is parsed into a serde mirror (`file`), then validated once
+//! into the typed [`Config`] (`validate`). Runtime code only ever sees [`Config`].
+
+mod file;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+
+pub use validate::{ConfigError, ConfigErrors};
+
+/// The validated configuration of one gateway process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file itself; relative paths inside it are resolved against its folder.
+    pub path: PathBuf,
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub identity: IdentityConfig,
+    pub policy: PolicyConfig,
+    pub routes: RoutesConfig,
+    pub rewrite: RewriteConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Context path of the wiki (e.g. `/confluence`), without a trailing slash; often empty.
+    pub base_path: String,
+    pub connect_timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub user_header: Option<HeaderName>,
+    /// Name of the environment variable holding the `Authorization` value used for
+    /// gateway-initiated lookups (content id → space).
+    pub service_authorization_env: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `Authorization: Bearer <token>`.
+    Authorization,
+    /// A cookie of this name.
+    Cookie(String),
+    /// A request header of this name carrying the bare token.
+    Header(HeaderName),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnonymousMode {
+    /// Requests without a token get 401 unless their route is public.
+    Deny,
+    /// Requests without a token go to the policy as an unauthenticated user.
+    Policy,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    pub token_sources: Vec<TokenSource>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub hs256_secret_env: Option<String>,
+    pub jwks_file: Option<PathBuf>,
+    pub leeway_secs: u64,
+    pub user_claim: String,
+    pub groups_claim: String,
+    pub anonymous: AnonymousMode,
+    pub token_cache_max_entries: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub dir: PathBuf,
+    pub data: PathBuf,
+    /// A rule path such as `data.guestgate.decision`.
+    pub query: String,
+    pub decision_cache_ttl: Duration,
+    pub decision_cache_max_entries: u64,
+    pub eval_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoutesConfig {
+    pub profile: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct RewriteConfig {
+    pub json: bool,
+    pub html: bool,
+    pub max_body_bytes: usize,
+    pub banner_text: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecisionLogTarget {
+    Off,
+    Stderr,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub decisions: DecisionLogTarget,
+}
+
+impl Config {
+    /// Reads, parses and validates the config file. Every problem found is reported at once.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        validate::load(path)
+    }
+
+    /// Parses and validates config text as if it had been read from `path`.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        validate::from_toml(path, text)
+    }
+}

@@ -1,0 +1,381 @@
+//! Turns the serde mirror into the typed [`Config`], collecting every error with the key it
+//! belongs to, so an operator fixes a broken file in one round.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+
+use super::file::FileConfig;
+use super::*;
+
+/// One problem with the config file.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+pub(super) fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            message: format!("cannot read config file: {e}"),
+        }])
+    })?;
+    from_toml(path, &text)
+}
+
+pub(super) fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let file: FileConfig = toml::from_str(text).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        }])
+    })?;
+    let mut v = Validator {
+        file: path.to_path_buf(),
+        base: path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(".")),
+        errors: Vec::new(),
+    };
+    let config = v.config(file);
+    if v.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(v.errors))
+    }
+}
+
+struct Validator {
+    file: PathBuf,
+    base: PathBuf,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator {
+    fn error(&mut self, key: &str, message: impl fmt::Display) {
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            message: format!("{key}: {message}"),
+        });
+    }
+
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn socket_addr(&mut self, key: &str, value: &str) -> SocketAddr {
+        value.parse().unwrap_or_else(|e| {
+            self.error(key, format_args!("`{value}` is not an address:port ({e})"));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+
+    fn secs(&mut self, key: &str, value: u64) -> Duration {
+        if value == 0 {
+            self.error(key, "must be greater than 0");
+        }
+        Duration::from_secs(value)
+    }
+
+    fn header_name(&mut self, key: &str, value: &str) -> Option<HeaderName> {
+        match HeaderName::from_bytes(value.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                self.error(key, format_args!("`{value}` is not a valid header name"));
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, f: FileConfig) -> Config {
+        let server = self.server(f.server);
+        let upstream = self.upstream(f.upstream);
+        let identity = self.identity(f.identity);
+        let policy = self.policy(f.policy);
+        let routes = RoutesConfig {
+            profile: self.resolve(&f.routes.profile),
+        };
+        if f.rewrite.max_body_bytes == 0 {
+            self.error("rewrite.max_body_bytes", "must be greater than 0");
+        }
+        let rewrite = RewriteConfig {
+            json: f.rewrite.json,
+            html: f.rewrite.html,
+            max_body_bytes: f.rewrite.max_body_bytes,
+            banner_text: f.rewrite.banner_text,
+        };
+        let admin = AdminConfig {
+            listen: self.socket_addr("admin.listen", &f.admin.listen),
+        };
+        let log = self.log(f.log);
+        Config {
+            path: self.file.clone(),
+            server,
+            upstream,
+            identity,
+            policy,
+            routes,
+            rewrite,
+            admin,
+            log,
+        }
+    }
+
+    fn server(&mut self, s: super::file::ServerFile) -> ServerConfig {
+        let tls = match (s.tls_cert, s.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: self.resolve(&cert),
+                key: self.resolve(&key),
+            }),
+            (None, None) => None,
+            _ => {
+                self.error(
+                    "server.tls_cert",
+                    "tls_cert and tls_key must be set together",
+                );
+                None
+            }
+        };
+        if s.max_header_bytes < 1024 {
+            self.error("server.max_header_bytes", "must be at least 1024");
+        }
+        if s.max_headers == 0 {
+            self.error("server.max_headers", "must be greater than 0");
+        }
+        ServerConfig {
+            listen: self.socket_addr("server.listen", &s.listen),
+            tls,
+            max_header_bytes: s.max_header_bytes,
+            max_headers: s.max_headers,
+            header_read_timeout: self.secs(
+                "server.header_read_timeout_secs",
+                s.header_read_timeout_secs,
+            ),
+            request_timeout: self.secs("server.request_timeout_secs", s.request_timeout_secs),
+            shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),
+        }
+    }
+
+    fn upstream(&mut self, u: super::file::UpstreamFile) -> UpstreamConfig {
+        let mut scheme = http::uri::Scheme::HTTP;
+        let mut authority = http::uri::Authority::from_static("127.0.0.1:8090");
+        let mut base_path = String::new();
+        match u.url.as_deref() {
+            None => self.error("upstream.url", "is required"),
+            Some(url) => match url.parse::<http::Uri>() {
+                Ok(uri) => {
+                    match uri.scheme_str() {
+                        Some("http") | Some("https") => {
+                            scheme = uri.scheme().cloned().unwrap_or(scheme)
+                        }
+                        _ => self.error(
+                            "upstream.url",
+                            format_args!("`{url}` must be http:// or https://"),
+                        ),
+                    }
+                    match uri.authority() {
+                        Some(a) if !a.as_str().contains('@') => authority = a.clone(),
+                        _ => self.error(
+                            "upstream.url",
+                            format_args!("`{url}` needs a host and no user info"),
+                        ),
+                    }
+                    if uri.query().is_some() {
+                        self.error("upstream.url", "must not carry a query");
+                    }
+                    base_path = uri.path().trim_end_matches('/').to_string();
+                }
+                Err(e) => self.error("upstream.url", format_args!("`{url}` is not a URL ({e})")),
+            },
+        }
+        let user_header = u
+            .user_header
+            .as_deref()
+            .and_then(|h| self.header_name("upstream.user_header", h));
+        if let Some(h) = &user_header
+            && is_reserved_header(h)
+        {
+            self.error(
+                "upstream.user_header",
+                format_args!("`{h}` is a header the gateway manages itself"),
+            );
+        }
+        UpstreamConfig {
+            scheme,
+            authority,
+            base_path,
+            connect_timeout: self.secs("upstream.connect_timeout_secs", u.connect_timeout_secs),
+            ca_file: u.ca_file.as_deref().map(|p| self.resolve(p)),
+            user_header,
+            service_authorization_env: u.service_authorization_env,
+        }
+    }
+
+    fn identity(&mut self, i: super::file::IdentityFile) -> IdentityConfig {
+        let mut token_sources = Vec::new();
+        for source in &i.token_sources {
+            let parsed = if source == "authorization" {
+                Some(TokenSource::Authorization)
+            } else if let Some(name) = source.strip_prefix("cookie:") {
+                if name.is_empty() || name.contains([';', '=', ' ']) {
+                    None
+                } else {
+                    Some(TokenSource::Cookie(name.to_string()))
+                }
+            } else if let Some(name) = source.strip_prefix("header:") {
+                HeaderName::from_bytes(name.as_bytes())
+                    .ok()
+                    .map(TokenSource::Header)
+            } else {
+                None
+            };
+            match parsed {
+                Some(s) => token_sources.push(s),
+                None => self.error(
+                    "identity.token_sources",
+                    format_args!(
+                        "`{source}` is not one of `authorization`, `cookie:NAME`, `header:NAME`"
+                    ),
+                ),
+            }
+        }
+        if token_sources.is_empty() {
+            self.error("identity.token_sources", "needs at least one source");
+        }
+        if i.jwks_url.is_some() {
+            self.error(
+                "identity.jwks_url",
+                "fetching keys from a URL is not supported by this version; use jwks_file",
+            );
+        }
+        let anonymous = match i.anonymous.as_str() {
+            "deny" => AnonymousMode::Deny,
+            "policy" => AnonymousMode::Policy,
+            other => {
+                self.error(
+                    "identity.anonymous",
+                    format_args!("`{other}` is not `deny` or `policy`"),
+                );
+                AnonymousMode::Deny
+            }
+        };
+        if i.user_claim.is_empty() {
+            self.error("identity.user_claim", "must not be empty");
+        }
+        if i.groups_claim.is_empty() {
+            self.error("identity.groups_claim", "must not be empty");
+        }
+        let _ = i.jwks_refresh_secs;
+        IdentityConfig {
+            token_sources,
+            issuer: i.issuer,
+            audience: i.audience,
+            hs256_secret_env: i.hs256_secret_env,
+            jwks_file: i.jwks_file.as_deref().map(|p| self.resolve(p)),
+            leeway_secs: i.leeway_secs,
+            user_claim: i.user_claim,
+            groups_claim: i.groups_claim,
+            anonymous,
+            token_cache_max_entries: i.token_cache_max_entries,
+        }
+    }
+
+    fn policy(&mut self, p: super::file::PolicyFile) -> PolicyConfig {
+        let valid_query = p.query.strip_prefix("data.").is_some_and(|rest| {
+            !rest.is_empty()
+                && rest.split('.').all(|part| {
+                    !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                })
+        });
+        if !valid_query {
+            self.error(
+                "policy.query",
+                format_args!(
+                    "`{}` is not a rule path like `data.guestgate.decision`",
+                    p.query
+                ),
+            );
+        }
+        if p.eval_timeout_ms == 0 {
+            self.error("policy.eval_timeout_ms", "must be greater than 0");
+        }
+        PolicyConfig {
+            dir: self.resolve(&p.dir),
+            data: self.resolve(&p.data),
+            query: p.query,
+            decision_cache_ttl: Duration::from_secs(p.decision_cache_ttl_secs),
+            decision_cache_max_entries: p.decision_cache_max_entries,
+            eval_timeout: Duration::from_millis(p.eval_timeout_ms),
+        }
+    }
+
+    fn log(&mut self, l: super::file::LogFile) -> LogConfig {
+        let format = match l.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                self.error(
+                    "log.format",
+                    format_args!("`{other}` is not `text` or `json`"),
+                );
+                LogFormat::Text
+            }
+        };
+        let decisions = match l.decisions.as_str() {
+            "off" => DecisionLogTarget::Off,
+            "stderr" => DecisionLogTarget::Stderr,
+            "" => {
+                self.error("log.decisions", "must be `off`, `stderr` or a file path");
+                DecisionLogTarget::Off
+            }
+            path => DecisionLogTarget::File(self.resolve(path)),
+        };
+        LogConfig { format, decisions }
+    }
+}
+
+/// Headers the gateway sets itself towards the upstream; a client (or an operator's
+/// `user_header`) must never be able to choose their value.
+pub(crate) fn is_reserved_header(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    n.starts_with("x-guestgate-")
+        || matches!(
+            n,
+            "host"
+                | "x-forwarded-for"
+                | "x-forwarded-proto"
+                | "x-forwarded-host"
+                | "authorization"
+                | "cookie"
+        )
+}

@@ -1,0 +1,475 @@
+//! The data document (contract §4): groups, users and the spaces shared with guests.
+//!
+//! It is parsed into typed form once per snapshot. The typed form answers the questions the
+//! Rust side asks (a user's effective groups, whether someone is a guest before a content
+//! lookup, which spaces carry a banner, what `/guests` lists); the same document, with space
+//! keys upper-cased, is what the Rego policy sees as `data`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::routes::Action;
+
+/// A problem in the data document.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}: {message}", file.display())]
+pub struct DataError {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupEntry {
+    #[serde(default)]
+    pub guest: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserFile {
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    display_name: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    expires: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum GrantFile {
+    List(Vec<String>),
+    Object {
+        permissions: Vec<String>,
+        #[serde(default)]
+        expires: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GuestGrantsFile {
+    #[serde(default)]
+    groups: BTreeMap<String, GrantFile>,
+    #[serde(default)]
+    users: BTreeMap<String, GrantFile>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpaceFile {
+    #[serde(default)]
+    guests: GuestGrantsFile,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct DataFile {
+    #[serde(default)]
+    groups: BTreeMap<String, GroupEntry>,
+    #[serde(default)]
+    users: BTreeMap<String, UserFile>,
+    #[serde(default)]
+    spaces: BTreeMap<String, SpaceFile>,
+}
+
+/// A directory user.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub groups: Vec<Arc<str>>,
+    pub display_name: Option<String>,
+    pub expires: Option<OffsetDateTime>,
+}
+
+/// One grant of permissions in a space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub permissions: Vec<Action>,
+    pub expires: Option<OffsetDateTime>,
+}
+
+impl Grant {
+    pub fn active_at(&self, now: OffsetDateTime) -> bool {
+        self.expires.is_none_or(|e| now < e)
+    }
+}
+
+/// The guest grants of one space.
+#[derive(Debug, Clone, Default)]
+pub struct SpaceGrants {
+    pub name: Option<String>,
+    pub groups: BTreeMap<String, Grant>,
+    pub users: BTreeMap<String, Grant>,
+}
+
+/// The typed data document of one snapshot.
+#[derive(Debug)]
+pub struct Directory {
+    pub groups: BTreeMap<String, GroupEntry>,
+    pub users: HashMap<String, User>,
+    /// Keyed by upper-cased space key.
+    pub spaces: BTreeMap<String, SpaceGrants>,
+    /// Every expiry instant in the document, sorted: a cached decision must not outlive the
+    /// next one.
+    pub expiries: Vec<OffsetDateTime>,
+    /// The document as the policy sees it under `data`.
+    pub rego_data: regorus::Value,
+}
+
+impl Directory {
+    pub fn load(path: &Path) -> Result<Directory, Vec<DataError>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![DataError {
+                file: path.to_path_buf(),
+                message: format!("cannot read data document: {e}"),
+            }]
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Directory, Vec<DataError>> {
+        let err = |message: String| DataError {
+            file: path.to_path_buf(),
+            message,
+        };
+        let mut json: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| vec![err(format!("invalid JSON: {e}"))])?;
+        if !json.is_object() {
+            return Err(vec![err("the data document must be a JSON object".into())]);
+        }
+        let file: DataFile = serde_json::from_value(json.clone())
+            .map_err(|e| vec![err(format!("malformed data document: {e}"))])?;
+
+        let mut errors = Vec::new();
+        let mut expiries = ExpiryParser {
+            file: path.to_path_buf(),
+            seen: Vec::new(),
+        };
+        let mut users = HashMap::with_capacity(file.users.len());
+        for (name, u) in &file.users {
+            let expires = expiries.parse(&format!("users.{name}"), &u.expires, &mut errors);
+            let _ = &u.email;
+            users.insert(
+                name.clone(),
+                User {
+                    groups: u.groups.iter().map(|g| Arc::from(g.as_str())).collect(),
+                    display_name: u.display_name.clone(),
+                    expires,
+                },
+            );
+        }
+
+        let mut spaces = BTreeMap::new();
+        for (key, space) in &file.spaces {
+            let upper = key.to_uppercase();
+            let at = format!("spaces.{key}");
+            let mut grants = SpaceGrants {
+                name: space.name.clone(),
+                ..SpaceGrants::default()
+            };
+            for (group, grant) in &space.guests.groups {
+                let at = format!("{at}.guests.groups.{group}");
+                match file.groups.get(group) {
+                    Some(g) if g.guest => {}
+                    Some(_) => errors.push(err(format!(
+                        "{at}: `{group}` is a regular group; guest grants go to guest groups"
+                    ))),
+                    None => errors.push(err(format!(
+                        "{at}: `{group}` is not in `groups` (declare it with \"guest\": true)"
+                    ))),
+                }
+                if let Some(g) = typed_grant(&at, grant, &mut errors, &mut expiries) {
+                    grants.groups.insert(group.clone(), g);
+                }
+            }
+            for (user, grant) in &space.guests.users {
+                let at = format!("{at}.guests.users.{user}");
+                if let Some(g) = typed_grant(&at, grant, &mut errors, &mut expiries) {
+                    grants.users.insert(user.clone(), g);
+                }
+            }
+            if spaces.insert(upper.clone(), grants).is_some() {
+                errors.push(err(format!(
+                    "spaces: `{key}` appears twice (space keys compare case-insensitively)"
+                )));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+
+        // The policy looks spaces up by the upper-cased key the classifier produces.
+        if let Some(serde_json::Value::Object(spaces_json)) = json.get_mut("spaces") {
+            let upper: serde_json::Map<String, serde_json::Value> = std::mem::take(spaces_json)
+                .into_iter()
+                .map(|(k, v)| (k.to_uppercase(), v))
+                .collect();
+            *spaces_json = upper;
+        }
+        let rego_data: regorus::Value =
+            serde_json::from_value(json).map_err(|e| vec![err(format!("data document: {e}"))])?;
+        let mut expiries = expiries.seen;
+        expiries.sort();
+        Ok(Directory {
+            groups: file.groups,
+            users,
+            spaces,
+            expiries,
+            rego_data,
+        })
+    }
+
+    /// A user's groups: the directory's ∪ the token's, sorted and without duplicates.
+    pub fn effective_groups(&self, user: &str, token_groups: &[Arc<str>]) -> Vec<Arc<str>> {
+        let mut groups: Vec<Arc<str>> = token_groups.to_vec();
+        if let Some(u) = self.users.get(user) {
+            groups.extend(u.groups.iter().cloned());
+        }
+        groups.sort();
+        groups.dedup();
+        groups
+    }
+
+    /// The guest rule (contract §4): at least one group, and every group a guest group.
+    /// The policy decides; the gateway uses this only to know when a guest's request needs
+    /// more facts (a content id's space) before the policy can decide.
+    pub fn is_guest(&self, groups: &[Arc<str>]) -> bool {
+        !groups.is_empty()
+            && groups
+                .iter()
+                .all(|g| self.groups.get(&**g).is_some_and(|e| e.guest))
+    }
+
+    /// Spaces with at least one guest grant (active now or later).
+    pub fn shared_spaces(&self) -> impl Iterator<Item = (&String, &SpaceGrants)> {
+        self.spaces
+            .iter()
+            .filter(|(_, g)| !g.groups.is_empty() || !g.users.is_empty())
+    }
+
+    /// The first expiry strictly after `now`, if any.
+    pub fn next_expiry_after(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        let i = self.expiries.partition_point(|e| *e <= now);
+        self.expiries.get(i).copied()
+    }
+
+    /// Guest groups and the users with guest grants or only guest groups, with what each
+    /// reaches, for `/guests`.
+    pub fn guest_report(&self) -> serde_json::Value {
+        let fmt = |t: &Option<OffsetDateTime>| t.and_then(|t| t.format(&Rfc3339).ok());
+        let grant_json = |space: &str, g: &Grant| {
+            serde_json::json!({
+                "space": space,
+                "permissions": g.permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+                "expires": fmt(&g.expires),
+            })
+        };
+        let mut groups = serde_json::Map::new();
+        for (name, entry) in &self.groups {
+            if !entry.guest {
+                continue;
+            }
+            let reach: Vec<_> = self
+                .spaces
+                .iter()
+                .filter_map(|(k, s)| s.groups.get(name).map(|g| grant_json(k, g)))
+                .collect();
+            groups.insert(name.clone(), serde_json::json!({ "spaces": reach }));
+        }
+        let mut guest_names: BTreeSet<&str> = self
+            .users
+            .iter()
+            .filter(|(_, u)| self.is_guest(&u.groups))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        for s in self.spaces.values() {
+            guest_names.extend(s.users.keys().map(String::as_str));
+        }
+        let mut users = serde_json::Map::new();
+        for name in guest_names {
+            let user = self.users.get(name);
+            let groups_of: Vec<&str> = user
+                .map(|u| u.groups.iter().map(|g| &**g).collect())
+                .unwrap_or_default();
+            let reach: Vec<_> = self
+                .spaces
+                .iter()
+                .filter_map(|(k, s)| s.users.get(name).map(|g| grant_json(k, g)))
+                .collect();
+            users.insert(
+                name.to_string(),
+                serde_json::json!({
+                    "display_name": user.and_then(|u| u.display_name.clone()),
+                    "groups": groups_of,
+                    "expires": user.and_then(|u| fmt(&u.expires)),
+                    "spaces": reach,
+                }),
+            );
+        }
+        let spaces: serde_json::Map<String, serde_json::Value> = self
+            .shared_spaces()
+            .map(|(k, s)| {
+                let side = |m: &BTreeMap<String, Grant>| -> serde_json::Map<String, serde_json::Value> {
+                    m.iter()
+                        .map(|(n, g)| {
+                            (
+                                n.clone(),
+                                serde_json::json!({
+                                    "permissions": g.permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+                                    "expires": fmt(&g.expires),
+                                }),
+                            )
+                        })
+                        .collect()
+                };
+                (
+                    k.clone(),
+                    serde_json::json!({"groups": side(&s.groups), "users": side(&s.users)}),
+                )
+            })
+            .collect();
+        serde_json::json!({"guest_groups": groups, "guests": users, "spaces": spaces})
+    }
+}
+
+/// Parses `expires` values, remembering every instant seen.
+struct ExpiryParser {
+    file: PathBuf,
+    seen: Vec<OffsetDateTime>,
+}
+
+impl ExpiryParser {
+    fn parse(
+        &mut self,
+        at: &str,
+        value: &Option<String>,
+        errors: &mut Vec<DataError>,
+    ) -> Option<OffsetDateTime> {
+        let s = value.as_deref()?;
+        match OffsetDateTime::parse(s, &Rfc3339) {
+            Ok(t) => {
+                self.seen.push(t);
+                Some(t)
+            }
+            Err(e) => {
+                errors.push(DataError {
+                    file: self.file.clone(),
+                    message: format!("{at}.expires: `{s}` is not an RFC 3339 time ({e})"),
+                });
+                None
+            }
+        }
+    }
+}
+
+fn typed_grant(
+    at: &str,
+    grant: &GrantFile,
+    errors: &mut Vec<DataError>,
+    expiries: &mut ExpiryParser,
+) -> Option<Grant> {
+    let (names, expires) = match grant {
+        GrantFile::List(p) => (p, &None),
+        GrantFile::Object {
+            permissions,
+            expires,
+        } => (permissions, expires),
+    };
+    let mut permissions = Vec::with_capacity(names.len());
+    let before = errors.len();
+    for p in names {
+        let message = match Action::parse(p) {
+            Some(Action::Admin) => format!("{at}: `admin` can never be granted to guests"),
+            Some(a) => {
+                permissions.push(a);
+                continue;
+            }
+            None => format!(
+                "{at}: unknown permission `{p}` (one of view, edit, comment, attach, delete, export)"
+            ),
+        };
+        errors.push(DataError {
+            file: expiries.file.clone(),
+            message,
+        });
+    }
+    let expires = expiries.parse(at, expires, errors);
+    (errors.len() == before).then_some(Grant {
+        permissions,
+        expires,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DATA: &str = r#"{
+      "groups": {"staff": {"guest": false}, "acme-guests": {"guest": true}},
+      "users": {"gary": {"groups": ["acme-guests"]}, "mia": {"groups": ["acme-guests", "staff"]}},
+      "spaces": {"eng": {"guests": {"groups": {"acme-guests": ["view"]},
+                                     "users": {"gina": {"permissions": ["view", "edit"], "expires": "2030-01-01T00:00:00Z"}}}}}
+    }"#;
+
+    #[test]
+    fn guest_rule_and_union() {
+        let d = Directory::parse(Path::new("d.json"), DATA).expect("valid");
+        let gary = d.effective_groups("gary", &[]);
+        assert!(d.is_guest(&gary));
+        let mia = d.effective_groups("mia", &[]);
+        assert!(!d.is_guest(&mia), "one regular group makes a user regular");
+        let with_token = d.effective_groups("gary", &[Arc::from("staff")]);
+        assert!(!d.is_guest(&with_token));
+        assert!(!d.is_guest(&[]));
+        assert!(d.spaces.contains_key("ENG"));
+        assert_eq!(d.expiries.len(), 1);
+    }
+
+    #[test]
+    fn rejects_admin_unknown_and_regular_group_grants() {
+        let bad = r#"{"groups": {"staff": {"guest": false}, "g": {"guest": true}},
+          "spaces": {"ENG": {"guests": {"groups": {"staff": ["view"], "g": ["admin", "fly"], "nobody": ["view"]},
+                                         "users": {"x": {"permissions": ["view"], "expires": "tomorrow"}}}}}}"#;
+        let errs = Directory::parse(Path::new("d.json"), bad).expect_err("invalid");
+        let text: Vec<String> = errs.iter().map(|e| e.message.clone()).collect();
+        assert!(
+            text.iter()
+                .any(|m| m.contains("`admin` can never be granted")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|m| m.contains("unknown permission `fly`")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|m| m.contains("`staff` is a regular group")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|m| m.contains("`nobody` is not in `groups`")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|m| m.contains("not an RFC 3339 time")),
+            "{text:?}"
+        );
+        let syntax =
+            Directory::parse(Path::new("d.json"), "{\n\"groups\": [}").expect_err("bad json");
+        assert!(
+            syntax[0].message.contains("line 2"),
+            "{}",
+            syntax[0].message
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! The one error type of the request path and its one mapping to an HTTP response.
+//!
+//! Every stage returns `Result<_, GatewayError>`; `pipeline::handle` turns an error into a
+//! response here and nowhere else, so the shape of every refusal (status, JSON or HTML body,
+//! `WWW-Authenticate`) is decided in one place.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+
+use crate::pipeline::identify::IdentityError;
+use crate::policy::PolicyError;
+
+/// Body type of every response the gateway sends: either a small body of its own or the
+/// upstream's body streamed through.
+pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Everything that can end a request before (or instead of) the upstream's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The request target cannot be made canonical without guessing (contract §3.2).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("request header fields too large")]
+    HeadersTooLarge,
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(&'static str),
+    /// No usable identity on a route that needs one.
+    #[error("unauthorized: {0}")]
+    Unauthorized(#[from] IdentityError),
+    /// The policy said no.
+    #[error("forbidden: {reason}")]
+    Denied {
+        reason: Arc<str>,
+        status: StatusCode,
+    },
+    /// The policy could not be evaluated; fail closed.
+    #[error("policy evaluation failed")]
+    Policy(#[source] PolicyError),
+    /// The space of a content id could not be resolved for a guest; fail closed.
+    #[error("space of content {content} could not be resolved: {cause}")]
+    ContentUnresolved { content: String, cause: String },
+    #[error("upstream unreachable")]
+    UpstreamUnavailable(#[source] BoxError),
+    #[error("upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("gateway not ready: {0}")]
+    NotReady(&'static str),
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Denied { status, .. } => *status,
+            Self::Policy(_) | Self::ContentUnresolved { .. } => StatusCode::FORBIDDEN,
+            Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The short snake_case word clients and logs see as `reason`.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::BadRequest(r) | Self::MethodNotAllowed(r) | Self::NotReady(r) => r,
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::Unauthorized(e) => e.reason(),
+            Self::Denied { reason, .. } => reason,
+            Self::Policy(_) => "policy_error",
+            Self::ContentUnresolved { .. } => "space_unresolved",
+            Self::UpstreamUnavailable(_) => "upstream_unavailable",
+            Self::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    /// Builds the response for this error. `wants_html` is true when the client prefers
+    /// `text/html` (a browser), which gets a small page instead of JSON.
+    pub fn into_response(self, wants_html: bool) -> Response<ProxyBody> {
+        let status = self.status();
+        let reason = self.reason();
+        let word = error_word(status);
+        let mut builder = Response::builder()
+            .status(status)
+            .header(header::CACHE_CONTROL, "no-store");
+        if let Self::Unauthorized(e) = &self {
+            builder = builder.header(header::WWW_AUTHENTICATE, e.www_authenticate());
+        }
+        let (content_type, body) = if wants_html {
+            ("text/html; charset=utf-8", html_page(status, word, reason))
+        } else {
+            let body = serde_json::json!({"error": word, "reason": reason});
+            ("application/json", body.to_string())
+        };
+        builder
+            .header(header::CONTENT_TYPE, HeaderValue::from_static(content_type))
+            .body(full_body(body))
+            .unwrap_or_else(|_| {
+                let mut r = Response::new(full_body(String::new()));
+                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                r
+            })
+    }
+}
+
+/// The `error` field of the contract's error body.
+fn error_word(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
+        StatusCode::BAD_GATEWAY => "bad_gateway",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        StatusCode::GATEWAY_TIMEOUT => "gateway_timeout",
+        s if s.is_client_error() => "forbidden",
+        _ => "internal_error",
+    }
+}
+
+fn html_page(status: StatusCode, word: &str, reason: &str) -> String {
+    // `reason` comes from the policy; escape it like any untrusted text.
+    let reason = html_escape(reason);
+    let title = status.canonical_reason().unwrap_or(word);
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{code} {title}</title></head>\
+         <body style=\"font-family:sans-serif;margin:3em\"><h1>{code} {title}</h1>\
+         <p>guestgate refused this request: <code>{reason}</code>.</p></body></html>\n",
+        code = status.as_u16(),
+    )
+}
+
+pub(crate) fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+pub fn full_body(body: impl Into<Bytes>) -> ProxyBody {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}

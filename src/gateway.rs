@@ -1,0 +1,92 @@
+//! The state one gateway process shares between connections: config, the current snapshot,
+//! the upstream client, caches that outlive snapshots, telemetry.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::Config;
+use crate::pipeline::classify::{ContentCache, content_cache};
+use crate::pipeline::forward::{Upstream, UpstreamError};
+use crate::snapshot::{LoadError, Snapshot};
+use crate::telemetry::{DecisionLog, Metrics};
+
+pub struct Gateway {
+    pub config: Arc<Config>,
+    current: ArcSwap<Snapshot>,
+    pub upstream: Upstream,
+    pub content_cache: ContentCache,
+    pub decision_log: DecisionLog,
+    pub metrics: Metrics,
+    /// Serialises reloads so two never race to swap.
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+/// Why a gateway could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Load(Vec<LoadError>),
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("decision log: {0}")]
+    DecisionLog(std::io::Error),
+}
+
+impl Gateway {
+    pub fn new(config: Config) -> Result<Gateway, StartError> {
+        let snapshot = Snapshot::build(&config).map_err(StartError::Load)?;
+        let upstream = Upstream::new(&config.upstream, config.server.request_timeout)?;
+        let ttl = snapshot
+            .routes
+            .content_lookup
+            .as_ref()
+            .map(|l| l.cache_ttl)
+            .unwrap_or(std::time::Duration::from_secs(300));
+        let decision_log =
+            DecisionLog::start(&config.log.decisions).map_err(StartError::DecisionLog)?;
+        let metrics = Metrics::default();
+        metrics.set_revision(&snapshot.revision);
+        Ok(Gateway {
+            config: Arc::new(config),
+            current: ArcSwap::from_pointee(snapshot),
+            upstream,
+            content_cache: content_cache(ttl),
+            decision_log,
+            metrics,
+            reload_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The snapshot a request works with from start to end.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Rebuilds the snapshot from the files named by the config, off the async threads, and
+    /// swaps it in. On any error the current snapshot keeps serving (keep-last-good).
+    pub async fn reload(self: &Arc<Self>) -> Result<Arc<str>, Vec<String>> {
+        let _guard = self.reload_lock.lock().await;
+        let config = self.config.clone();
+        let built = tokio::task::spawn_blocking(move || Snapshot::build(&config))
+            .await
+            .map_err(|e| vec![format!("reload task failed: {e}")])?;
+        match built {
+            Ok(snapshot) => {
+                let revision = snapshot.revision.clone();
+                self.current.store(Arc::new(snapshot));
+                self.metrics.reload_succeeded(&revision);
+                tracing::info!(revision = %revision, "reloaded");
+                Ok(revision)
+            }
+            Err(errors) => {
+                self.metrics.reload_failed();
+                let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                for e in &errors {
+                    tracing::error!(error = %e, "reload refused; previous revision keeps serving");
+                }
+                Err(errors)
+            }
+        }
+    }
+}

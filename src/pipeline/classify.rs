@@ -1,0 +1,106 @@
+//! Stage 3, classify: the canonical path and the route profile give the route (family,
+//! space, content, action); for a guest on a content route, the content id's space is looked
+//! up at the wiki (cached, concurrent lookups of one id coalesced).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Limited};
+
+use super::accept::Accepted;
+use super::forward::Upstream;
+use crate::error::GatewayError;
+use crate::routes::{ContentLookup, Route, RouteProfile};
+
+/// Largest lookup answer read; Confluence's content with `expand=space` is a few KB.
+const MAX_LOOKUP_BYTES: usize = 1 << 20;
+
+pub fn classify(profile: &RouteProfile, accepted: &Accepted) -> Route {
+    profile.classify(&accepted.method, &accepted.path, &accepted.params)
+}
+
+/// Why a content id's space could not be found.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LookupError {
+    #[error("the wiki answered {0}")]
+    Status(StatusCode),
+    #[error("the wiki could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the wiki's answer has no space key at {0}")]
+    NoSpace(String),
+    #[error("the wiki's answer is not JSON: {0}")]
+    NotJson(String),
+}
+
+/// Content id → space key, shared by all snapshots (it depends on the wiki, not on policy).
+pub type ContentCache = moka::future::Cache<Box<str>, Arc<str>>;
+
+pub fn content_cache(ttl: std::time::Duration) -> ContentCache {
+    moka::future::Cache::builder()
+        .max_capacity(100_000)
+        .time_to_live(ttl)
+        .build()
+}
+
+/// Fills `route.space` from the content id, through the cache. Errors deny the guest.
+pub async fn resolve_space(
+    route: &mut Route,
+    lookup: Option<&ContentLookup>,
+    cache: &ContentCache,
+    upstream: &Upstream,
+) -> Result<(), GatewayError> {
+    let (Some(content), None) = (&route.content, &route.space) else {
+        return Ok(());
+    };
+    let Some(lookup) = lookup else {
+        return Err(GatewayError::ContentUnresolved {
+            content: content.to_string(),
+            cause: "the route profile has no content_lookup".into(),
+        });
+    };
+    let key: Box<str> = content.clone();
+    let space = cache
+        .try_get_with(key, fetch_space(lookup, content, upstream))
+        .await
+        .map_err(|e: Arc<LookupError>| GatewayError::ContentUnresolved {
+            content: content.to_string(),
+            cause: e.to_string(),
+        })?;
+    route.space = Some(Box::from(&*space));
+    Ok(())
+}
+
+async fn fetch_space(
+    lookup: &ContentLookup,
+    content: &str,
+    upstream: &Upstream,
+) -> Result<Arc<str>, LookupError> {
+    let mut req = Request::get(upstream.uri_for(&lookup.path_for(content)))
+        .header(header::ACCEPT, "application/json")
+        .body(http_body_util::Either::Right(Empty::<Bytes>::new()))
+        .map_err(|e| LookupError::Unreachable(e.to_string()))?;
+    if let Some(auth) = &upstream.service_authorization {
+        req.headers_mut()
+            .insert(header::AUTHORIZATION, auth.clone());
+    }
+    let resp = upstream
+        .send(req)
+        .await
+        .map_err(|e| LookupError::Unreachable(e.to_string()))?;
+    if resp.status() != StatusCode::OK {
+        return Err(LookupError::Status(resp.status()));
+    }
+    let body = Limited::new(resp.into_body(), MAX_LOOKUP_BYTES)
+        .collect()
+        .await
+        .map_err(|e| LookupError::Unreachable(e.to_string()))?
+        .to_bytes();
+    let json: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| LookupError::NotJson(e.to_string()))?;
+    json.pointer(&lookup.space_pointer)
+        .and_then(serde_json::Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(|s| Arc::from(s.to_uppercase()))
+        .ok_or_else(|| LookupError::NoSpace(lookup.space_pointer.clone()))
+}

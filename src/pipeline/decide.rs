@@ -1,0 +1,205 @@
+//! Stage 4, decide: who (identity + directory groups) may do what (route) — asked of the Rego
+//! policy, through a decision cache whose key covers everything the decision depends on.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use regorus::Value;
+use time::OffsetDateTime;
+
+use super::accept::Accepted;
+use super::identify::{Caller, IdentityError};
+use crate::config::AnonymousMode;
+use crate::error::GatewayError;
+use crate::policy::Decision;
+use crate::policy::input::{self, UserInput};
+use crate::routes::Route;
+use crate::snapshot::{CachedDecision, Snapshot};
+
+/// The outcome of the decide stage, allowed or not (the caller logs it, then enforces it).
+#[derive(Debug)]
+pub struct Decided {
+    pub decision: Arc<Decision>,
+    pub cached: bool,
+    /// The user's effective groups (directory ∪ token).
+    pub groups: Vec<Arc<str>>,
+    pub user: Option<Arc<str>>,
+    /// The policy input, when it was built (always on a cache miss, or when asked for).
+    pub input: Option<Value>,
+    pub duration: Duration,
+}
+
+/// The user a request acts as, once the 401 rules have been applied.
+pub struct Principal {
+    pub user: Option<Arc<str>>,
+    pub identity: Option<Arc<super::identify::Identity>>,
+    pub groups: Vec<Arc<str>>,
+}
+
+/// Applies the 401 rules: a rejected or missing token ends the request unless the route is
+/// public (or, for a missing token, `identity.anonymous = "policy"` hands it to the policy).
+pub fn principal(
+    snapshot: &Snapshot,
+    route: &Route,
+    caller: &Caller,
+    anonymous: AnonymousMode,
+) -> Result<Principal, GatewayError> {
+    match caller {
+        Caller::Authenticated(identity) => Ok(Principal {
+            user: Some(identity.name.clone()),
+            groups: snapshot
+                .directory
+                .effective_groups(&identity.name, &identity.token_groups),
+            identity: Some(identity.clone()),
+        }),
+        Caller::Rejected(e) if !route.public => Err(GatewayError::Unauthorized(*e)),
+        Caller::Anonymous if !route.public && anonymous == AnonymousMode::Deny => {
+            Err(GatewayError::Unauthorized(IdentityError::Missing))
+        }
+        Caller::Rejected(_) | Caller::Anonymous => Ok(Principal {
+            user: None,
+            identity: None,
+            groups: Vec::new(),
+        }),
+    }
+}
+
+static EMPTY_CLAIMS: std::sync::LazyLock<Value> = std::sync::LazyLock::new(Value::new_object);
+
+pub fn decide(
+    snapshot: &Snapshot,
+    accepted: &Accepted,
+    route: &Route,
+    principal: Principal,
+    want_input: bool,
+) -> Result<Decided, GatewayError> {
+    let started = Instant::now();
+    let Principal {
+        user,
+        identity,
+        groups,
+    } = principal;
+    let claims = identity.as_ref().map_or(&*EMPTY_CLAIMS, |i| &i.claims);
+    let build_input = || {
+        input::build(
+            accepted.method.as_str(),
+            &accepted.path,
+            &accepted.params,
+            route,
+            &UserInput {
+                name: user.as_deref(),
+                groups: &groups,
+                authenticated: identity.is_some(),
+                claims,
+            },
+        )
+    };
+    let key = cache_key(
+        snapshot,
+        accepted,
+        route,
+        &user,
+        identity.as_deref(),
+        &groups,
+    );
+    if let Some(hit) = snapshot.decisions.get(&key) {
+        return Ok(Decided {
+            decision: hit.decision,
+            cached: true,
+            input: want_input.then(build_input),
+            groups,
+            user,
+            duration: started.elapsed(),
+        });
+    }
+    let input = build_input();
+    let decision = Arc::new(
+        snapshot
+            .policy
+            .evaluate(input.clone())
+            .map_err(GatewayError::Policy)?,
+    );
+    let ttl = cache_ttl(snapshot);
+    if !ttl.is_zero() {
+        snapshot.decisions.insert(
+            key,
+            CachedDecision {
+                decision: decision.clone(),
+                ttl,
+            },
+        );
+    }
+    Ok(Decided {
+        decision,
+        cached: false,
+        input: Some(input),
+        groups,
+        user,
+        duration: started.elapsed(),
+    })
+}
+
+/// The configured TTL, cut short so no cached decision outlives the next grant expiry.
+fn cache_ttl(snapshot: &Snapshot) -> Duration {
+    let now = OffsetDateTime::now_utc();
+    match snapshot.directory.next_expiry_after(now) {
+        Some(next) => {
+            let left = (next - now).try_into().unwrap_or(Duration::ZERO);
+            snapshot.decision_ttl.min(left)
+        }
+        None => snapshot.decision_ttl,
+    }
+}
+
+fn push_field(key: &mut Vec<u8>, bytes: &[u8]) {
+    key.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    key.extend_from_slice(bytes);
+}
+
+fn push_opt(key: &mut Vec<u8>, value: Option<&str>) {
+    match value {
+        Some(v) => {
+            key.push(1);
+            push_field(key, v.as_bytes());
+        }
+        None => key.push(0),
+    }
+}
+
+/// Every input field the decision can depend on, length-prefixed so no two inputs share a
+/// key. When the policies read beyond route and user (`input.request`, claims), the path,
+/// query and token hash are part of the key too. The revision needs no place in the key:
+/// each snapshot has its own cache.
+fn cache_key(
+    snapshot: &Snapshot,
+    accepted: &Accepted,
+    route: &Route,
+    user: &Option<Arc<str>>,
+    identity: Option<&super::identify::Identity>,
+    groups: &[Arc<str>],
+) -> Box<[u8]> {
+    let mut key = Vec::with_capacity(128);
+    key.push(u8::from(identity.is_some()));
+    push_opt(&mut key, user.as_deref());
+    key.extend_from_slice(&(groups.len() as u32).to_le_bytes());
+    for g in groups {
+        push_field(&mut key, g.as_bytes());
+    }
+    push_field(&mut key, accepted.method.as_str().as_bytes());
+    push_field(&mut key, route.name.as_bytes());
+    push_field(&mut key, route.family.as_str().as_bytes());
+    push_opt(&mut key, route.space.as_deref());
+    push_opt(&mut key, route.content.as_deref());
+    push_opt(&mut key, route.user.as_deref());
+    push_field(&mut key, route.action.as_str().as_bytes());
+    key.push(u8::from(route.public));
+    if snapshot.policy.reads_whole_input {
+        push_field(&mut key, accepted.path.as_bytes());
+        push_opt(&mut key, accepted.query.as_deref());
+        match identity {
+            Some(i) => push_field(&mut key, &i.token_hash),
+            None => key.push(0),
+        }
+    }
+    key.into_boxed_slice()
+}

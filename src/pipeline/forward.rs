@@ -1,0 +1,297 @@
+//! Stage 5, forward: sends the judged request — canonical path, identity headers set by the
+//! gateway alone — to the wiki over a pooled keep-alive client, and streams the answer back.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Either, Empty};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::accept::Accepted;
+use crate::config::UpstreamConfig;
+use crate::error::{BoxError, GatewayError, ProxyBody};
+
+/// Request bodies towards the wiki: the client's, streamed, or none (lookups).
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
+static X_GUESTGATE_USER: HeaderName = HeaderName::from_static("x-guestgate-user");
+static X_GUESTGATE_GUEST: HeaderName = HeaderName::from_static("x-guestgate-guest");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The wiki, as the gateway reaches it.
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    base_path: String,
+    user_header: Option<HeaderName>,
+    request_timeout: Duration,
+    pub service_authorization: Option<HeaderValue>,
+}
+
+/// A problem building the upstream client.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UpstreamError(pub String);
+
+impl Upstream {
+    pub fn new(
+        config: &UpstreamConfig,
+        request_timeout: Duration,
+    ) -> Result<Upstream, UpstreamError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(ca) = &config.ca_file {
+            use rustls::pki_types::CertificateDer;
+            use rustls::pki_types::pem::PemObject;
+            let certs = CertificateDer::pem_file_iter(ca)
+                .map_err(|e| UpstreamError(format!("upstream.ca_file {}: {e}", ca.display())))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| {
+                    UpstreamError(format!("upstream.ca_file {}: {e}", ca.display()))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    UpstreamError(format!("upstream.ca_file {}: {e}", ca.display()))
+                })?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UpstreamError(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_nodelay(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let service_authorization = match &config.service_authorization_env {
+            Some(var) => {
+                let value = std::env::var(var).map_err(|_| {
+                    UpstreamError(format!(
+                        "upstream.service_authorization_env: environment variable ${var} is not set"
+                    ))
+                })?;
+                let mut value = HeaderValue::from_str(&value)
+                    .map_err(|_| UpstreamError(format!("${var} is not a valid header value")))?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        Ok(Upstream {
+            client,
+            scheme: config.scheme.clone(),
+            authority: config.authority.clone(),
+            base_path: config.base_path.clone(),
+            user_header: config.user_header.clone(),
+            request_timeout,
+            service_authorization,
+        })
+    }
+
+    /// The upstream URI of a canonical path and query.
+    pub fn uri_for(&self, path_and_query: &str) -> Uri {
+        let mut s = String::with_capacity(self.base_path.len() + path_and_query.len());
+        s.push_str(&self.base_path);
+        s.push_str(path_and_query);
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(s)
+            .build()
+            .unwrap_or_else(|_| Uri::from_static("/"))
+    }
+
+    /// Sends a request, bounded by the request timeout until the answer's headers arrive.
+    pub async fn send(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+            Err(_) => Err(GatewayError::UpstreamTimeout),
+            Ok(Err(e)) => Err(GatewayError::UpstreamUnavailable(Box::new(e))),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+}
+
+/// What the gateway says about the caller, towards the wiki.
+pub struct ForwardIdentity<'a> {
+    pub user: Option<&'a str>,
+    pub guest: bool,
+}
+
+/// Facts about the client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub tls: bool,
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and the proxy-only ones, never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers, including any the `Connection` header names. An upgrade keeps
+/// `Upgrade` and `Connection: upgrade`, which it needs end to end.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(&name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+pub async fn forward(
+    upstream: &Upstream,
+    mut req: Request<Incoming>,
+    accepted: &Accepted,
+    identity: ForwardIdentity<'_>,
+    conn: ConnInfo,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    let upgrade = is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let (mut parts, body) = req.into_parts();
+
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers, upgrade);
+    // Identity headers are the gateway's alone: whatever the client sent is dropped first.
+    let spoofable: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-guestgate-"))
+        .cloned()
+        .collect();
+    for name in spoofable {
+        headers.remove(&name);
+    }
+    if let Some(h) = &upstream.user_header {
+        headers.remove(h);
+    }
+    headers.remove(header::HOST);
+    let client_ip = conn.remote.ip().to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {client_ip}"),
+        None => client_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    match original_host {
+        Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
+    if let Some(user) = identity.user {
+        let value = HeaderValue::from_str(user)
+            .map_err(|_| GatewayError::BadRequest("user_name_not_a_header_value"))?;
+        if let Some(h) = &upstream.user_header {
+            headers.insert(h.clone(), value.clone());
+        }
+        headers.insert(X_GUESTGATE_USER.clone(), value);
+    }
+    headers.insert(
+        X_GUESTGATE_GUEST.clone(),
+        HeaderValue::from_static(if identity.guest { "true" } else { "false" }),
+    );
+
+    let path_and_query = match &accepted.query {
+        Some(q) => format!("{}?{q}", accepted.path),
+        None => accepted.path.clone(),
+    };
+    parts.uri = upstream.uri_for(&path_and_query);
+    // The client may speak HTTP/2; the wiki is spoken to in HTTP/1.1.
+    parts.version = Version::HTTP_11;
+    let upstream_req = Request::from_parts(parts, Either::Left(body));
+
+    let mut resp = upstream.send(upstream_req).await?;
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let (Ok(client), Ok(server)) = (client_upgrade.await, upstream_upgrade.await) else {
+                tracing::debug!("upgrade did not complete");
+                return;
+            };
+            let mut client = TokioIo::new(client);
+            let mut server = TokioIo::new(server);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+                tracing::debug!(error = %e, "upgraded connection ended");
+            }
+        });
+        let (mut parts, _) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, true);
+        return Ok(Response::from_parts(
+            parts,
+            crate::error::full_body(Bytes::new()),
+        ));
+    }
+
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
+    Ok(Response::from_parts(parts, body))
+}

@@ -1,0 +1,424 @@
+//! Stage 2, identify: finds the token in the request and turns it into a verified identity.
+//!
+//! Runs before classification and never fails the request by itself: a missing or invalid
+//! token is carried as [`Caller::Anonymous`] / [`Caller::Rejected`] so that public routes
+//! (login page, static resources) stay reachable with a stale cookie, and the decide stage
+//! answers 401 everywhere else.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use http::header::{AUTHORIZATION, COOKIE};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use crate::config::{IdentityConfig, TokenSource};
+
+/// Tokens longer than this are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// A verified token is cached at most this long (and never past its `exp`).
+const MAX_TOKEN_CACHE: Duration = Duration::from_secs(600);
+
+/// Why a token was not accepted; each is the `reason` of a 401.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("no token")]
+    Missing,
+    #[error("token too large")]
+    TooLarge,
+    #[error("malformed token")]
+    Malformed,
+    #[error("token algorithm not accepted")]
+    UnsupportedAlgorithm,
+    #[error("token key id unknown")]
+    UnknownKey,
+    #[error("token algorithm does not match its key")]
+    AlgorithmMismatch,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("token issuer not accepted")]
+    InvalidIssuer,
+    #[error("token audience not accepted")]
+    InvalidAudience,
+    #[error("token signature invalid")]
+    InvalidSignature,
+    #[error("token claims invalid")]
+    InvalidClaims,
+    #[error("token names no user")]
+    MissingSubject,
+    #[error("no verification keys configured")]
+    NoKeys,
+}
+
+impl IdentityError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing_token",
+            Self::TooLarge => "token_too_large",
+            Self::Malformed => "malformed_token",
+            Self::UnsupportedAlgorithm => "unsupported_algorithm",
+            Self::UnknownKey => "unknown_key",
+            Self::AlgorithmMismatch => "algorithm_mismatch",
+            Self::Expired => "token_expired",
+            Self::NotYetValid => "token_not_yet_valid",
+            Self::InvalidIssuer => "invalid_issuer",
+            Self::InvalidAudience => "invalid_audience",
+            Self::InvalidSignature => "invalid_signature",
+            Self::InvalidClaims => "invalid_claims",
+            Self::MissingSubject => "missing_subject",
+            Self::NoKeys => "no_keys",
+        }
+    }
+
+    /// RFC 6750 §3: no error code when no token was sent, `invalid_token` otherwise.
+    pub fn www_authenticate(&self) -> http::HeaderValue {
+        let value = match self {
+            Self::Missing => "Bearer realm=\"guestgate\"".to_string(),
+            other => format!(
+                "Bearer realm=\"guestgate\", error=\"invalid_token\", error_description=\"{}\"",
+                other.reason()
+            ),
+        };
+        http::HeaderValue::from_str(&value)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("Bearer"))
+    }
+}
+
+/// A verified token's identity.
+#[derive(Debug)]
+pub struct Identity {
+    pub name: Arc<str>,
+    /// Groups from the token's groups claim (the directory's are added in `decide`).
+    pub token_groups: Vec<Arc<str>>,
+    /// All claims, for the policy input.
+    pub claims: regorus::Value,
+    /// SHA-256 of the token: the cache key, and what stands for the claims in decision keys.
+    pub token_hash: [u8; 32],
+    /// `exp`, seconds since the epoch.
+    pub expires_at: u64,
+}
+
+/// Who is asking.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    Authenticated(Arc<Identity>),
+    Anonymous,
+    Rejected(IdentityError),
+}
+
+/// One verification key, pinned to one algorithm.
+struct VerifyKey {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+/// The keys and claim rules of one snapshot, with the cache of tokens verified under them.
+pub struct Verifier {
+    keys: Vec<VerifyKey>,
+    sources: Vec<TokenSource>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway: u64,
+    user_claim: String,
+    groups_claim: String,
+    cache: moka::sync::Cache<[u8; 32], Arc<Identity>>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+/// A problem loading keys.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyError(pub String);
+
+struct UntilExp;
+
+impl moka::Expiry<[u8; 32], Arc<Identity>> for UntilExp {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<Identity>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        let left = value.expires_at.saturating_sub(unix_now());
+        Some(Duration::from_secs(left).min(MAX_TOKEN_CACHE))
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn jwk_algorithm(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
+    if let Some(alg) = jwk.common.key_algorithm {
+        return Algorithm::from_str(&alg.to_string()).ok();
+    }
+    match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Some(Algorithm::RS256),
+        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+            EllipticCurve::P256 => Some(Algorithm::ES256),
+            EllipticCurve::P384 => Some(Algorithm::ES384),
+            _ => None,
+        },
+        AlgorithmParameters::OctetKeyPair(_) => Some(Algorithm::EdDSA),
+        _ => None,
+    }
+}
+
+impl Verifier {
+    /// Loads the HS256 secret (from its environment variable) and the JWKS file.
+    pub fn load(config: &IdentityConfig) -> Result<Verifier, Vec<KeyError>> {
+        let mut keys = Vec::new();
+        let mut errors = Vec::new();
+        if let Some(var) = &config.hs256_secret_env {
+            match std::env::var(var) {
+                Ok(secret) if secret.len() >= 32 => keys.push(VerifyKey {
+                    kid: None,
+                    alg: Algorithm::HS256,
+                    key: DecodingKey::from_secret(secret.as_bytes()),
+                }),
+                Ok(_) => errors.push(KeyError(format!(
+                    "identity.hs256_secret_env: ${var} must hold at least 32 bytes"
+                ))),
+                Err(_) => errors.push(KeyError(format!(
+                    "identity.hs256_secret_env: environment variable ${var} is not set"
+                ))),
+            }
+        }
+        if let Some(path) = &config.jwks_file {
+            match std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_json::from_str::<JwkSet>(&t).map_err(|e| e.to_string()))
+            {
+                Ok(set) => {
+                    for (i, jwk) in set.keys.iter().enumerate() {
+                        let at = format!("{}: key #{}", path.display(), i + 1);
+                        let Some(alg) = jwk_algorithm(jwk) else {
+                            errors.push(KeyError(format!("{at}: no supported algorithm")));
+                            continue;
+                        };
+                        if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+                            errors.push(KeyError(format!(
+                                "{at}: symmetric keys do not belong in a JWKS; use hs256_secret_env"
+                            )));
+                            continue;
+                        }
+                        match DecodingKey::from_jwk(jwk) {
+                            Ok(key) => keys.push(VerifyKey {
+                                kid: jwk.common.key_id.clone(),
+                                alg,
+                                key,
+                            }),
+                            Err(e) => errors.push(KeyError(format!("{at}: {e}"))),
+                        }
+                    }
+                }
+                Err(e) => errors.push(KeyError(format!("{}: {e}", path.display()))),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Verifier {
+            keys,
+            sources: config.token_sources.clone(),
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            leeway: config.leeway_secs,
+            user_claim: config.user_claim.clone(),
+            groups_claim: config.groups_claim.clone(),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(config.token_cache_max_entries)
+                .expire_after(UntilExp)
+                .build(),
+        })
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Finds the token in the request (sources in configured order) and verifies it.
+    pub fn identify(&self, headers: &HeaderMap) -> Caller {
+        match find_token(&self.sources, headers) {
+            None => Caller::Anonymous,
+            Some(token) => match self.verify(token) {
+                Ok(identity) => Caller::Authenticated(identity),
+                Err(e) => Caller::Rejected(e),
+            },
+        }
+    }
+
+    /// Verifies one token, through the cache.
+    pub fn verify(&self, token: &str) -> Result<Arc<Identity>, IdentityError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(IdentityError::TooLarge);
+        }
+        let hash = sha256(token.as_bytes());
+        if let Some(hit) = self.cache.get(&hash)
+            && hit.expires_at > unix_now()
+        {
+            return Ok(hit);
+        }
+        let identity = Arc::new(self.verify_uncached(token, hash)?);
+        if identity.expires_at > unix_now() {
+            self.cache.insert(hash, identity.clone());
+        }
+        Ok(identity)
+    }
+
+    fn verify_uncached(&self, token: &str, hash: [u8; 32]) -> Result<Identity, IdentityError> {
+        if self.keys.is_empty() {
+            return Err(IdentityError::NoKeys);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::InvalidAlgorithmName
+            | jsonwebtoken::errors::ErrorKind::UnsupportedAlgorithm => {
+                IdentityError::UnsupportedAlgorithm
+            }
+            _ => IdentityError::Malformed,
+        })?;
+        // The algorithm is pinned by the key: a token never chooses how it is checked.
+        let key = match &header.kid {
+            Some(kid) => {
+                let key = self
+                    .keys
+                    .iter()
+                    .find(|k| k.kid.as_deref() == Some(kid.as_str()))
+                    .or_else(|| {
+                        self.keys
+                            .iter()
+                            .find(|k| k.kid.is_none() && k.alg == header.alg)
+                    })
+                    .ok_or(IdentityError::UnknownKey)?;
+                if key.alg != header.alg {
+                    return Err(IdentityError::AlgorithmMismatch);
+                }
+                key
+            }
+            None => self
+                .keys
+                .iter()
+                .find(|k| k.alg == header.alg)
+                .ok_or(IdentityError::UnsupportedAlgorithm)?,
+        };
+        let mut validation = Validation::new(key.alg);
+        validation.leeway = self.leeway;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp"]);
+        match &self.issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            &key.key,
+            &validation,
+        )
+        .map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature => IdentityError::Expired,
+                K::ImmatureSignature => IdentityError::NotYetValid,
+                K::InvalidIssuer => IdentityError::InvalidIssuer,
+                K::InvalidAudience => IdentityError::InvalidAudience,
+                K::InvalidSignature => IdentityError::InvalidSignature,
+                K::InvalidAlgorithm => IdentityError::AlgorithmMismatch,
+                K::MissingRequiredClaim(_) | K::InvalidClaimFormat(_) => {
+                    IdentityError::InvalidClaims
+                }
+                _ => IdentityError::Malformed,
+            }
+        })?;
+        let claims = data.claims;
+        let expires_at = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or(IdentityError::InvalidClaims)?;
+        let name = claims
+            .get(&self.user_claim)
+            .and_then(serde_json::Value::as_str)
+            .or_else(|| claims.get("sub").and_then(serde_json::Value::as_str))
+            .filter(|n| !n.is_empty())
+            .ok_or(IdentityError::MissingSubject)?;
+        let token_groups = match claims.get(&self.groups_claim) {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::String(g)) => vec![Arc::from(g.as_str())],
+            Some(serde_json::Value::Array(gs)) => gs
+                .iter()
+                .map(|g| {
+                    g.as_str()
+                        .map(Arc::from)
+                        .ok_or(IdentityError::InvalidClaims)
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(IdentityError::InvalidClaims),
+        };
+        let name = Arc::from(name);
+        let claims: regorus::Value = serde_json::from_value(serde_json::Value::Object(claims))
+            .map_err(|_| IdentityError::InvalidClaims)?;
+        Ok(Identity {
+            name,
+            token_groups,
+            claims,
+            token_hash: hash,
+            expires_at,
+        })
+    }
+}
+
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// The first token found in the configured sources.
+fn find_token<'h>(sources: &[TokenSource], headers: &'h HeaderMap) -> Option<&'h str> {
+    for source in sources {
+        let found = match source {
+            TokenSource::Authorization => headers
+                .get_all(AUTHORIZATION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(|v| {
+                    let (scheme, rest) = v.split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+                }),
+            TokenSource::Cookie(name) => headers
+                .get_all(COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|pair| {
+                    let (k, v) = pair.trim().split_once('=')?;
+                    (k == name).then(|| v.trim_matches('"'))
+                }),
+            TokenSource::Header(name) => headers.get(name).and_then(|v| v.to_str().ok()),
+        };
+        if let Some(token) = found.filter(|t| !t.is_empty()) {
+            return Some(token);
+        }
+    }
+    None
+}

@@ -1,0 +1,96 @@
+//! The request pipeline: accept → identify → classify → decide → forward → respond.
+//!
+//! [`handle`] is the one place a request's path can be read top to bottom. Each stage is a
+//! plain function in its own module; an error from any stage becomes a response in
+//! `GatewayError::into_response` and nowhere else.
+
+pub mod accept;
+pub mod canonical;
+pub mod classify;
+pub mod decide;
+pub mod forward;
+pub mod identify;
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::error::{GatewayError, ProxyBody};
+use crate::gateway::Gateway;
+use crate::snapshot::Snapshot;
+use forward::{ConnInfo, ForwardIdentity};
+
+/// Handles one request end to end. Never fails: refusals are responses.
+pub async fn handle(gw: &Gateway, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+    let snapshot = gw.snapshot();
+    let wants_html = accept::prefers_html(req.headers());
+    let started = std::time::Instant::now();
+    let result = handle_inner(gw, &snapshot, req, conn).await;
+    let response = match result {
+        Ok(response) => response,
+        Err(error) => {
+            if matches!(
+                error,
+                GatewayError::Policy(_)
+                    | GatewayError::ContentUnresolved { .. }
+                    | GatewayError::UpstreamUnavailable(_)
+            ) {
+                tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "request refused");
+            }
+            error.into_response(wants_html)
+        }
+    };
+    gw.metrics
+        .observe_request(response.status(), started.elapsed());
+    response
+}
+
+async fn handle_inner(
+    gw: &Gateway,
+    snapshot: &Arc<Snapshot>,
+    req: Request<Incoming>,
+    conn: ConnInfo,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    let accepted = accept::accept(&req, &gw.config.server, &snapshot.routes)?;
+    let caller = snapshot.verifier.identify(req.headers());
+    let mut route = classify::classify(&snapshot.routes, &accepted);
+    let principal = decide::principal(snapshot, &route, &caller, gw.config.identity.anonymous)?;
+    // A content id's space is only needed where the wiki itself will not stop the user: for
+    // guests. Regular users pass through and the wiki enforces its own permissions.
+    if snapshot.directory.is_guest(&principal.groups) {
+        classify::resolve_space(
+            &mut route,
+            snapshot.routes.content_lookup.as_ref(),
+            &gw.content_cache,
+            &gw.upstream,
+        )
+        .await?;
+    }
+    let decided = decide::decide(
+        snapshot,
+        &accepted,
+        &route,
+        principal,
+        gw.decision_log.enabled(),
+    )?;
+    gw.decision_log.record(&snapshot.revision, &decided);
+    gw.metrics.observe_decision(&route, &decided);
+    if !decided.decision.allow {
+        return Err(GatewayError::Denied {
+            reason: decided.decision.reason.clone(),
+            status: decided.decision.status,
+        });
+    }
+    forward::forward(
+        &gw.upstream,
+        req,
+        &accepted,
+        ForwardIdentity {
+            user: decided.user.as_deref(),
+            guest: decided.decision.guest,
+        },
+        conn,
+    )
+    .await
+}

@@ -1,0 +1,581 @@
+//! Route profiles (contract §3): which requests touch which family, space, content and user.
+//!
+//! A profile file is parsed and validated once per snapshot into a [`RouteProfile`]; the
+//! request path only runs [`RouteProfile::classify`], one `RegexSet` pass over the
+//! canonical path plus the captures of the single rule that wins.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use regex::{Regex, RegexSet};
+use serde::Deserialize;
+
+/// What part of the wiki a request touches (contract §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    Space,
+    Content,
+    Search,
+    PeopleDirectory,
+    UserSearch,
+    UserPicker,
+    Mentions,
+    SiteAnalytics,
+    SpaceAnalytics,
+    PageAnalytics,
+    TeamCalendars,
+    Questions,
+    Apps,
+    Admin,
+    SpaceAdmin,
+    SpaceExport,
+    Feeds,
+    Collab,
+    Static,
+    Auth,
+    UserProfile,
+    Other,
+}
+
+impl Family {
+    pub const ALL: [Family; 22] = [
+        Family::Space,
+        Family::Content,
+        Family::Search,
+        Family::PeopleDirectory,
+        Family::UserSearch,
+        Family::UserPicker,
+        Family::Mentions,
+        Family::SiteAnalytics,
+        Family::SpaceAnalytics,
+        Family::PageAnalytics,
+        Family::TeamCalendars,
+        Family::Questions,
+        Family::Apps,
+        Family::Admin,
+        Family::SpaceAdmin,
+        Family::SpaceExport,
+        Family::Feeds,
+        Family::Collab,
+        Family::Static,
+        Family::Auth,
+        Family::UserProfile,
+        Family::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Space => "space",
+            Family::Content => "content",
+            Family::Search => "search",
+            Family::PeopleDirectory => "people_directory",
+            Family::UserSearch => "user_search",
+            Family::UserPicker => "user_picker",
+            Family::Mentions => "mentions",
+            Family::SiteAnalytics => "site_analytics",
+            Family::SpaceAnalytics => "space_analytics",
+            Family::PageAnalytics => "page_analytics",
+            Family::TeamCalendars => "team_calendars",
+            Family::Questions => "questions",
+            Family::Apps => "apps",
+            Family::Admin => "admin",
+            Family::SpaceAdmin => "space_admin",
+            Family::SpaceExport => "space_export",
+            Family::Feeds => "feeds",
+            Family::Collab => "collab",
+            Family::Static => "static",
+            Family::Auth => "auth",
+            Family::UserProfile => "user_profile",
+            Family::Other => "other",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Family> {
+        Family::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+}
+
+/// What a request does to what it touches; guests need the matching permission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    View,
+    Edit,
+    Comment,
+    Attach,
+    Delete,
+    Export,
+    Admin,
+}
+
+impl Action {
+    pub const ALL: [Action; 7] = [
+        Action::View,
+        Action::Edit,
+        Action::Comment,
+        Action::Attach,
+        Action::Delete,
+        Action::Export,
+        Action::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::View => "view",
+            Action::Edit => "edit",
+            Action::Comment => "comment",
+            Action::Attach => "attach",
+            Action::Delete => "delete",
+            Action::Export => "export",
+            Action::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// The action of a route that names none. Methods outside HTTP's usual set (WebDAV,
+    /// TRACE, …) count as `admin`, which no guest grant can hold, so they fail closed.
+    pub fn from_method(method: &Method) -> Action {
+        match *method {
+            Method::GET | Method::HEAD | Method::OPTIONS => Action::View,
+            Method::POST | Method::PUT | Method::PATCH => Action::Edit,
+            Method::DELETE => Action::Delete,
+            _ => Action::Admin,
+        }
+    }
+}
+
+/// The response rewrites a route asks for (contract §6).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rewrites {
+    pub tag_users: bool,
+    pub filter_spaces: bool,
+    pub banner: bool,
+}
+
+/// How the space of a content id is found (contract §6).
+#[derive(Debug, Clone)]
+pub struct ContentLookup {
+    /// Path and query with `{content}` where the id goes.
+    pub path_template: String,
+    /// JSON pointer to the space key in the lookup's answer.
+    pub space_pointer: String,
+    pub cache_ttl: Duration,
+}
+
+impl ContentLookup {
+    pub fn path_for(&self, content: &str) -> String {
+        self.path_template.replace("{content}", content)
+    }
+}
+
+/// One `[[route]]` rule, compiled.
+#[derive(Debug)]
+pub struct RouteRule {
+    pub name: Arc<str>,
+    pub family: Family,
+    pub path: Regex,
+    pub methods: Option<Vec<Method>>,
+    pub query: Vec<(String, Regex)>,
+    pub action: Option<Action>,
+    pub public: bool,
+    pub rewrites: Rewrites,
+}
+
+/// The route of one request: what the profile says it touches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub family: Family,
+    /// Upper-cased: space keys compare case-insensitively.
+    pub space: Option<Box<str>>,
+    pub content: Option<Box<str>>,
+    pub user: Option<Box<str>>,
+    pub action: Action,
+    pub public: bool,
+    pub rewrites: Rewrites,
+}
+
+/// A compiled route profile.
+#[derive(Debug)]
+pub struct RouteProfile {
+    pub source: PathBuf,
+    pub rules: Vec<RouteRule>,
+    path_set: RegexSet,
+    /// Every query parameter some rule captures; a request repeating one is refused, since
+    /// the gateway and the wiki could each pick a different occurrence.
+    pub captured_query_params: BTreeSet<String>,
+    pub content_lookup: Option<ContentLookup>,
+    pub user_link_selector: Option<String>,
+    unmatched_name: Arc<str>,
+}
+
+/// A problem in a route profile, with the file and where in it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}: {message}", file.display())]
+pub struct ProfileError {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileFile {
+    #[serde(default)]
+    user_link_selector: Option<String>,
+    #[serde(default)]
+    content_lookup: Option<ContentLookupFile>,
+    #[serde(default)]
+    route: Vec<RouteFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContentLookupFile {
+    path: String,
+    space_pointer: String,
+    #[serde(default = "default_lookup_ttl")]
+    cache_ttl_secs: u64,
+}
+
+fn default_lookup_ttl() -> u64 {
+    300
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    name: String,
+    family: String,
+    path: String,
+    #[serde(default)]
+    methods: Option<Vec<String>>,
+    #[serde(default)]
+    query: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    public: bool,
+    #[serde(default)]
+    rewrite: Vec<String>,
+}
+
+const CAPTURE_NAMES: [&str; 3] = ["space", "content", "user"];
+
+impl RouteProfile {
+    pub fn load(path: &Path) -> Result<RouteProfile, Vec<ProfileError>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ProfileError {
+                file: path.to_path_buf(),
+                message: format!("cannot read route profile: {e}"),
+            }]
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<RouteProfile, Vec<ProfileError>> {
+        let err = |message: String| ProfileError {
+            file: path.to_path_buf(),
+            message,
+        };
+        let file: ProfileFile =
+            toml::from_str(text).map_err(|e| vec![err(e.to_string().trim_end().to_string())])?;
+        let mut errors = Vec::new();
+        let mut rules = Vec::with_capacity(file.route.len());
+        let mut captured_query_params = BTreeSet::new();
+        for (i, r) in file.route.into_iter().enumerate() {
+            let at = format!("route #{} ({})", i + 1, r.name);
+            let family = Family::parse(&r.family).unwrap_or_else(|| {
+                errors.push(err(format!("{at}: unknown family `{}`", r.family)));
+                Family::Other
+            });
+            let path_re = compile_anchored(&r.path).unwrap_or_else(|e| {
+                errors.push(err(format!("{at}: path regex: {e}")));
+                never_matches()
+            });
+            check_capture_names(&path_re, &at, &mut errors, &err);
+            let mut query = Vec::new();
+            for (param, pattern) in r.query {
+                match compile_anchored(&pattern) {
+                    Ok(re) => {
+                        check_capture_names(&re, &at, &mut errors, &err);
+                        captured_query_params.insert(param.clone());
+                        query.push((param, re));
+                    }
+                    Err(e) => errors.push(err(format!("{at}: query `{param}` regex: {e}"))),
+                }
+            }
+            let methods = r.methods.map(|ms| {
+                ms.iter()
+                    .filter_map(
+                        |m| match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                            Ok(m) => Some(m),
+                            Err(_) => {
+                                errors.push(err(format!("{at}: `{m}` is not an HTTP method")));
+                                None
+                            }
+                        },
+                    )
+                    .collect()
+            });
+            let action = r.action.as_deref().and_then(|a| {
+                let parsed = Action::parse(a);
+                if parsed.is_none() {
+                    errors.push(err(format!("{at}: unknown action `{a}`")));
+                }
+                parsed
+            });
+            let mut rewrites = Rewrites::default();
+            for w in &r.rewrite {
+                match w.as_str() {
+                    "tag_users" => rewrites.tag_users = true,
+                    "filter_spaces" => rewrites.filter_spaces = true,
+                    "banner" => rewrites.banner = true,
+                    other => errors.push(err(format!("{at}: unknown rewrite `{other}`"))),
+                }
+            }
+            rules.push(RouteRule {
+                name: Arc::from(r.name.as_str()),
+                family,
+                path: path_re,
+                methods,
+                query,
+                action,
+                public: r.public,
+                rewrites,
+            });
+        }
+        let content_lookup = file.content_lookup.map(|c| {
+            if !c.path.starts_with('/') || !c.path.contains("{content}") {
+                errors.push(err(
+                    "content_lookup.path: must start with `/` and contain `{content}`".into(),
+                ));
+            }
+            if !c.space_pointer.starts_with('/') {
+                errors.push(err(
+                    "content_lookup.space_pointer: must be a JSON pointer like `/space/key`".into(),
+                ));
+            }
+            ContentLookup {
+                path_template: c.path,
+                space_pointer: c.space_pointer,
+                cache_ttl: Duration::from_secs(c.cache_ttl_secs),
+            }
+        });
+        if content_lookup.is_none() && rules.iter().any(|r| r.family == Family::Content) {
+            errors.push(err(
+                "routes of family `content` need a [content_lookup] section".into(),
+            ));
+        }
+        let path_set = regex::RegexSetBuilder::new(rules.iter().map(|r| r.path.as_str()))
+            .size_limit(64 << 20)
+            .build()
+            .map_err(|e| {
+                errors.push(err(format!("route paths: {e}")));
+            })
+            .unwrap_or_else(|()| RegexSet::empty());
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(RouteProfile {
+            source: path.to_path_buf(),
+            rules,
+            path_set,
+            captured_query_params,
+            content_lookup,
+            user_link_selector: file.user_link_selector,
+            unmatched_name: Arc::from("unmatched"),
+        })
+    }
+
+    /// Finds the first rule that matches the canonical path, method and query parameters.
+    /// A request no rule matches has family `other` (which guests are denied by default).
+    pub fn classify(&self, method: &Method, path: &str, query: &[(String, String)]) -> Route {
+        let candidates = self.path_set.matches(path);
+        for index in candidates.iter() {
+            let rule = &self.rules[index];
+            if let Some(methods) = &rule.methods
+                && !methods.contains(method)
+            {
+                continue;
+            }
+            let mut query_values = Vec::with_capacity(rule.query.len());
+            let all_present =
+                rule.query
+                    .iter()
+                    .all(|(name, re)| match query.iter().find(|(k, _)| k == name) {
+                        Some((_, v)) if re.is_match(v) => {
+                            query_values.push((re, v.as_str()));
+                            true
+                        }
+                        _ => false,
+                    });
+            if !all_present {
+                continue;
+            }
+            let mut route = Route {
+                name: rule.name.clone(),
+                family: rule.family,
+                space: None,
+                content: None,
+                user: None,
+                action: rule.action.unwrap_or_else(|| Action::from_method(method)),
+                public: rule.public,
+                rewrites: rule.rewrites,
+            };
+            if let Some(caps) = rule.path.captures(path) {
+                take_captures(&rule.path, &caps, &mut route);
+            }
+            for (re, value) in query_values {
+                if let Some(caps) = re.captures(value) {
+                    take_captures(re, &caps, &mut route);
+                }
+            }
+            return route;
+        }
+        Route {
+            name: self.unmatched_name.clone(),
+            family: Family::Other,
+            space: None,
+            content: None,
+            user: None,
+            action: Action::from_method(method),
+            public: false,
+            rewrites: Rewrites::default(),
+        }
+    }
+}
+
+fn take_captures(re: &Regex, caps: &regex::Captures<'_>, route: &mut Route) {
+    for name in re.capture_names().flatten() {
+        let Some(m) = caps.name(name) else { continue };
+        if m.as_str().is_empty() {
+            continue;
+        }
+        let slot = match name {
+            "space" => &mut route.space,
+            "content" => &mut route.content,
+            "user" => &mut route.user,
+            _ => continue,
+        };
+        if slot.is_none() {
+            *slot = Some(if name == "space" {
+                m.as_str().to_uppercase().into_boxed_str()
+            } else {
+                m.as_str().into()
+            });
+        }
+    }
+}
+
+fn compile_anchored(pattern: &str) -> Result<Regex, regex::Error> {
+    // Patterns are written anchored (`^/display/...`); a pattern without `^` would match
+    // anywhere in the path, which is never what a rule author means for a security gate.
+    if pattern.starts_with('^') {
+        Regex::new(pattern)
+    } else {
+        Regex::new(&format!("^(?:{pattern})"))
+    }
+}
+
+fn never_matches() -> Regex {
+    Regex::new(r"[^\s\S]").unwrap_or_else(|_| unreachable!("constant regex"))
+}
+
+fn check_capture_names(
+    re: &Regex,
+    at: &str,
+    errors: &mut Vec<ProfileError>,
+    err: &dyn Fn(String) -> ProfileError,
+) {
+    for name in re.capture_names().flatten() {
+        if !CAPTURE_NAMES.contains(&name) {
+            errors.push(err(format!(
+                "{at}: capture `{name}` is not one of space, content, user"
+            )));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROFILE: &str = r#"
+[content_lookup]
+path = "/rest/api/content/{content}?expand=space"
+space_pointer = "/space/key"
+
+[[route]]
+name = "login"
+family = "auth"
+path = "^/login\\.action$"
+public = true
+
+[[route]]
+name = "space pages"
+family = "space"
+path = "^/display/(?P<space>[^/]+)"
+
+[[route]]
+name = "viewpage by id"
+family = "content"
+path = "^/pages/viewpage\\.action$"
+query = { pageId = "^(?P<content>[0-9]+)$" }
+
+[[route]]
+name = "viewpage by key"
+family = "space"
+path = "^/pages/viewpage\\.action$"
+query = { spaceKey = "^(?P<space>.+)$" }
+methods = ["GET"]
+"#;
+
+    fn profile() -> RouteProfile {
+        RouteProfile::parse(Path::new("t.toml"), PROFILE).expect("profile parses")
+    }
+
+    #[test]
+    fn first_match_wins_with_captures() {
+        let p = profile();
+        let r = p.classify(&Method::GET, "/display/eng/Home", &[]);
+        assert_eq!(r.family, Family::Space);
+        assert_eq!(r.space.as_deref(), Some("ENG"));
+        assert_eq!(r.action, Action::View);
+        let q = vec![("pageId".to_string(), "123".to_string())];
+        let r = p.classify(&Method::GET, "/pages/viewpage.action", &q);
+        assert_eq!(r.family, Family::Content);
+        assert_eq!(r.content.as_deref(), Some("123"));
+        let q = vec![("spaceKey".to_string(), "hr".to_string())];
+        let r = p.classify(&Method::GET, "/pages/viewpage.action", &q);
+        assert_eq!(r.space.as_deref(), Some("HR"));
+        let r = p.classify(&Method::POST, "/pages/viewpage.action", &q);
+        assert_eq!(r.family, Family::Other);
+        assert_eq!(r.action, Action::Edit);
+        assert!(p.classify(&Method::GET, "/login.action", &[]).public);
+        assert_eq!(p.captured_query_params.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_the_route() {
+        let bad = "[[route]]\nname = \"x\"\nfamily = \"nope\"\npath = \"^/(?P<who>x)\"\naction = \"fly\"\nrewrite = [\"shout\"]\n";
+        let errs = RouteProfile::parse(Path::new("p.toml"), bad).expect_err("invalid");
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 4, "{text:?}");
+        assert!(text[0].contains("route #1 (x): unknown family `nope`"));
+        let unknown_key = RouteProfile::parse(
+            Path::new("p.toml"),
+            "[[route]]\nname=\"x\"\nfamily=\"space\"\npath=\"^/\"\nbogus=1\n",
+        )
+        .expect_err("unknown key");
+        assert!(
+            unknown_key[0].message.contains("line"),
+            "{}",
+            unknown_key[0].message
+        );
+    }
+}

@@ -1,0 +1,164 @@
+//! Everything reloadable — route profile, compiled policy, data, keys — and the caches whose
+//! entries are only valid for them, built together and swapped as one value. A request loads
+//! the snapshot once and every stage sees the same revision; a new revision starts with
+//! empty token and decision caches, so no cache can serve an answer of an older revision.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::directory::{DataError, Directory};
+use crate::pipeline::identify::{KeyError, Verifier};
+use crate::policy::{Decision, Policy, PolicyError, read_policy_dir};
+use crate::routes::{ProfileError, RouteProfile};
+
+/// One problem found while building a snapshot.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Profile(#[from] ProfileError),
+    #[error("{0}")]
+    Data(#[from] DataError),
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
+    #[error("{0}")]
+    Key(#[from] KeyError),
+}
+
+/// A cached decision and how long it may live.
+#[derive(Debug, Clone)]
+pub struct CachedDecision {
+    pub decision: Arc<Decision>,
+    pub ttl: Duration,
+}
+
+struct DecisionTtl;
+
+impl moka::Expiry<Box<[u8]>, CachedDecision> for DecisionTtl {
+    fn expire_after_create(
+        &self,
+        _key: &Box<[u8]>,
+        value: &CachedDecision,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// One revision of everything a decision depends on.
+pub struct Snapshot {
+    /// Short content hash of the profile, policies, data and keys.
+    pub revision: Arc<str>,
+    pub routes: RouteProfile,
+    pub policy: Policy,
+    pub directory: Directory,
+    pub verifier: Verifier,
+    pub decisions: moka::sync::Cache<Box<[u8]>, CachedDecision>,
+    pub decision_ttl: Duration,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("revision", &self.revision)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Snapshot {
+    /// Reads and validates every reloadable input named by `config`, collecting all errors.
+    pub fn build(config: &Config) -> Result<Snapshot, Vec<LoadError>> {
+        let mut errors: Vec<LoadError> = Vec::new();
+        let mut hasher = Vec::<u8>::new();
+
+        let profile_text = std::fs::read_to_string(&config.routes.profile);
+        let routes = match &profile_text {
+            Ok(text) => {
+                hasher.extend_from_slice(text.as_bytes());
+                RouteProfile::parse(&config.routes.profile, text)
+                    .map_err(|es| errors.extend(es.into_iter().map(LoadError::from)))
+                    .ok()
+            }
+            Err(e) => {
+                errors.push(
+                    ProfileError {
+                        file: config.routes.profile.clone(),
+                        message: format!("cannot read route profile: {e}"),
+                    }
+                    .into(),
+                );
+                None
+            }
+        };
+
+        let data_text = std::fs::read_to_string(&config.policy.data);
+        let directory = match &data_text {
+            Ok(text) => {
+                hasher.extend_from_slice(text.as_bytes());
+                Directory::parse(&config.policy.data, text)
+                    .map_err(|es| errors.extend(es.into_iter().map(LoadError::from)))
+                    .ok()
+            }
+            Err(e) => {
+                errors.push(
+                    DataError {
+                        file: config.policy.data.clone(),
+                        message: format!("cannot read data document: {e}"),
+                    }
+                    .into(),
+                );
+                None
+            }
+        };
+
+        let files = read_policy_dir(&config.policy.dir)
+            .map_err(|e| errors.push(e.into()))
+            .ok();
+        let policy = match (&files, &directory) {
+            (Some(files), Some(directory)) => {
+                for (path, text) in files {
+                    hasher.extend_from_slice(path.to_string_lossy().as_bytes());
+                    hasher.extend_from_slice(text.as_bytes());
+                }
+                Policy::compile(
+                    files.clone(),
+                    &directory.rego_data,
+                    &config.policy.query,
+                    config.policy.eval_timeout,
+                )
+                .map_err(|e| errors.push(e.into()))
+                .ok()
+            }
+            _ => None,
+        };
+
+        if let Some(jwks) = &config.identity.jwks_file
+            && let Ok(text) = std::fs::read(jwks)
+        {
+            hasher.extend_from_slice(&text);
+        }
+        let verifier = Verifier::load(&config.identity)
+            .map_err(|es| errors.extend(es.into_iter().map(LoadError::from)))
+            .ok();
+
+        match (routes, directory, policy, verifier) {
+            (Some(routes), Some(directory), Some(policy), Some(verifier)) if errors.is_empty() => {
+                let digest = crate::pipeline::identify::sha256(&hasher);
+                let revision: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+                Ok(Snapshot {
+                    revision: Arc::from(revision),
+                    routes,
+                    policy,
+                    directory,
+                    verifier,
+                    decisions: moka::sync::Cache::builder()
+                        .max_capacity(config.policy.decision_cache_max_entries)
+                        .expire_after(DecisionTtl)
+                        .build(),
+                    decision_ttl: config.policy.decision_cache_ttl,
+                })
+            }
+            _ => Err(errors),
+        }
+    }
+}
