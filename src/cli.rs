@@ -410,16 +410,23 @@ fn token(path: &Path, sub: &str, groups: &[String], ttl: u64) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let Some(var) = &config.identity.hs256_secret_env else {
-        eprintln!(
-            "{}: identity.hs256_secret_env is not set; `token` signs HS256 tokens only",
+    let secret = match (&config.identity.hs256_secret_env, &config.identity.hs256_secret_file) {
+        (Some(var), _) => std::env::var(var)
+            .map_err(|_| format!("environment variable ${var} (identity.hs256_secret_env) is not set")),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+            .map_err(|e| format!("{}: {e}", path.display())),
+        (None, None) => Err(format!(
+            "{}: no HS256 secret is configured (identity.hs256_secret_env or hs256_secret_file); `token` signs HS256 tokens only",
             config.path.display()
-        );
-        return ExitCode::from(2);
+        )),
     };
-    let Ok(secret) = std::env::var(var) else {
-        eprintln!("environment variable ${var} (identity.hs256_secret_env) is not set");
-        return ExitCode::from(2);
+    let secret = match secret {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
     };
     let now = crate::pipeline::identify::unix_now();
     let mut claims = serde_json::json!({

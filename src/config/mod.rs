@@ -83,6 +83,8 @@ pub struct IdentityConfig {
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub hs256_secret_env: Option<String>,
+    /// A file holding the HS256 secret (a mounted secret), as an alternative to the variable.
+    pub hs256_secret_file: Option<PathBuf>,
     pub jwks_file: Option<PathBuf>,
     pub leeway_secs: u64,
     pub user_claim: String,

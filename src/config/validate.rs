@@ -295,12 +295,19 @@ impl Validator {
         if i.groups_claim.is_empty() {
             self.error("identity.groups_claim", "must not be empty");
         }
+        if i.hs256_secret_env.is_some() && i.hs256_secret_file.is_some() {
+            self.error(
+                "identity.hs256_secret_file",
+                "set either hs256_secret_env or hs256_secret_file, not both",
+            );
+        }
         let _ = i.jwks_refresh_secs;
         IdentityConfig {
             token_sources,
             issuer: i.issuer,
             audience: i.audience,
             hs256_secret_env: i.hs256_secret_env,
+            hs256_secret_file: i.hs256_secret_file.as_deref().map(|p| self.resolve(p)),
             jwks_file: i.jwks_file.as_deref().map(|p| self.resolve(p)),
             leeway_secs: i.leeway_secs,
             user_claim: i.user_claim,

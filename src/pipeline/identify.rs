@@ -184,20 +184,28 @@ impl Verifier {
     pub fn load(config: &IdentityConfig) -> Result<Verifier, Vec<KeyError>> {
         let mut keys = Vec::new();
         let mut errors = Vec::new();
-        if let Some(var) = &config.hs256_secret_env {
-            match std::env::var(var) {
-                Ok(secret) if secret.len() >= 32 => keys.push(VerifyKey {
-                    kid: None,
-                    alg: Algorithm::HS256,
-                    key: DecodingKey::from_secret(secret.as_bytes()),
-                }),
-                Ok(_) => errors.push(KeyError(format!(
-                    "identity.hs256_secret_env: ${var} must hold at least 32 bytes"
-                ))),
-                Err(_) => errors.push(KeyError(format!(
-                    "identity.hs256_secret_env: environment variable ${var} is not set"
-                ))),
-            }
+        let secret = match (&config.hs256_secret_env, &config.hs256_secret_file) {
+            (Some(var), _) => Some(std::env::var(var).map_err(|_| {
+                format!("identity.hs256_secret_env: environment variable ${var} is not set")
+            })),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                    .map_err(|e| format!("identity.hs256_secret_file: {}: {e}", path.display())),
+            ),
+            (None, None) => None,
+        };
+        match secret {
+            Some(Ok(secret)) if secret.len() >= 32 => keys.push(VerifyKey {
+                kid: None,
+                alg: Algorithm::HS256,
+                key: DecodingKey::from_secret(secret.as_bytes()),
+            }),
+            Some(Ok(_)) => errors.push(KeyError(
+                "identity: the HS256 secret must be at least 32 bytes long".into(),
+            )),
+            Some(Err(e)) => errors.push(KeyError(e)),
+            None => {}
         }
         if let Some(path) = &config.jwks_file {
             match std::fs::read_to_string(path)

@@ -1,0 +1,309 @@
+//! The proxy itself: pass-through, forwarded headers, streaming, upstream failures, TLS + h2.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Frame;
+use support::*;
+
+#[tokio::test]
+async fn regular_user_passes_through_with_identity_and_forwarded_headers() {
+    let up = start_upstream().await;
+    let gw = start_gateway(TestConfig::new(&up.url())).await;
+    let token = token("alice", &[]);
+    let auth = bearer(&token);
+    let answer = get(
+        &gw.url("/display/HR/Salaries;jsessionid=1?x=1&y=%20z"),
+        &[
+            ("authorization", &auth),
+            ("host", "wiki.example.com"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic Zm9v"),
+            ("x-forwarded-for", "203.0.113.9"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(answer.json()["user"], "alice");
+    let seen = up.forwarded();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(s.uri, "/display/HR/Salaries?x=1&y=%20z", "canonical path, query unchanged");
+    assert_eq!(s.header("x-guestgate-user"), Some("alice"));
+    assert_eq!(s.header("x-guestgate-guest"), Some("false"));
+    assert_eq!(s.header("authorization"), Some(auth.as_str()), "token forwarded unchanged");
+    assert_eq!(s.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
+    assert_eq!(s.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(s.header("x-forwarded-host"), Some("wiki.example.com"));
+    assert_eq!(s.header("host"), Some(up.addr.to_string().as_str()));
+    for hop in ["x-hop", "keep-alive", "proxy-authorization"] {
+        assert!(s.header(hop).is_none(), "{hop} must not be forwarded");
+    }
+}
+
+#[tokio::test]
+async fn spoofed_identity_headers_are_replaced() {
+    let up = start_upstream().await;
+    let mut c = TestConfig::new(&up.url());
+    c.upstream_extra = "user_header = \"X-Remote-User\"".into();
+    let gw = start_gateway(c).await;
+    let auth = bearer(&token("gary", &[]));
+    let answer = get(
+        &gw.url("/display/ENG/Home"),
+        &[
+            ("authorization", &auth),
+            ("x-guestgate-user", "admin"),
+            ("x-guestgate-guest", "false"),
+            ("X-GuestGate-Groups", "confluence-administrators"),
+            ("x-remote-user", "admin"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let seen = up.forwarded();
+    let s = &seen[0];
+    assert_eq!(s.header("x-guestgate-user"), Some("gary"));
+    assert_eq!(s.header("x-guestgate-guest"), Some("true"));
+    assert_eq!(s.header("x-remote-user"), Some("gary"));
+    assert!(s.header("x-guestgate-groups").is_none());
+    assert_eq!(s.headers.get_all("x-guestgate-user").iter().count(), 1);
+    assert_eq!(s.headers.get_all("x-remote-user").iter().count(), 1);
+}
+
+#[tokio::test]
+async fn public_routes_need_no_token_and_survive_a_stale_one() {
+    let up = start_upstream().await;
+    let gw = start_gateway(TestConfig::new(&up.url())).await;
+    let a = get(&gw.url("/s/en_GB/1234/_/styles/main.css"), &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let mut expired = claims("gary", &[]);
+    expired["exp"] = serde_json::json!(now() - 3600);
+    let stale = format!("guestgate_token={}", sign_hs256(&expired));
+    let a = get(&gw.url("/login.action"), &[("cookie", &stale)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let s = up.forwarded();
+    assert_eq!(s.len(), 2);
+    assert!(s[1].header("x-guestgate-user").is_none(), "no identity for anonymous");
+    assert_eq!(s[1].header("x-guestgate-guest"), Some("false"));
+}
+
+#[tokio::test]
+async fn upstream_down_is_502_and_slow_is_504() {
+    // A port that was just free: nothing listens there.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let gw = start_gateway(TestConfig::new(&format!("http://{closed}"))).await;
+    let auth = bearer(&token("alice", &[]));
+    let a = get(&gw.url("/display/ENG/Home"), &[("authorization", &auth)]).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(a.json(), serde_json::json!({"error": "bad_gateway", "reason": "upstream_unavailable"}));
+
+    let up = start_upstream().await;
+    let gw = start_gateway(TestConfig::new(&up.url())).await;
+    let started = std::time::Instant::now();
+    let a = get(&gw.url("/slow"), &[("authorization", &auth)]).await;
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(a.json()["reason"], "upstream_timeout");
+    assert!(started.elapsed() < Duration::from_secs(4), "request_timeout_secs = 1 applies");
+}
+
+#[tokio::test]
+async fn refusals_are_html_for_browsers() {
+    let up = start_upstream().await;
+    let gw = start_gateway(TestConfig::new(&up.url())).await;
+    let auth = bearer(&token("gary", &[]));
+    let a = get(
+        &gw.url("/admin/users.action"),
+        &[("authorization", &auth), ("accept", "text/html,application/xhtml+xml,*/*;q=0.8")],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(a.header("content-type").unwrap().starts_with("text/html"));
+    assert!(a.text().contains("guest_blocked_family"));
+    assert!(up.forwarded().is_empty());
+}
+
+/// The upstream sends its first chunk, then waits until the client has received it before
+/// sending the rest: a gateway that buffered the body would deadlock here.
+#[tokio::test]
+async fn response_bodies_stream_without_buffering() {
+    let (got_first_tx, got_first_rx) = tokio::sync::watch::channel(false);
+    let got_first_rx = Arc::new(got_first_rx);
+    const CHUNK: usize = 1 << 20;
+    const CHUNKS: usize = 64;
+    let handler: Handler = Arc::new(move |_req| {
+        let mut rx = (*got_first_rx).clone();
+        Box::pin(async move {
+            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(2);
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'x'; CHUNK]);
+                tx.send_data(chunk.clone()).await.unwrap();
+                let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|v| *v)).await;
+                for _ in 1..CHUNKS {
+                    if tx.send_data(chunk.clone()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Response::new(body.boxed())
+        })
+    });
+    let up = start_upstream_with(handler).await;
+    let gw = start_gateway(TestConfig::new(&up.url())).await;
+    let auth = bearer(&token("alice", &[]));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let req = Request::get(gw.url("/download/attachments/100/big.bin"))
+        .header("authorization", &auth)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut total = 0usize;
+    let started = std::time::Instant::now();
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.unwrap() {
+        if let Ok(data) = frame.unwrap().into_data() {
+            total += data.len();
+            if total >= 1 {
+                got_first_tx.send_replace(true);
+            }
+        }
+    }
+    assert_eq!(total, CHUNK * CHUNKS);
+    assert!(started.elapsed() < Duration::from_secs(5), "no stall waiting for a buffered body");
+}
+
+/// The client sends its first chunk and waits until the upstream has read it.
+#[tokio::test]
+async fn request_bodies_stream_without_buffering() {
+    let (first_seen_tx, mut first_seen_rx) = tokio::sync::watch::channel(false);
+    let first_seen_tx = Arc::new(first_seen_tx);
+    let handler: Handler = Arc::new(move |req| {
+        let first_seen_tx = first_seen_tx.clone();
+        Box::pin(async move {
+            let mut body = req.into_body();
+            let mut total = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(d) = frame.into_data() {
+                    total += d.len();
+                    first_seen_tx.send_replace(true);
+                }
+            }
+            json_response(StatusCode::OK, serde_json::json!({"received": total}))
+        })
+    });
+    let up = start_upstream_with(handler).await;
+    let gw = start_gateway(TestConfig::new(&up.url())).await;
+    let auth = bearer(&token("alice", &[]));
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
+    let req = Request::post(gw.url("/rest/api/content/100/child/attachment"))
+        .header("authorization", &auth)
+        .body(body)
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let sending = tokio::spawn(async move {
+        let chunk = Bytes::from(vec![b'y'; 1 << 20]);
+        tx.send(Frame::data(chunk.clone())).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), first_seen_rx.wait_for(|v| *v))
+            .await
+            .expect("upstream saw the first chunk before the body was complete")
+            .unwrap();
+        for _ in 1..32 {
+            tx.send(Frame::data(chunk.clone())).await.unwrap();
+        }
+    });
+    let resp = client.request(req).await.unwrap();
+    sending.await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["received"], 32 << 20);
+}
+
+#[tokio::test]
+async fn http2_over_tls_with_alpn() {
+    let up = start_upstream().await;
+    let mut c = TestConfig::new(&up.url());
+    c.tls = true;
+    let gw = start_gateway(c).await;
+    let cert_pem = std::fs::read(gw.path("cert.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&cert_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http2()
+        .build();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build(connector);
+    let auth = bearer(&token("gary", &[]));
+    for (path, status) in [("/display/ENG/Home", StatusCode::OK), ("/display/HR/Home", StatusCode::FORBIDDEN)] {
+        let req = Request::get(format!("https://localhost:{}{path}", gw.addr.port()))
+            .header("authorization", &auth)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.status(), status);
+    }
+    let seen = up.forwarded();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("x-forwarded-proto"), Some("https"));
+    assert_eq!(seen[0].header("x-forwarded-host"), Some(format!("localhost:{}", gw.addr.port()).as_str()));
+}
+
+#[tokio::test]
+async fn bad_paths_are_refused_before_anything_else() {
+    let up = start_upstream().await;
+    let gw = start_gateway(TestConfig::new(&up.url())).await;
+    let auth = bearer(&token("alice", &[]));
+    for path in ["/display/ENG%2f..%2fadmin", "/display/ENG/%00", "/a/%zz", "/display/../..", "/x%c3%28"] {
+        let a = get(&gw.url(path), &[("authorization", &auth)]).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(a.json()["error"], "bad_request");
+    }
+    // Captured query parameters must not repeat: the wiki could read the other one.
+    let a = get(&gw.url("/pages/viewpage.action?pageId=100&pageId=200"), &[("authorization", &auth)]).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.json()["reason"], "duplicate_query_parameter");
+    assert!(up.forwarded().is_empty());
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_in_flight_requests_finish() {
+    let handler: Handler = Arc::new(|_req| {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            json_response(StatusCode::OK, serde_json::json!({"done": true}))
+        })
+    });
+    let up = start_upstream_with(handler).await;
+    let gw = start_gateway(TestConfig::new(&up.url())).await;
+    let url = gw.url("/display/ENG/Home");
+    let auth = bearer(&token("alice", &[]));
+    let in_flight = tokio::spawn(async move { get(&url, &[("authorization", &auth)]).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.running.shutdown();
+    let a = in_flight.await.unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    gw.running.wait().await;
+    assert!(tokio::net::TcpStream::connect(gw.addr).await.is_err(), "listener closed");
+}
