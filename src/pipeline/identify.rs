@@ -17,7 +17,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use crate::config::{IdentityConfig, TokenSource};
 
 /// Tokens longer than this are refused before any parsing.
-pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// A verified token is cached at most this long (and never past its `exp`).
 const MAX_TOKEN_CACHE: Duration = Duration::from_secs(600);
 
@@ -30,6 +30,10 @@ pub enum IdentityError {
     TooLarge,
     #[error("malformed token")]
     Malformed,
+    #[error("token header has critical extensions the gateway does not understand")]
+    UnsupportedCritical,
+    #[error("token type not accepted")]
+    UnsupportedType,
     #[error("token algorithm not accepted")]
     UnsupportedAlgorithm,
     #[error("token key id unknown")]
@@ -60,6 +64,8 @@ impl IdentityError {
             Self::Missing => "missing_token",
             Self::TooLarge => "token_too_large",
             Self::Malformed => "malformed_token",
+            Self::UnsupportedCritical => "unsupported_critical_header",
+            Self::UnsupportedType => "unsupported_token_type",
             Self::UnsupportedAlgorithm => "unsupported_algorithm",
             Self::UnknownKey => "unknown_key",
             Self::AlgorithmMismatch => "algorithm_mismatch",
@@ -293,13 +299,7 @@ impl Verifier {
         if self.keys.is_empty() {
             return Err(IdentityError::NoKeys);
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::InvalidAlgorithmName
-            | jsonwebtoken::errors::ErrorKind::UnsupportedAlgorithm => {
-                IdentityError::UnsupportedAlgorithm
-            }
-            _ => IdentityError::Malformed,
-        })?;
+        let header = parse_header(token)?;
         // The algorithm is pinned by the key: a token never chooses how it is checked.
         let key = match &header.kid {
             Some(kid) => {
@@ -392,6 +392,55 @@ impl Verifier {
             expires_at,
         })
     }
+}
+
+/// The JOSE header fields the gateway acts on.
+#[derive(Debug, serde::Deserialize)]
+struct RawHeader {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    typ: Option<String>,
+    #[serde(default)]
+    crit: Option<serde_json::Value>,
+}
+
+/// The header of a compact JWS, checked before any key is chosen: the algorithm must be one
+/// the gateway verifies (`none` never is), `crit` extensions are refused because the
+/// gateway implements none (RFC 7515 §4.1.11), and `typ`, when present, must say JWT.
+struct TokenHeader {
+    alg: Algorithm,
+    kid: Option<String>,
+}
+
+fn parse_header(token: &str) -> Result<TokenHeader, IdentityError> {
+    use base64::Engine as _;
+    let mut parts = token.split('.');
+    let (Some(head), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(IdentityError::Malformed);
+    };
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(head)
+        .map_err(|_| IdentityError::Malformed)?;
+    let raw: RawHeader = serde_json::from_slice(&json).map_err(|_| IdentityError::Malformed)?;
+    if raw.crit.is_some() {
+        return Err(IdentityError::UnsupportedCritical);
+    }
+    if let Some(typ) = &raw.typ {
+        let typ = typ.to_ascii_lowercase();
+        let typ = typ.strip_prefix("application/").unwrap_or(&typ);
+        if !matches!(typ, "jwt" | "at+jwt") {
+            return Err(IdentityError::UnsupportedType);
+        }
+    }
+    let alg = match raw.alg.as_str() {
+        "HS256" | "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384"
+        | "EdDSA" => Algorithm::from_str(&raw.alg).map_err(|_| IdentityError::UnsupportedAlgorithm)?,
+        _ => return Err(IdentityError::UnsupportedAlgorithm),
+    };
+    Ok(TokenHeader { alg, kid: raw.kid })
 }
 
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
