@@ -1,0 +1,282 @@
+//! The guest model through the proxy: grants, blocked families, content-id lookups, and a
+//! decision cache whose key covers everything a decision depends on.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use http::StatusCode;
+use support::*;
+
+async fn setup() -> (Upstream, TestGateway) {
+    let up = start_upstream().await;
+    let gw = start_gateway(TestConfig::new(&up.url())).await;
+    (up, gw)
+}
+
+#[tokio::test]
+async fn guest_reaches_granted_space_only() {
+    let (up, gw) = setup().await;
+    let auth = bearer(&token("gary", &[]));
+    let a = get(&gw.url("/display/ENG/Home"), &[("authorization", &auth)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let a = get(&gw.url("/display/eng/Home"), &[("authorization", &auth)]).await;
+    assert_eq!(a.status, StatusCode::OK, "space keys compare case-insensitively");
+    let a = get(&gw.url("/display/HR/Home"), &[("authorization", &auth)]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert_eq!(a.json(), serde_json::json!({"error": "forbidden", "reason": "space_not_granted"}));
+    let a = get(&gw.url("/rest/api/space/HR"), &[("authorization", &auth)]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = get(&gw.url("/pages/viewpage.action?spaceKey=HR&title=Salaries"), &[("authorization", &auth)]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = get(&gw.url("/spaces/ENG/overview"), &[("authorization", &auth)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let forwarded: Vec<String> = up.forwarded().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(forwarded, vec!["/display/ENG/Home", "/display/eng/Home", "/spaces/ENG/overview"]);
+}
+
+#[tokio::test]
+async fn guest_permissions_follow_the_action() {
+    let (up, gw) = setup().await;
+    let gary = bearer(&token("gary", &[])); // acme-guests: view, comment on ENG
+    let gina = bearer(&token("gina", &[])); // user grant: view, edit on ENG
+    let a = request("POST", &gw.url("/rest/api/content/100/child/comment"), &[("authorization", &gary)], "{}").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let a = request("PUT", &gw.url("/rest/api/content/100"), &[("authorization", &gary)], "{}").await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert_eq!(a.json()["reason"], "missing_permission_edit");
+    let a = request("PUT", &gw.url("/rest/api/content/100"), &[("authorization", &gina)], "{}").await;
+    assert_eq!(a.status, StatusCode::OK);
+    let a = request("POST", &gw.url("/rest/api/content/100/child/attachment"), &[("authorization", &gina)], "x").await;
+    assert_eq!(a.json()["reason"], "missing_permission_attach");
+    let a = request("DELETE", &gw.url("/rest/api/content/100"), &[("authorization", &gina)], "").await;
+    assert_eq!(a.json()["reason"], "missing_permission_delete");
+    let a = request("PUT", &gw.url("/rest/api/content/100/restriction"), &[("authorization", &gina)], "").await;
+    assert_eq!(a.json()["reason"], "missing_permission_admin");
+    assert_eq!(up.forwarded().len(), 2);
+}
+
+#[tokio::test]
+async fn guests_are_blocked_from_site_wide_user_information_and_system_apps() {
+    let (up, gw) = setup().await;
+    let gary = bearer(&token("gary", &[]));
+    let alice = bearer(&token("alice", &[]));
+    let blocked = [
+        "/browsepeople.action",
+        "/dopeopledirectorysearch.action?queryString=a",
+        "/rest/api/search/user?cql=user.fullname~a",
+        "/rest/api/user?key=abc",
+        "/rest/api/user?username=alice",
+        "/rest/api/group/confluence-users/member",
+        "/rest/prototype/1/search/user.json?query=a",
+        "/rest/mentions/1/suggest?query=a",
+        "/plugins/confanalytics/analytics.action",
+        "/rest/confanalytics/1.0/space/ENG/views",
+        "/calendar/mycalendar.action",
+        "/rest/calendar-services/1.0/calendar/events.json",
+        "/questions/",
+        "/rest/questions/1.0/question",
+        "/plugins/servlet/upm",
+        "/rest/plugins/1.0/",
+        "/admin/viewgeneralconfig.action",
+        "/spaces/spacepermissions.action?key=ENG",
+        "/spaces/exportspacewelcome.action?key=ENG",
+        "/createrssfeed.action?types=page",
+        "/dashboard.action",
+        "/dosearchsite.action?queryString=salary",
+        "/rest/api/search?cql=text~salary",
+        "/something/undescribed",
+        // Path tricks: the canonical form is what is judged.
+        "/admin;x=y/users.action",
+        "/display/ENG/../../admin/users.action",
+        "/s/../admin/users.action",
+        "/%61dmin/users.action",
+        "//admin//users.action",
+    ];
+    for path in blocked {
+        let a = get(&gw.url(path), &[("authorization", &gary)]).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{path}: {}", a.text());
+    }
+    assert!(up.forwarded().is_empty(), "nothing blocked reached the wiki: {:?}", up.forwarded());
+    // Regular users pass through to the same URLs.
+    let a = get(&gw.url("/browsepeople.action"), &[("authorization", &alice)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let a = get(&gw.url("/admin;x=y/users.action"), &[("authorization", &alice)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(up.forwarded()[1].uri, "/admin/users.action", "the wiki gets the judged form");
+}
+
+#[tokio::test]
+async fn guests_keep_what_the_ui_needs() {
+    let (_up, gw) = setup().await;
+    let gary = bearer(&token("gary", &[]));
+    for path in [
+        "/s/en_GB/9012/abc/_/download/batch/app.js",
+        "/rest/api/user/current",
+        "/users/viewmyprofile.action",
+        "/users/viewuserprofile.action?username=gary",
+        "/logout.action",
+        "/rest/confanalytics/1.0/content/100/views",
+    ] {
+        let a = get(&gw.url(path), &[("authorization", &gary)]).await;
+        assert_eq!(a.status, StatusCode::OK, "{path}: {}", a.text());
+    }
+    let a = get(&gw.url("/users/viewuserprofile.action?username=alice"), &[("authorization", &gary)]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = get(&gw.url("/rest/confanalytics/1.0/content/200/views"), &[("authorization", &gary)]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "page analytics only in granted spaces");
+}
+
+#[tokio::test]
+async fn content_ids_resolve_their_space_through_the_wiki_once() {
+    let (up, gw) = setup().await;
+    let gary = bearer(&token("gary", &[]));
+    let a = get(&gw.url("/pages/viewpage.action?pageId=101"), &[("authorization", &gary)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(up.lookup_count(), 1);
+    let lookup = up.requests().into_iter().find(|s| !s.headers.contains_key("x-guestgate-guest")).unwrap();
+    assert_eq!(lookup.uri, "/rest/api/content/101?expand=space");
+    let a = get(&gw.url("/rest/api/content/101/child/comment"), &[("authorization", &gary)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(up.lookup_count(), 1, "cached");
+    // The key in a Confluence 8 URL does not decide: the id's own space does.
+    let a = get(&gw.url("/spaces/ENG/pages/201/Salaries"), &[("authorization", &gary)]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert_eq!(a.json()["reason"], "space_not_granted");
+    let a = get(&gw.url("/download/attachments/202/payroll.xlsx"), &[("authorization", &gary)]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    // Unknown ids and failing lookups deny guests.
+    for id in ["999", "998"] {
+        let a = get(&gw.url(&format!("/rest/api/content/{id}")), &[("authorization", &gary)]).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+        assert_eq!(a.json()["reason"], "space_unresolved");
+    }
+    // Regular users never cause lookups.
+    let before = up.lookup_count();
+    let alice = bearer(&token("alice", &[]));
+    let a = get(&gw.url("/rest/api/content/150"), &[("authorization", &alice)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(up.lookup_count(), before);
+}
+
+#[tokio::test]
+async fn concurrent_lookups_of_one_id_are_coalesced() {
+    let (up, gw) = setup().await;
+    let gary = bearer(&token("gary", &[]));
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let url = gw.url("/rest/api/content/123");
+        let gary = gary.clone();
+        tasks.push(tokio::spawn(async move { get(&url, &[("authorization", &gary)]).await.status }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(up.lookup_count(), 1);
+}
+
+#[tokio::test]
+async fn an_upstream_down_during_lookup_denies_the_guest() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let gw = start_gateway(TestConfig::new(&format!("http://{closed}"))).await;
+    let gary = bearer(&token("gary", &[]));
+    let a = get(&gw.url("/rest/api/content/101"), &[("authorization", &gary)]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert_eq!(a.json()["reason"], "space_unresolved");
+}
+
+/// Each request below differs from a cached one in exactly one field the decision depends
+/// on; a cache keyed too coarsely would hand out the earlier answer.
+#[tokio::test]
+async fn decision_cache_key_covers_every_input_the_decision_depends_on() {
+    let (_up, gw) = setup().await;
+    let get_status = |path: &'static str, auth: String, method: &'static str| {
+        let url = gw.url(path);
+        async move { request(method, &url, &[("authorization", &auth)], "").await.status }
+    };
+    let gary = bearer(&token("gary", &[]));
+    assert_eq!(get_status("/display/ENG/A", gary.clone(), "GET").await, StatusCode::OK);
+    // same user, another space
+    assert_eq!(get_status("/display/HR/A", gary.clone(), "GET").await, StatusCode::FORBIDDEN);
+    // same user and space, another action
+    assert_eq!(get_status("/display/ENG/A", gary.clone(), "POST").await, StatusCode::FORBIDDEN);
+    // same user name, another group set (the token adds a regular group)
+    let gary_staff = bearer(&token("gary", &["confluence-users"]));
+    assert_eq!(get_status("/display/HR/A", gary_staff, "GET").await, StatusCode::OK);
+    // same groups, another user (gina's user grant allows edit on ENG)
+    let gina_acme = bearer(&token("gina", &["acme-guests"]));
+    assert_eq!(get_status("/display/ENG/A", gina_acme.clone(), "POST").await, StatusCode::OK);
+    // same everything, another family (people directory)
+    assert_eq!(get_status("/browsepeople.action", gary.clone(), "GET").await, StatusCode::FORBIDDEN);
+    // unauthenticated vs authenticated on a public route stay distinct
+    assert_eq!(get("/login.action".replace("/login", &gw.url("/login")).as_str(), &[]).await.status, StatusCode::OK);
+    // and the same request again is answered from the cache
+    let snapshot = gw.gateway.snapshot();
+    snapshot.decisions.run_pending_tasks();
+    let before = snapshot.decisions.entry_count();
+    assert_eq!(get_status("/display/HR/A", gary.clone(), "GET").await, StatusCode::FORBIDDEN);
+    snapshot.decisions.run_pending_tasks();
+    assert_eq!(snapshot.decisions.entry_count(), before);
+}
+
+/// A policy that reads the request path must not be served a decision cached for another
+/// path: the key then covers the whole input.
+#[tokio::test]
+async fn policies_reading_the_path_get_path_keyed_decisions() {
+    let up = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.rego"),
+        r#"package guestgate
+import rego.v1
+default decision := {"allow": false, "reason": "path_rule"}
+decision := {"allow": true, "reason": "ok"} if not contains(input.request.path, "secret")
+"#,
+    )
+    .unwrap();
+    let mut c = TestConfig::new(&up.url());
+    c.policy_dir = dir.path().to_path_buf();
+    let gw = start_gateway(c).await;
+    assert!(gw.gateway.snapshot().policy.reads_whole_input);
+    let gary = bearer(&token("gary", &[]));
+    let a = get(&gw.url("/display/ENG/public"), &[("authorization", &gary)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let a = get(&gw.url("/display/ENG/secret"), &[("authorization", &gary)]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert_eq!(a.json()["reason"], "path_rule");
+}
+
+#[tokio::test]
+async fn policy_errors_and_odd_results_deny() {
+    let up = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.rego"),
+        r#"package guestgate
+import rego.v1
+# Conflicting values for one complete rule are an evaluation error in Rego.
+decision := {"allow": true} if input.route.family == "space"
+decision := {"allow": false} if input.route.space == "ENG"
+decision := {"allow": "yes"} if input.route.family == "static"
+decision := 42 if input.route.family == "auth"
+"#,
+    )
+    .unwrap();
+    let mut c = TestConfig::new(&up.url());
+    c.policy_dir = dir.path().to_path_buf();
+    let gw = start_gateway(c).await;
+    let alice = bearer(&token("alice", &[]));
+    let a = get(&gw.url("/display/ENG/Home"), &[("authorization", &alice)]).await;
+    assert_eq!((a.status, a.json()["reason"].as_str()), (StatusCode::FORBIDDEN, Some("policy_error")));
+    let a = get(&gw.url("/display/HR/Home"), &[("authorization", &alice)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let a = get(&gw.url("/browsepeople.action"), &[("authorization", &alice)]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "undefined denies");
+    let a = get(&gw.url("/s/app.js"), &[("authorization", &alice)]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "only the boolean true allows");
+    let a = get(&gw.url("/login.action"), &[("authorization", &alice)]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "a non-object result denies");
+    assert_eq!(up.forwarded().len(), 1);
+}
