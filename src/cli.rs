@@ -410,9 +410,13 @@ fn token(path: &Path, sub: &str, groups: &[String], ttl: u64) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let secret = match (&config.identity.hs256_secret_env, &config.identity.hs256_secret_file) {
-        (Some(var), _) => std::env::var(var)
-            .map_err(|_| format!("environment variable ${var} (identity.hs256_secret_env) is not set")),
+    let secret = match (
+        &config.identity.hs256_secret_env,
+        &config.identity.hs256_secret_file,
+    ) {
+        (Some(var), _) => std::env::var(var).map_err(|_| {
+            format!("environment variable ${var} (identity.hs256_secret_env) is not set")
+        }),
         (None, Some(path)) => std::fs::read_to_string(path)
             .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
             .map_err(|e| format!("{}: {e}", path.display())),

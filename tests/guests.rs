@@ -20,18 +20,36 @@ async fn guest_reaches_granted_space_only() {
     let a = get(&gw.url("/display/ENG/Home"), &[("authorization", &auth)]).await;
     assert_eq!(a.status, StatusCode::OK);
     let a = get(&gw.url("/display/eng/Home"), &[("authorization", &auth)]).await;
-    assert_eq!(a.status, StatusCode::OK, "space keys compare case-insensitively");
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "space keys compare case-insensitively"
+    );
     let a = get(&gw.url("/display/HR/Home"), &[("authorization", &auth)]).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
-    assert_eq!(a.json(), serde_json::json!({"error": "forbidden", "reason": "space_not_granted"}));
+    assert_eq!(
+        a.json(),
+        serde_json::json!({"error": "forbidden", "reason": "space_not_granted"})
+    );
     let a = get(&gw.url("/rest/api/space/HR"), &[("authorization", &auth)]).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
-    let a = get(&gw.url("/pages/viewpage.action?spaceKey=HR&title=Salaries"), &[("authorization", &auth)]).await;
+    let a = get(
+        &gw.url("/pages/viewpage.action?spaceKey=HR&title=Salaries"),
+        &[("authorization", &auth)],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     let a = get(&gw.url("/spaces/ENG/overview"), &[("authorization", &auth)]).await;
     assert_eq!(a.status, StatusCode::OK);
     let forwarded: Vec<String> = up.forwarded().iter().map(|s| s.uri.clone()).collect();
-    assert_eq!(forwarded, vec!["/display/ENG/Home", "/display/eng/Home", "/spaces/ENG/overview"]);
+    assert_eq!(
+        forwarded,
+        vec![
+            "/display/ENG/Home",
+            "/display/eng/Home",
+            "/spaces/ENG/overview"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -39,18 +57,54 @@ async fn guest_permissions_follow_the_action() {
     let (up, gw) = setup().await;
     let gary = bearer(&token("gary", &[])); // acme-guests: view, comment on ENG
     let gina = bearer(&token("gina", &[])); // user grant: view, edit on ENG
-    let a = request("POST", &gw.url("/rest/api/content/100/child/comment"), &[("authorization", &gary)], "{}").await;
+    let a = request(
+        "POST",
+        &gw.url("/rest/api/content/100/child/comment"),
+        &[("authorization", &gary)],
+        "{}",
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
-    let a = request("PUT", &gw.url("/rest/api/content/100"), &[("authorization", &gary)], "{}").await;
+    let a = request(
+        "PUT",
+        &gw.url("/rest/api/content/100"),
+        &[("authorization", &gary)],
+        "{}",
+    )
+    .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     assert_eq!(a.json()["reason"], "missing_permission_edit");
-    let a = request("PUT", &gw.url("/rest/api/content/100"), &[("authorization", &gina)], "{}").await;
+    let a = request(
+        "PUT",
+        &gw.url("/rest/api/content/100"),
+        &[("authorization", &gina)],
+        "{}",
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
-    let a = request("POST", &gw.url("/rest/api/content/100/child/attachment"), &[("authorization", &gina)], "x").await;
+    let a = request(
+        "POST",
+        &gw.url("/rest/api/content/100/child/attachment"),
+        &[("authorization", &gina)],
+        "x",
+    )
+    .await;
     assert_eq!(a.json()["reason"], "missing_permission_attach");
-    let a = request("DELETE", &gw.url("/rest/api/content/100"), &[("authorization", &gina)], "").await;
+    let a = request(
+        "DELETE",
+        &gw.url("/rest/api/content/100"),
+        &[("authorization", &gina)],
+        "",
+    )
+    .await;
     assert_eq!(a.json()["reason"], "missing_permission_delete");
-    let a = request("PUT", &gw.url("/rest/api/content/100/restriction"), &[("authorization", &gina)], "").await;
+    let a = request(
+        "PUT",
+        &gw.url("/rest/api/content/100/restriction"),
+        &[("authorization", &gina)],
+        "",
+    )
+    .await;
     assert_eq!(a.json()["reason"], "missing_permission_admin");
     assert_eq!(up.forwarded().len(), 2);
 }
@@ -96,13 +150,29 @@ async fn guests_are_blocked_from_site_wide_user_information_and_system_apps() {
         let a = get(&gw.url(path), &[("authorization", &gary)]).await;
         assert_eq!(a.status, StatusCode::FORBIDDEN, "{path}: {}", a.text());
     }
-    assert!(up.forwarded().is_empty(), "nothing blocked reached the wiki: {:?}", up.forwarded());
+    assert!(
+        up.forwarded().is_empty(),
+        "nothing blocked reached the wiki: {:?}",
+        up.forwarded()
+    );
     // Regular users pass through to the same URLs.
-    let a = get(&gw.url("/browsepeople.action"), &[("authorization", &alice)]).await;
+    let a = get(
+        &gw.url("/browsepeople.action"),
+        &[("authorization", &alice)],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
-    let a = get(&gw.url("/admin;x=y/users.action"), &[("authorization", &alice)]).await;
+    let a = get(
+        &gw.url("/admin;x=y/users.action"),
+        &[("authorization", &alice)],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
-    assert_eq!(up.forwarded()[1].uri, "/admin/users.action", "the wiki gets the judged form");
+    assert_eq!(
+        up.forwarded()[1].uri,
+        "/admin/users.action",
+        "the wiki gets the judged form"
+    );
 }
 
 #[tokio::test]
@@ -120,40 +190,80 @@ async fn guests_keep_what_the_ui_needs() {
         let a = get(&gw.url(path), &[("authorization", &gary)]).await;
         assert_eq!(a.status, StatusCode::OK, "{path}: {}", a.text());
     }
-    let a = get(&gw.url("/users/viewuserprofile.action?username=alice"), &[("authorization", &gary)]).await;
+    let a = get(
+        &gw.url("/users/viewuserprofile.action?username=alice"),
+        &[("authorization", &gary)],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
-    let a = get(&gw.url("/rest/confanalytics/1.0/content/200/views"), &[("authorization", &gary)]).await;
-    assert_eq!(a.status, StatusCode::FORBIDDEN, "page analytics only in granted spaces");
+    let a = get(
+        &gw.url("/rest/confanalytics/1.0/content/200/views"),
+        &[("authorization", &gary)],
+    )
+    .await;
+    assert_eq!(
+        a.status,
+        StatusCode::FORBIDDEN,
+        "page analytics only in granted spaces"
+    );
 }
 
 #[tokio::test]
 async fn content_ids_resolve_their_space_through_the_wiki_once() {
     let (up, gw) = setup().await;
     let gary = bearer(&token("gary", &[]));
-    let a = get(&gw.url("/pages/viewpage.action?pageId=101"), &[("authorization", &gary)]).await;
+    let a = get(
+        &gw.url("/pages/viewpage.action?pageId=101"),
+        &[("authorization", &gary)],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(up.lookup_count(), 1);
-    let lookup = up.requests().into_iter().find(|s| !s.headers.contains_key("x-guestgate-guest")).unwrap();
+    let lookup = up
+        .requests()
+        .into_iter()
+        .find(|s| !s.headers.contains_key("x-guestgate-guest"))
+        .unwrap();
     assert_eq!(lookup.uri, "/rest/api/content/101?expand=space");
-    let a = get(&gw.url("/rest/api/content/101/child/comment"), &[("authorization", &gary)]).await;
+    let a = get(
+        &gw.url("/rest/api/content/101/child/comment"),
+        &[("authorization", &gary)],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(up.lookup_count(), 1, "cached");
     // The key in a Confluence 8 URL does not decide: the id's own space does.
-    let a = get(&gw.url("/spaces/ENG/pages/201/Salaries"), &[("authorization", &gary)]).await;
+    let a = get(
+        &gw.url("/spaces/ENG/pages/201/Salaries"),
+        &[("authorization", &gary)],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     assert_eq!(a.json()["reason"], "space_not_granted");
-    let a = get(&gw.url("/download/attachments/202/payroll.xlsx"), &[("authorization", &gary)]).await;
+    let a = get(
+        &gw.url("/download/attachments/202/payroll.xlsx"),
+        &[("authorization", &gary)],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     // Unknown ids and failing lookups deny guests.
     for id in ["999", "998"] {
-        let a = get(&gw.url(&format!("/rest/api/content/{id}")), &[("authorization", &gary)]).await;
+        let a = get(
+            &gw.url(&format!("/rest/api/content/{id}")),
+            &[("authorization", &gary)],
+        )
+        .await;
         assert_eq!(a.status, StatusCode::FORBIDDEN);
         assert_eq!(a.json()["reason"], "space_unresolved");
     }
     // Regular users never cause lookups.
     let before = up.lookup_count();
     let alice = bearer(&token("alice", &[]));
-    let a = get(&gw.url("/rest/api/content/150"), &[("authorization", &alice)]).await;
+    let a = get(
+        &gw.url("/rest/api/content/150"),
+        &[("authorization", &alice)],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(up.lookup_count(), before);
 }
@@ -166,7 +276,9 @@ async fn concurrent_lookups_of_one_id_are_coalesced() {
     for _ in 0..20 {
         let url = gw.url("/rest/api/content/123");
         let gary = gary.clone();
-        tasks.push(tokio::spawn(async move { get(&url, &[("authorization", &gary)]).await.status }));
+        tasks.push(tokio::spawn(async move {
+            get(&url, &[("authorization", &gary)]).await.status
+        }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), StatusCode::OK);
@@ -182,7 +294,11 @@ async fn an_upstream_down_during_lookup_denies_the_guest() {
     };
     let gw = start_gateway(TestConfig::new(&format!("http://{closed}"))).await;
     let gary = bearer(&token("gary", &[]));
-    let a = get(&gw.url("/rest/api/content/101"), &[("authorization", &gary)]).await;
+    let a = get(
+        &gw.url("/rest/api/content/101"),
+        &[("authorization", &gary)],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     assert_eq!(a.json()["reason"], "space_unresolved");
 }
@@ -194,29 +310,64 @@ async fn decision_cache_key_covers_every_input_the_decision_depends_on() {
     let (_up, gw) = setup().await;
     let get_status = |path: &'static str, auth: String, method: &'static str| {
         let url = gw.url(path);
-        async move { request(method, &url, &[("authorization", &auth)], "").await.status }
+        async move {
+            request(method, &url, &[("authorization", &auth)], "")
+                .await
+                .status
+        }
     };
     let gary = bearer(&token("gary", &[]));
-    assert_eq!(get_status("/display/ENG/A", gary.clone(), "GET").await, StatusCode::OK);
+    assert_eq!(
+        get_status("/display/ENG/A", gary.clone(), "GET").await,
+        StatusCode::OK
+    );
     // same user, another space
-    assert_eq!(get_status("/display/HR/A", gary.clone(), "GET").await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        get_status("/display/HR/A", gary.clone(), "GET").await,
+        StatusCode::FORBIDDEN
+    );
     // same user and space, another action
-    assert_eq!(get_status("/display/ENG/A", gary.clone(), "POST").await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        get_status("/display/ENG/A", gary.clone(), "POST").await,
+        StatusCode::FORBIDDEN
+    );
     // same user name, another group set (the token adds a regular group)
     let gary_staff = bearer(&token("gary", &["confluence-users"]));
-    assert_eq!(get_status("/display/HR/A", gary_staff, "GET").await, StatusCode::OK);
+    assert_eq!(
+        get_status("/display/HR/A", gary_staff, "GET").await,
+        StatusCode::OK
+    );
     // same groups, another user (gina's user grant allows edit on ENG)
     let gina_acme = bearer(&token("gina", &["acme-guests"]));
-    assert_eq!(get_status("/display/ENG/A", gina_acme.clone(), "POST").await, StatusCode::OK);
+    assert_eq!(
+        get_status("/display/ENG/A", gina_acme.clone(), "POST").await,
+        StatusCode::OK
+    );
     // same everything, another family (people directory)
-    assert_eq!(get_status("/browsepeople.action", gary.clone(), "GET").await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        get_status("/browsepeople.action", gary.clone(), "GET").await,
+        StatusCode::FORBIDDEN
+    );
     // unauthenticated vs authenticated on a public route stay distinct
-    assert_eq!(get("/login.action".replace("/login", &gw.url("/login")).as_str(), &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        get(
+            "/login.action"
+                .replace("/login", &gw.url("/login"))
+                .as_str(),
+            &[]
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
     // and the same request again is answered from the cache
     let snapshot = gw.gateway.snapshot();
     snapshot.decisions.run_pending_tasks();
     let before = snapshot.decisions.entry_count();
-    assert_eq!(get_status("/display/HR/A", gary.clone(), "GET").await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        get_status("/display/HR/A", gary.clone(), "GET").await,
+        StatusCode::FORBIDDEN
+    );
     snapshot.decisions.run_pending_tasks();
     assert_eq!(snapshot.decisions.entry_count(), before);
 }
@@ -269,14 +420,29 @@ decision := 42 if input.route.family == "auth"
     let gw = start_gateway(c).await;
     let alice = bearer(&token("alice", &[]));
     let a = get(&gw.url("/display/ENG/Home"), &[("authorization", &alice)]).await;
-    assert_eq!((a.status, a.json()["reason"].as_str()), (StatusCode::FORBIDDEN, Some("policy_error")));
+    assert_eq!(
+        (a.status, a.json()["reason"].as_str()),
+        (StatusCode::FORBIDDEN, Some("policy_error"))
+    );
     let a = get(&gw.url("/display/HR/Home"), &[("authorization", &alice)]).await;
     assert_eq!(a.status, StatusCode::OK);
-    let a = get(&gw.url("/browsepeople.action"), &[("authorization", &alice)]).await;
+    let a = get(
+        &gw.url("/browsepeople.action"),
+        &[("authorization", &alice)],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN, "undefined denies");
     let a = get(&gw.url("/s/app.js"), &[("authorization", &alice)]).await;
-    assert_eq!(a.status, StatusCode::FORBIDDEN, "only the boolean true allows");
+    assert_eq!(
+        a.status,
+        StatusCode::FORBIDDEN,
+        "only the boolean true allows"
+    );
     let a = get(&gw.url("/login.action"), &[("authorization", &alice)]).await;
-    assert_eq!(a.status, StatusCode::FORBIDDEN, "a non-object result denies");
+    assert_eq!(
+        a.status,
+        StatusCode::FORBIDDEN,
+        "a non-object result denies"
+    );
     assert_eq!(up.forwarded().len(), 1);
 }

@@ -16,7 +16,10 @@ async fn gateway_with(identity_extra: &str) -> (Upstream, TestGateway) {
     (up, gw)
 }
 
-async fn status_with_auth(gw: &TestGateway, auth: &str) -> (StatusCode, serde_json::Value, Option<String>) {
+async fn status_with_auth(
+    gw: &TestGateway,
+    auth: &str,
+) -> (StatusCode, serde_json::Value, Option<String>) {
     let a = get(&gw.url("/display/ENG/Home"), &[("authorization", auth)]).await;
     let www = a.header("www-authenticate").map(str::to_string);
     (a.status, a.json(), www)
@@ -28,8 +31,14 @@ async fn missing_and_invalid_tokens_get_401_with_the_reason() {
 
     let a = get(&gw.url("/display/ENG/Home"), &[]).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(a.json(), serde_json::json!({"error": "unauthorized", "reason": "missing_token"}));
-    assert_eq!(a.header("www-authenticate"), Some("Bearer realm=\"guestgate\""));
+    assert_eq!(
+        a.json(),
+        serde_json::json!({"error": "unauthorized", "reason": "missing_token"})
+    );
+    assert_eq!(
+        a.header("www-authenticate"),
+        Some("Bearer realm=\"guestgate\"")
+    );
 
     let mut expired = claims("alice", &[]);
     expired["exp"] = serde_json::json!(now() - 10);
@@ -42,7 +51,10 @@ async fn missing_and_invalid_tokens_get_401_with_the_reason() {
     let mut no_exp = claims("alice", &[]);
     no_exp.as_object_mut().unwrap().remove("exp");
     let mut no_user = claims("alice", &[]);
-    no_user.as_object_mut().unwrap().remove("preferred_username");
+    no_user
+        .as_object_mut()
+        .unwrap()
+        .remove("preferred_username");
     no_user.as_object_mut().unwrap().remove("sub");
     let bad_sig = {
         let t = token("alice", &[]);
@@ -71,7 +83,12 @@ async fn missing_and_invalid_tokens_get_401_with_the_reason() {
     let wrong_typ = {
         let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
         h.typ = Some("dpop+jwt".into());
-        jsonwebtoken::encode(&h, &claims("alice", &[]), &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+        jsonwebtoken::encode(
+            &h,
+            &claims("alice", &[]),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
     };
     let cases = [
         (sign_hs256(&expired), "token_expired"),
@@ -96,23 +113,37 @@ async fn missing_and_invalid_tokens_get_401_with_the_reason() {
         assert!(www.contains("error=\"invalid_token\""), "{www}");
         assert!(www.contains(reason), "{www}");
     }
-    assert!(up.forwarded().is_empty(), "no refused request reached the wiki");
+    assert!(
+        up.forwarded().is_empty(),
+        "no refused request reached the wiki"
+    );
 }
 
 #[tokio::test]
 async fn token_from_cookie_and_sources_in_order() {
     let (up, gw) = gateway_with("").await;
-    let cookie = format!("theme=dark; guestgate_token={}; other=1", token("gary", &[]));
+    let cookie = format!(
+        "theme=dark; guestgate_token={}; other=1",
+        token("gary", &[])
+    );
     let a = get(&gw.url("/display/ENG/Home"), &[("cookie", &cookie)]).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(up.forwarded()[0].header("x-guestgate-user"), Some("gary"));
     // Authorization comes first in the default token_sources.
     let auth = bearer(&token("alice", &[]));
-    let a = get(&gw.url("/display/HR/Home"), &[("cookie", &cookie), ("authorization", &auth)]).await;
+    let a = get(
+        &gw.url("/display/HR/Home"),
+        &[("cookie", &cookie), ("authorization", &auth)],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(up.forwarded()[1].header("x-guestgate-user"), Some("alice"));
     // A Basic credential is not a token.
-    let a = get(&gw.url("/display/HR/Home"), &[("authorization", "Basic YWxpY2U6c2VjcmV0")]).await;
+    let a = get(
+        &gw.url("/display/HR/Home"),
+        &[("authorization", "Basic YWxpY2U6c2VjcmV0")],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
 }
 
@@ -122,12 +153,24 @@ async fn user_claim_falls_back_to_sub_and_groups_come_from_the_token() {
     let mut c = claims("x", &["acme-guests"]);
     c.as_object_mut().unwrap().remove("preferred_username");
     c["sub"] = serde_json::json!("visitor-7");
-    let a = get(&gw.url("/display/ENG/Home"), &[("authorization", &bearer(&sign_hs256(&c)))]).await;
+    let a = get(
+        &gw.url("/display/ENG/Home"),
+        &[("authorization", &bearer(&sign_hs256(&c)))],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
     let s = &up.forwarded()[0];
     assert_eq!(s.header("x-guestgate-user"), Some("visitor-7"));
-    assert_eq!(s.header("x-guestgate-guest"), Some("true"), "token group acme-guests makes a guest");
-    let a = get(&gw.url("/display/HR/Home"), &[("authorization", &bearer(&sign_hs256(&c)))]).await;
+    assert_eq!(
+        s.header("x-guestgate-guest"),
+        Some("true"),
+        "token group acme-guests makes a guest"
+    );
+    let a = get(
+        &gw.url("/display/HR/Home"),
+        &[("authorization", &bearer(&sign_hs256(&c)))],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
 }
 
@@ -160,7 +203,12 @@ fn ed_key(kid: &str) -> EcKey {
     }
 }
 
-fn sign(alg: jsonwebtoken::Algorithm, kid: Option<&str>, key: &jsonwebtoken::EncodingKey, c: &serde_json::Value) -> String {
+fn sign(
+    alg: jsonwebtoken::Algorithm,
+    kid: Option<&str>,
+    key: &jsonwebtoken::EncodingKey,
+    c: &serde_json::Value,
+) -> String {
     let mut header = jsonwebtoken::Header::new(alg);
     header.kid = kid.map(str::to_string);
     jsonwebtoken::encode(&header, c, key).unwrap()
@@ -187,7 +235,13 @@ async fn jwks_keys_are_pinned_to_their_algorithm() {
         let config = guestgate::config::Config::load(&path).unwrap();
         let gateway = std::sync::Arc::new(guestgate::gateway::Gateway::new(config).unwrap());
         let running = guestgate::server::start(gateway.clone()).await.unwrap();
-        TestGateway { addr: running.proxy_addr, admin: running.admin_addr, gateway, running, dir }
+        TestGateway {
+            addr: running.proxy_addr,
+            admin: running.admin_addr,
+            gateway,
+            running,
+            dir,
+        }
     };
     let ec_enc = jsonwebtoken::EncodingKey::from_ec_pem(ec.pem.as_bytes()).unwrap();
     let ed_enc = jsonwebtoken::EncodingKey::from_ed_pem(ed.pem.as_bytes()).unwrap();
@@ -196,22 +250,42 @@ async fn jwks_keys_are_pinned_to_their_algorithm() {
     let es = sign(jsonwebtoken::Algorithm::ES256, Some("ec-1"), &ec_enc, &good);
     assert_eq!(status_with_auth(&gw, &bearer(&es)).await.0, StatusCode::OK);
     let eddsa = sign(jsonwebtoken::Algorithm::EdDSA, Some("ed-1"), &ed_enc, &good);
-    assert_eq!(status_with_auth(&gw, &bearer(&eddsa)).await.0, StatusCode::OK);
+    assert_eq!(
+        status_with_auth(&gw, &bearer(&eddsa)).await.0,
+        StatusCode::OK
+    );
     let no_kid = sign(jsonwebtoken::Algorithm::ES256, None, &ec_enc, &good);
-    assert_eq!(status_with_auth(&gw, &bearer(&no_kid)).await.0, StatusCode::OK);
+    assert_eq!(
+        status_with_auth(&gw, &bearer(&no_kid)).await.0,
+        StatusCode::OK
+    );
 
     // A kid that names the EC key, on an EdDSA token: the key decides the algorithm.
     let confused = sign(jsonwebtoken::Algorithm::EdDSA, Some("ec-1"), &ed_enc, &good);
     let (status, body, _) = status_with_auth(&gw, &bearer(&confused)).await;
-    assert_eq!((status, body["reason"].as_str()), (StatusCode::UNAUTHORIZED, Some("algorithm_mismatch")));
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("algorithm_mismatch"))
+    );
     // Classic confusion: HS256 "signed" with the public key text under the EC key's kid.
     let public_as_secret = jsonwebtoken::EncodingKey::from_secret(ec.jwk.to_string().as_bytes());
-    let confused = sign(jsonwebtoken::Algorithm::HS256, Some("ec-1"), &public_as_secret, &good);
+    let confused = sign(
+        jsonwebtoken::Algorithm::HS256,
+        Some("ec-1"),
+        &public_as_secret,
+        &good,
+    );
     let (status, body, _) = status_with_auth(&gw, &bearer(&confused)).await;
-    assert_eq!((status, body["reason"].as_str()), (StatusCode::UNAUTHORIZED, Some("algorithm_mismatch")));
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("algorithm_mismatch"))
+    );
     let unknown = sign(jsonwebtoken::Algorithm::ES256, Some("ec-9"), &ec_enc, &good);
     let (status, body, _) = status_with_auth(&gw, &bearer(&unknown)).await;
-    assert_eq!((status, body["reason"].as_str()), (StatusCode::UNAUTHORIZED, Some("unknown_key")));
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unknown_key"))
+    );
     // Signed by a key the gateway does not have, under a known kid.
     let other = ec_key("ec-1");
     let forged = sign(
@@ -221,7 +295,10 @@ async fn jwks_keys_are_pinned_to_their_algorithm() {
         &good,
     );
     let (status, body, _) = status_with_auth(&gw, &bearer(&forged)).await;
-    assert_eq!((status, body["reason"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_signature")));
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_signature"))
+    );
     assert_eq!(up.forwarded().len(), 3);
 }
 

@@ -36,10 +36,17 @@ async fn regular_user_passes_through_with_identity_and_forwarded_headers() {
     let seen = up.forwarded();
     assert_eq!(seen.len(), 1);
     let s = &seen[0];
-    assert_eq!(s.uri, "/display/HR/Salaries?x=1&y=%20z", "canonical path, query unchanged");
+    assert_eq!(
+        s.uri, "/display/HR/Salaries?x=1&y=%20z",
+        "canonical path, query unchanged"
+    );
     assert_eq!(s.header("x-guestgate-user"), Some("alice"));
     assert_eq!(s.header("x-guestgate-guest"), Some("false"));
-    assert_eq!(s.header("authorization"), Some(auth.as_str()), "token forwarded unchanged");
+    assert_eq!(
+        s.header("authorization"),
+        Some(auth.as_str()),
+        "token forwarded unchanged"
+    );
     assert_eq!(s.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
     assert_eq!(s.header("x-forwarded-proto"), Some("http"));
     assert_eq!(s.header("x-forwarded-host"), Some("wiki.example.com"));
@@ -91,7 +98,10 @@ async fn public_routes_need_no_token_and_survive_a_stale_one() {
     assert_eq!(a.status, StatusCode::OK);
     let s = up.forwarded();
     assert_eq!(s.len(), 2);
-    assert!(s[1].header("x-guestgate-user").is_none(), "no identity for anonymous");
+    assert!(
+        s[1].header("x-guestgate-user").is_none(),
+        "no identity for anonymous"
+    );
     assert_eq!(s[1].header("x-guestgate-guest"), Some("false"));
 }
 
@@ -106,7 +116,10 @@ async fn upstream_down_is_502_and_slow_is_504() {
     let auth = bearer(&token("alice", &[]));
     let a = get(&gw.url("/display/ENG/Home"), &[("authorization", &auth)]).await;
     assert_eq!(a.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(a.json(), serde_json::json!({"error": "bad_gateway", "reason": "upstream_unavailable"}));
+    assert_eq!(
+        a.json(),
+        serde_json::json!({"error": "bad_gateway", "reason": "upstream_unavailable"})
+    );
 
     let up = start_upstream().await;
     let gw = start_gateway(TestConfig::new(&up.url())).await;
@@ -114,7 +127,10 @@ async fn upstream_down_is_502_and_slow_is_504() {
     let a = get(&gw.url("/slow"), &[("authorization", &auth)]).await;
     assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(a.json()["reason"], "upstream_timeout");
-    assert!(started.elapsed() < Duration::from_secs(4), "request_timeout_secs = 1 applies");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "request_timeout_secs = 1 applies"
+    );
 }
 
 #[tokio::test]
@@ -124,7 +140,10 @@ async fn refusals_are_html_for_browsers() {
     let auth = bearer(&token("gary", &[]));
     let a = get(
         &gw.url("/admin/users.action"),
-        &[("authorization", &auth), ("accept", "text/html,application/xhtml+xml,*/*;q=0.8")],
+        &[
+            ("authorization", &auth),
+            ("accept", "text/html,application/xhtml+xml,*/*;q=0.8"),
+        ],
     )
     .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
@@ -144,7 +163,8 @@ async fn response_bodies_stream_without_buffering() {
     let handler: Handler = Arc::new(move |_req| {
         let mut rx = (*got_first_rx).clone();
         Box::pin(async move {
-            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(2);
+            let (mut tx, body) =
+                http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(2);
             tokio::spawn(async move {
                 let chunk = Bytes::from(vec![b'x'; CHUNK]);
                 tx.send_data(chunk.clone()).await.unwrap();
@@ -161,7 +181,8 @@ async fn response_bodies_stream_without_buffering() {
     let up = start_upstream_with(handler).await;
     let gw = start_gateway(TestConfig::new(&up.url())).await;
     let auth = bearer(&token("alice", &[]));
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
     let req = Request::get(gw.url("/download/attachments/100/big.bin"))
         .header("authorization", &auth)
         .body(Full::new(Bytes::new()))
@@ -171,7 +192,10 @@ async fn response_bodies_stream_without_buffering() {
     let mut body = resp.into_body();
     let mut total = 0usize;
     let started = std::time::Instant::now();
-    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.unwrap() {
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .unwrap()
+    {
         if let Ok(data) = frame.unwrap().into_data() {
             total += data.len();
             if total >= 1 {
@@ -180,7 +204,10 @@ async fn response_bodies_stream_without_buffering() {
         }
     }
     assert_eq!(total, CHUNK * CHUNKS);
-    assert!(started.elapsed() < Duration::from_secs(5), "no stall waiting for a buffered body");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "no stall waiting for a buffered body"
+    );
 }
 
 /// The client sends its first chunk and waits until the upstream has read it.
@@ -205,12 +232,14 @@ async fn request_bodies_stream_without_buffering() {
     let up = start_upstream_with(handler).await;
     let gw = start_gateway(TestConfig::new(&up.url())).await;
     let auth = bearer(&token("alice", &[]));
-    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
+    let (mut tx, body) =
+        http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
     let req = Request::post(gw.url("/rest/api/content/100/child/attachment"))
         .header("authorization", &auth)
         .body(body)
         .unwrap();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
     let sending = tokio::spawn(async move {
         let chunk = Bytes::from(vec![b'y'; 1 << 20]);
         tx.send(Frame::data(chunk.clone())).await.unwrap();
@@ -241,11 +270,13 @@ async fn http2_over_tls_with_alpn() {
     for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&cert_pem) {
         roots.add(cert.unwrap()).unwrap();
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
@@ -255,7 +286,10 @@ async fn http2_over_tls_with_alpn() {
         .http2_only(true)
         .build(connector);
     let auth = bearer(&token("gary", &[]));
-    for (path, status) in [("/display/ENG/Home", StatusCode::OK), ("/display/HR/Home", StatusCode::FORBIDDEN)] {
+    for (path, status) in [
+        ("/display/ENG/Home", StatusCode::OK),
+        ("/display/HR/Home", StatusCode::FORBIDDEN),
+    ] {
         let req = Request::get(format!("https://localhost:{}{path}", gw.addr.port()))
             .header("authorization", &auth)
             .body(Full::new(Bytes::new()))
@@ -267,7 +301,10 @@ async fn http2_over_tls_with_alpn() {
     let seen = up.forwarded();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].header("x-forwarded-proto"), Some("https"));
-    assert_eq!(seen[0].header("x-forwarded-host"), Some(format!("localhost:{}", gw.addr.port()).as_str()));
+    assert_eq!(
+        seen[0].header("x-forwarded-host"),
+        Some(format!("localhost:{}", gw.addr.port()).as_str())
+    );
 }
 
 #[tokio::test]
@@ -275,13 +312,23 @@ async fn bad_paths_are_refused_before_anything_else() {
     let up = start_upstream().await;
     let gw = start_gateway(TestConfig::new(&up.url())).await;
     let auth = bearer(&token("alice", &[]));
-    for path in ["/display/ENG%2f..%2fadmin", "/display/ENG/%00", "/a/%zz", "/display/../..", "/x%c3%28"] {
+    for path in [
+        "/display/ENG%2f..%2fadmin",
+        "/display/ENG/%00",
+        "/a/%zz",
+        "/display/../..",
+        "/x%c3%28",
+    ] {
         let a = get(&gw.url(path), &[("authorization", &auth)]).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{path}");
         assert_eq!(a.json()["error"], "bad_request");
     }
     // Captured query parameters must not repeat: the wiki could read the other one.
-    let a = get(&gw.url("/pages/viewpage.action?pageId=100&pageId=200"), &[("authorization", &auth)]).await;
+    let a = get(
+        &gw.url("/pages/viewpage.action?pageId=100&pageId=200"),
+        &[("authorization", &auth)],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert_eq!(a.json()["reason"], "duplicate_query_parameter");
     assert!(up.forwarded().is_empty());
@@ -305,5 +352,8 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     let a = in_flight.await.unwrap();
     assert_eq!(a.status, StatusCode::OK);
     gw.running.wait().await;
-    assert!(tokio::net::TcpStream::connect(gw.addr).await.is_err(), "listener closed");
+    assert!(
+        tokio::net::TcpStream::connect(gw.addr).await.is_err(),
+        "listener closed"
+    );
 }

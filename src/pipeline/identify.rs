@@ -417,7 +417,8 @@ struct TokenHeader {
 fn parse_header(token: &str) -> Result<TokenHeader, IdentityError> {
     use base64::Engine as _;
     let mut parts = token.split('.');
-    let (Some(head), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(head), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(IdentityError::Malformed);
     };
@@ -437,7 +438,9 @@ fn parse_header(token: &str) -> Result<TokenHeader, IdentityError> {
     }
     let alg = match raw.alg.as_str() {
         "HS256" | "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384"
-        | "EdDSA" => Algorithm::from_str(&raw.alg).map_err(|_| IdentityError::UnsupportedAlgorithm)?,
+        | "EdDSA" => {
+            Algorithm::from_str(&raw.alg).map_err(|_| IdentityError::UnsupportedAlgorithm)?
+        }
         _ => return Err(IdentityError::UnsupportedAlgorithm),
     };
     Ok(TokenHeader { alg, kid: raw.kid })

@@ -28,8 +28,11 @@ pub const ISSUER: &str = "https://idp.test";
 pub const AUDIENCE: &str = "wiki";
 
 pub type UpBody = BoxBody<Bytes, Infallible>;
-pub type Handler =
-    Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<UpBody>> + Send>> + Send + Sync>;
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<UpBody>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]
@@ -132,7 +135,12 @@ pub fn default_handler() -> Handler {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();
-            let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes().len())
+                .unwrap_or(0);
             json_response(
                 StatusCode::OK,
                 serde_json::json!({"ok": true, "path": path, "user": user, "body_bytes": body}),
@@ -153,7 +161,9 @@ pub async fn start_upstream_with(handler: Handler) -> Upstream {
     let (seen2, lookups2) = (seen.clone(), lookups.clone());
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let (seen, lookups, handler) = (seen2.clone(), lookups2.clone(), handler.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
@@ -177,7 +187,11 @@ pub async fn start_upstream_with(handler: Handler) -> Upstream {
             });
         }
     });
-    Upstream { addr, seen, lookups }
+    Upstream {
+        addr,
+        seen,
+        lookups,
+    }
 }
 
 /// The data document the tests run with.
@@ -258,7 +272,8 @@ pub fn write_config(dir: &Path, c: &TestConfig) -> PathBuf {
     std::fs::write(dir.join("data.json"), &c.data).unwrap();
     std::fs::write(dir.join("secret"), SECRET).unwrap();
     let tls = if c.tls {
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap();
         std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
         std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
         "tls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n"
@@ -413,7 +428,12 @@ pub async fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &s
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }
-    send(builder.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await
+    send(
+        builder
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap(),
+    )
+    .await
 }
 
 /// Sends raw bytes over a fresh connection and returns what came back (until close or 2 s).

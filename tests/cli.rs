@@ -1,0 +1,262 @@
+//! The command line, run as the real binary.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+fn guestgate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_guestgate"))
+        .args(args)
+        .env("GUESTGATE_HS256_SECRET", SECRET)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn shipped() -> String {
+    repo_path("config/guestgate.toml").display().to_string()
+}
+
+#[test]
+fn check_passes_on_the_shipped_config() {
+    let (code, out, err) = guestgate(&["check", "--config", &shipped()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("tests:"), "{out}");
+    assert!(out.contains(" passed, 0 failed"), "{out}");
+}
+
+#[test]
+fn test_prints_the_tally() {
+    let (code, out, _) = guestgate(&["test", "--config", &shipped()]);
+    assert_eq!(code, 0);
+    let last = out.lines().last().unwrap();
+    let passed: usize = last.split(' ').next().unwrap().parse().unwrap();
+    assert!(passed >= 20, "{last}");
+    assert!(last.ends_with(" passed, 0 failed"), "{last}");
+}
+
+#[test]
+fn failing_policy_tests_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = TestConfig::new("http://127.0.0.1:9");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::copy(
+        repo_path("policies/guestgate/authz.rego"),
+        policies.join("authz.rego"),
+    )
+    .unwrap();
+    std::fs::write(
+        policies.join("extra_test.rego"),
+        "package extra_test\nimport rego.v1\ntest_ok if true\ntest_fails if false\ntest_undefined if data.nothing.here\n",
+    )
+    .unwrap();
+    let c = TestConfig {
+        policy_dir: policies,
+        ..c
+    };
+    let path = write_config(dir.path(), &c);
+    let (code, out, _) = guestgate(&["test", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL data.extra_test.test_fails"), "{out}");
+    assert!(out.contains("FAIL data.extra_test.test_undefined"), "{out}");
+    assert!(out.trim_end().ends_with("1 passed, 2 failed"), "{out}");
+}
+
+#[test]
+fn invalid_config_exits_2_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[upstream]\nurl = \"http://127.0.0.1:8090\"\n\n[server]\nlisten = \"127.0.0.1:8080\"\nlisen = 1\n").unwrap();
+    let (code, _, err) = guestgate(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bad.toml"), "{err}");
+    assert!(err.contains("line 6"), "{err}");
+    assert!(err.contains("lisen"), "{err}");
+
+    std::fs::write(&path, "[server]\nlisten = \"nowhere\"\n").unwrap();
+    let (code, _, err) = guestgate(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("upstream.url: is required"), "{err}");
+    assert!(
+        err.contains("server.listen: `nowhere` is not an address:port"),
+        "{err}"
+    );
+
+    let (code, _, err) = guestgate(&["check", "--config", "/nonexistent/guestgate.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/guestgate.toml"), "{err}");
+}
+
+#[test]
+fn invalid_policy_and_data_are_reported_with_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("broken.rego"),
+        "package guestgate\nimport rego.v1\n\ndecision := {\"allow\": true if {\n",
+    )
+    .unwrap();
+    let c = TestConfig {
+        policy_dir: policies,
+        ..TestConfig::new("http://127.0.0.1:9")
+    };
+    let path = write_config(dir.path(), &c);
+    let (code, _, err) = guestgate(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("broken.rego:4:"), "{err}");
+
+    let c = TestConfig {
+        data: r#"{"groups": {"g": {"guest": true}}, "spaces": {"ENG": {"guests": {"groups": {"g": ["view", "admin"]}}}}}"#.into(),
+        ..TestConfig::new("http://127.0.0.1:9")
+    };
+    let path = write_config(dir.path(), &c);
+    let (code, _, err) = guestgate(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("spaces.ENG.guests.groups.g: `admin` can never be granted to guests"),
+        "{err}"
+    );
+}
+
+#[test]
+fn eval_prints_route_user_decision_and_revision() {
+    let (code, out, err) = guestgate(&[
+        "eval",
+        "--config",
+        &shipped(),
+        "--url",
+        "/display/ENG/Home",
+        "--user",
+        "gary",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["route"]["family"], "space");
+    assert_eq!(v["route"]["space"], "ENG");
+    assert_eq!(v["user"]["name"], "gary");
+    assert_eq!(v["user"]["groups"], serde_json::json!(["acme-guests"]));
+    assert_eq!(v["decision"]["allow"], true);
+    assert_eq!(v["decision"]["guest"], true);
+    assert!(v["revision"].as_str().unwrap().len() >= 8);
+
+    let (_, out, _) = guestgate(&[
+        "eval",
+        "--config",
+        &shipped(),
+        "--method",
+        "POST",
+        "--url",
+        "http://wiki/display/ENG/Home",
+        "--user",
+        "gary",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["decision"]["reason"], "missing_permission_edit");
+
+    let (_, out, _) = guestgate(&["eval", "--config", &shipped(), "--url", "/display/ENG/Home"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["decision"]["status"], 401);
+
+    let (_, out, _) = guestgate(&[
+        "eval",
+        "--config",
+        &shipped(),
+        "--url",
+        "/a%2fb",
+        "--user",
+        "gary",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["decision"]["reason"], "encoded_slash");
+}
+
+#[test]
+fn token_mints_a_token_the_gateway_accepts() {
+    let (code, out, _) = guestgate(&[
+        "token",
+        "--config",
+        &shipped(),
+        "--sub",
+        "gary",
+        "--groups",
+        "acme-guests",
+        "--ttl",
+        "60",
+    ]);
+    assert_eq!(code, 0);
+    let token = out.trim();
+    let (_, out, _) = guestgate(&[
+        "eval",
+        "--config",
+        &shipped(),
+        "--url",
+        "/display/ENG/Home",
+        "--token",
+        token,
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["user"]["name"], "gary");
+    assert_eq!(v["decision"]["allow"], true);
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let (code, _, _) = guestgate(&["frobnicate"]);
+    assert_eq!(code, 2);
+    let (code, _, _) = guestgate(&["eval", "--config", &shipped()]);
+    assert_eq!(code, 2, "--url is required");
+}
+
+#[test]
+fn serve_runs_until_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &TestConfig::new("http://127.0.0.1:9"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_guestgate"))
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Whatever happens below, the server must not outlive the test.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+        }
+    }
+    let stderr = child.stderr.take().unwrap();
+    let pid = child.id();
+    let mut child = KillOnDrop(child);
+    let mut lines = BufReader::new(stderr).lines();
+    let listening = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("guestgate listening"))
+        .expect("serve logs its addresses");
+    let admin = listening
+        .split("admin=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let health = std::net::TcpStream::connect(&admin);
+    assert!(health.is_ok(), "admin listener at {admin}");
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = child.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
