@@ -342,7 +342,8 @@ fn eval(
     };
     let outcome = (|| {
         let accepted = accept::accept(&request, &config.server, &snapshot.routes)?;
-        let route = crate::pipeline::classify::classify(&snapshot.routes, &accepted);
+        let route =
+            crate::pipeline::classify::classify(&snapshot.routes, &accepted, config.rewrite.json);
         let route_json =
             serde_json::to_value(crate::policy::input::route_value(&route)).unwrap_or_default();
         let principal = decide::principal(&snapshot, &route, &caller, config.identity.anonymous)

@@ -26,6 +26,10 @@ pub enum GatewayError {
     BadRequest(&'static str),
     #[error("request header fields too large")]
     HeadersTooLarge,
+    /// The request body is larger than its route allows (`Content-Length` up front, or the
+    /// streamed body once it passes the limit).
+    #[error("request body too large")]
+    PayloadTooLarge,
     #[error("method not allowed: {0}")]
     MethodNotAllowed(&'static str),
     /// No usable identity on a route that needs one.
@@ -47,6 +51,15 @@ pub enum GatewayError {
     UpstreamUnavailable(#[source] BoxError),
     #[error("upstream did not answer in time")]
     UpstreamTimeout,
+    /// Too many requests are in flight to the wiki; shed load rather than queue without end.
+    #[error("too many requests in flight to the upstream")]
+    Overloaded { retry_after_secs: u64 },
+    /// The request task panicked; the panic was caught and the request answered.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+    /// A guest's listing could not be filtered; it is refused rather than passed unfiltered.
+    #[error("listing cannot be filtered: {0}")]
+    Unfilterable(&'static str),
     #[error("gateway not ready: {0}")]
     NotReady(&'static str),
 }
@@ -56,11 +69,14 @@ impl GatewayError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Denied { status, .. } => *status,
             Self::Policy(_) | Self::ContentUnresolved { .. } => StatusCode::FORBIDDEN,
-            Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamUnavailable(_) | Self::Unfilterable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -69,8 +85,14 @@ impl GatewayError {
     /// The short snake_case word clients and logs see as `reason`.
     pub fn reason(&self) -> &str {
         match self {
-            Self::BadRequest(r) | Self::MethodNotAllowed(r) | Self::NotReady(r) => r,
+            Self::BadRequest(r)
+            | Self::MethodNotAllowed(r)
+            | Self::NotReady(r)
+            | Self::Unfilterable(r) => r,
             Self::HeadersTooLarge => "headers_too_large",
+            Self::PayloadTooLarge => "body_too_large",
+            Self::Overloaded { .. } => "overloaded",
+            Self::Internal(r) => r,
             Self::Unauthorized(e) => e.reason(),
             Self::Denied { reason, .. } => reason,
             Self::Policy(_) => "policy_error",
@@ -92,6 +114,9 @@ impl GatewayError {
         if let Self::Unauthorized(e) = &self {
             builder = builder.header(header::WWW_AUTHENTICATE, e.www_authenticate());
         }
+        if let Self::Overloaded { retry_after_secs } = &self {
+            builder = builder.header(header::RETRY_AFTER, *retry_after_secs);
+        }
         let (content_type, body) = if wants_html {
             ("text/html; charset=utf-8", html_page(status, word, reason))
         } else {
@@ -106,6 +131,22 @@ impl GatewayError {
                 *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
                 r
             })
+    }
+}
+
+impl GatewayError {
+    /// The error of a request to the wiki that failed. A client body cut off at its limit
+    /// (see `pipeline::limits`) surfaces here as the send's cause: that is the client's
+    /// 413, not the wiki's 502.
+    pub fn upstream_failed(error: BoxError) -> GatewayError {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+        while let Some(e) = cause {
+            if e.is::<http_body_util::LengthLimitError>() {
+                return GatewayError::PayloadTooLarge;
+            }
+            cause = e.source();
+        }
+        GatewayError::UpstreamUnavailable(error)
     }
 }
 

@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use crate::config::Config;
 use crate::pipeline::classify::{ContentCache, content_cache};
 use crate::pipeline::forward::{Upstream, UpstreamError};
+use crate::pipeline::limits::UpstreamSlots;
 use crate::snapshot::{LoadError, Snapshot};
 use crate::telemetry::{DecisionLog, Metrics};
 
@@ -15,6 +16,8 @@ pub struct Gateway {
     pub config: Arc<Config>,
     current: ArcSwap<Snapshot>,
     pub upstream: Upstream,
+    /// Bounds the requests in flight to the wiki (`server.max_upstream_in_flight`).
+    pub upstream_slots: UpstreamSlots,
     pub content_cache: ContentCache,
     pub decision_log: DecisionLog,
     pub metrics: Metrics,
@@ -47,10 +50,15 @@ impl Gateway {
             DecisionLog::start(&config.log.decisions).map_err(StartError::DecisionLog)?;
         let metrics = Metrics::default();
         metrics.set_revision(&snapshot.revision);
+        let upstream_slots = UpstreamSlots::new(
+            config.server.max_upstream_in_flight,
+            config.server.retry_after,
+        );
         Ok(Gateway {
             config: Arc::new(config),
             current: ArcSwap::from_pointee(snapshot),
             upstream,
+            upstream_slots,
             content_cache: content_cache(ttl),
             decision_log,
             metrics,

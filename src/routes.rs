@@ -184,6 +184,8 @@ pub struct RouteRule {
     pub action: Option<Action>,
     pub public: bool,
     pub rewrites: Rewrites,
+    /// Largest request body this rule accepts; `None`: `server.max_body_bytes`.
+    pub max_body_bytes: Option<usize>,
 }
 
 /// The route of one request: what the profile says it touches.
@@ -198,6 +200,11 @@ pub struct Route {
     pub action: Action,
     pub public: bool,
     pub rewrites: Rewrites,
+    /// The rule's request body limit, if it sets one (else `server.max_body_bytes`).
+    pub max_body_bytes: Option<usize>,
+    /// Guests' listings on this route will be filtered to their spaces (the route asks for
+    /// `filter_spaces` and JSON rewriting is on). The policy may allow search only then.
+    pub filtered: bool,
 }
 
 /// A compiled route profile.
@@ -210,7 +217,10 @@ pub struct RouteProfile {
     /// the gateway and the wiki could each pick a different occurrence.
     pub captured_query_params: BTreeSet<String>,
     pub content_lookup: Option<ContentLookup>,
-    pub user_link_selector: Option<String>,
+    /// The elements of HTML pages that link to a user (tag_users).
+    pub user_links: Option<lol_html::Selector>,
+    /// How a listing item names its space (filter_spaces), tried in order.
+    pub listing_space: Vec<crate::pipeline::rewrite::json::SpaceExtractor>,
     unmatched_name: Arc<str>,
 }
 
@@ -230,7 +240,23 @@ struct ProfileFile {
     #[serde(default)]
     content_lookup: Option<ContentLookupFile>,
     #[serde(default)]
+    listing: Option<ListingFile>,
+    #[serde(default)]
     route: Vec<RouteFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListingFile {
+    space: Vec<SpaceSourceFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpaceSourceFile {
+    pointer: String,
+    #[serde(default)]
+    pattern: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -262,6 +288,8 @@ struct RouteFile {
     public: bool,
     #[serde(default)]
     rewrite: Vec<String>,
+    #[serde(default)]
+    max_body_bytes: Option<u64>,
 }
 
 const CAPTURE_NAMES: [&str; 3] = ["space", "content", "user"];
@@ -338,6 +366,13 @@ impl RouteProfile {
                     other => errors.push(err(format!("{at}: unknown rewrite `{other}`"))),
                 }
             }
+            let max_body_bytes = r.max_body_bytes.and_then(|n| {
+                let n = usize::try_from(n).ok();
+                if n.is_none() {
+                    errors.push(err(format!("{at}: max_body_bytes is too large")));
+                }
+                n
+            });
             rules.push(RouteRule {
                 name: Arc::from(r.name.as_str()),
                 family,
@@ -347,6 +382,7 @@ impl RouteProfile {
                 action,
                 public: r.public,
                 rewrites,
+                max_body_bytes,
             });
         }
         let content_lookup = file.content_lookup.map(|c| {
@@ -366,6 +402,47 @@ impl RouteProfile {
                 cache_ttl: Duration::from_secs(c.cache_ttl_secs),
             }
         });
+        let mut listing_space = Vec::new();
+        for (i, source) in file
+            .listing
+            .map(|l| l.space)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let at = format!("listing.space #{}", i + 1);
+            let pattern = match source.pattern.as_deref().map(Regex::new).transpose() {
+                Ok(p) => p,
+                Err(e) => {
+                    errors.push(err(format!("{at}: pattern: {e}")));
+                    None
+                }
+            };
+            match crate::pipeline::rewrite::json::SpaceExtractor::new(&source.pointer, pattern) {
+                Some(x) => listing_space.push(x),
+                None => errors.push(err(format!(
+                    "{at}: `{}` is not a JSON pointer like `/space/key`",
+                    source.pointer
+                ))),
+            }
+        }
+        if listing_space.is_empty() && rules.iter().any(|r| r.rewrites.filter_spaces) {
+            errors.push(err(
+                "routes with the `filter_spaces` rewrite need a [listing] section saying where items name their space".into(),
+            ));
+        }
+        let user_links = match file
+            .user_link_selector
+            .as_deref()
+            .map(str::parse::<lol_html::Selector>)
+        {
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                errors.push(err(format!("user_link_selector: {e}")));
+                None
+            }
+            None => None,
+        };
         if content_lookup.is_none() && rules.iter().any(|r| r.family == Family::Content) {
             errors.push(err(
                 "routes of family `content` need a [content_lookup] section".into(),
@@ -387,7 +464,8 @@ impl RouteProfile {
             path_set,
             captured_query_params,
             content_lookup,
-            user_link_selector: file.user_link_selector,
+            user_links,
+            listing_space,
             unmatched_name: Arc::from("unmatched"),
         })
     }
@@ -426,6 +504,8 @@ impl RouteProfile {
                 action: rule.action.unwrap_or_else(|| Action::from_method(method)),
                 public: rule.public,
                 rewrites: rule.rewrites,
+                max_body_bytes: rule.max_body_bytes,
+                filtered: false,
             };
             if let Some(caps) = rule.path.captures(path) {
                 take_captures(&rule.path, &caps, &mut route);
@@ -446,6 +526,8 @@ impl RouteProfile {
             action: Action::from_method(method),
             public: false,
             rewrites: Rewrites::default(),
+            max_body_bytes: None,
+            filtered: false,
         }
     }
 }

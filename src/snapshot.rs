@@ -25,25 +25,28 @@ pub enum LoadError {
     Key(#[from] KeyError),
 }
 
-/// A cached decision and how long it may live.
+/// A cached policy answer and how long it may live (never past the next grant expiry).
 #[derive(Debug, Clone)]
-pub struct CachedDecision {
-    pub decision: Arc<Decision>,
+pub struct Timed<T> {
+    pub value: T,
     pub ttl: Duration,
 }
 
-struct DecisionTtl;
+struct OwnTtl;
 
-impl moka::Expiry<Box<[u8]>, CachedDecision> for DecisionTtl {
+impl<T> moka::Expiry<Box<[u8]>, Timed<T>> for OwnTtl {
     fn expire_after_create(
         &self,
         _key: &Box<[u8]>,
-        value: &CachedDecision,
+        value: &Timed<T>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
         Some(value.ttl)
     }
 }
+
+/// Spaces whose listing items a guest keeps.
+pub type SpaceSet = Arc<std::collections::HashSet<String>>;
 
 /// One revision of everything a decision depends on.
 pub struct Snapshot {
@@ -53,8 +56,10 @@ pub struct Snapshot {
     pub policy: Policy,
     pub directory: Directory,
     pub verifier: Verifier,
-    pub decisions: moka::sync::Cache<Box<[u8]>, CachedDecision>,
+    pub decisions: moka::sync::Cache<Box<[u8]>, Timed<Arc<Decision>>>,
+    pub viewable: moka::sync::Cache<Box<[u8]>, Timed<SpaceSet>>,
     pub decision_ttl: Duration,
+    pub listing_query: String,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -153,9 +158,14 @@ impl Snapshot {
                     verifier,
                     decisions: moka::sync::Cache::builder()
                         .max_capacity(config.policy.decision_cache_max_entries)
-                        .expire_after(DecisionTtl)
+                        .expire_after(OwnTtl)
+                        .build(),
+                    viewable: moka::sync::Cache::builder()
+                        .max_capacity(config.policy.decision_cache_max_entries / 10 + 1)
+                        .expire_after(OwnTtl)
                         .build(),
                     decision_ttl: config.policy.decision_cache_ttl,
+                    listing_query: config.policy.listing_query.clone(),
                 })
             }
             _ => Err(errors),

@@ -68,12 +68,12 @@ impl DecisionLog {
             .spawn(move || {
                 while let Ok(line) = receiver.recv() {
                     let _ = writer.write_all(line.as_bytes());
-                    // Flush when the queue is drained so lines are visible promptly.
-                    if let Ok(next) = receiver.try_recv() {
+                    // Write whatever else is queued, then flush once the queue is drained, so
+                    // lines are visible promptly without a flush per line under load.
+                    while let Ok(next) = receiver.try_recv() {
                         let _ = writer.write_all(next.as_bytes());
-                    } else {
-                        let _ = writer.flush();
                     }
+                    let _ = writer.flush();
                 }
                 let _ = writer.flush();
             })?;

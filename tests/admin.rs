@@ -170,7 +170,7 @@ async fn decision_log_lines_follow_the_contract_and_never_hold_the_token() {
     .await;
     let path = gw.path("decisions.log");
     let mut text = String::new();
-    for _ in 0..50 {
+    for _ in 0..250 {
         text = std::fs::read_to_string(&path).unwrap_or_default();
         if text.lines().count() >= 2 {
             break;

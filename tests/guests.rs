@@ -137,7 +137,6 @@ async fn guests_are_blocked_from_site_wide_user_information_and_system_apps() {
         "/createrssfeed.action?types=page",
         "/dashboard.action",
         "/dosearchsite.action?queryString=salary",
-        "/rest/api/search?cql=text~salary",
         "/something/undescribed",
         // Path tricks: the canonical form is what is judged.
         "/admin;x=y/users.action",

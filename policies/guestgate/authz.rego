@@ -14,7 +14,8 @@ package guestgate
 import rego.v1
 
 # Families no guest may reach: site-wide user information, system apps, administration,
-# listings that leak across spaces, and everything the route profile does not describe.
+# feeds that leak across spaces, and everything the route profile does not describe.
+# (Search is judged below: allowed only where the gateway filters the listing.)
 guest_blocked_families := {
 	"people_directory",
 	"user_search",
@@ -29,7 +30,6 @@ guest_blocked_families := {
 	"space_admin",
 	"space_export",
 	"feeds",
-	"search",
 	"other",
 }
 
@@ -55,6 +55,12 @@ decision := allow("public_route") if {
 	guest_user_expired
 } else := deny("guest_blocked_family", 403) if {
 	guest_blocked_families[input.route.family]
+} else := allow("guest_filtered_listing") if {
+	# Cross-space listings only where the gateway cuts them down to viewable_spaces.
+	input.route.family == "search"
+	input.route.filtered == true
+} else := deny("guest_unfiltered_listing", 403) if {
+	input.route.family == "search"
 } else := allow("guest_ui") if {
 	guest_ui_families[input.route.family]
 } else := allow("own_profile") if {
@@ -72,6 +78,23 @@ decision := allow("public_route") if {
 } else := allow("guest_space_permission") if {
 	space_families[input.route.family]
 } else := deny("guest_default_deny", 403)
+
+# Spaces whose items a guest's listings keep (the filter_spaces rewrite asks this rule,
+# `policy.listing_query`): those where the guest holds `view`.
+viewable_spaces contains upper(key) if {
+	guest
+	not guest_user_expired
+	some key, space in data.spaces
+	some g in input.user.groups
+	"view" in active_permissions(space.guests.groups[g])
+}
+
+viewable_spaces contains upper(key) if {
+	guest
+	not guest_user_expired
+	some key, space in data.spaces
+	"view" in active_permissions(space.guests.users[input.user.name])
+}
 
 # A guest: at least one group, and every group a guest group. One regular group (or a group
 # the directory does not know, which counts as regular) makes the user regular.

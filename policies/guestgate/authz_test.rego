@@ -170,6 +170,38 @@ test_public_route_allowed_for_anyone if {
 	fx_decide(inp).allow == true
 }
 
+test_search_only_when_filtered if {
+	base := fx_input("search", null, "view", "gary", ["acme-guests"])
+	filtered := object.union(base, {"route": object.union(base.route, {"filtered": true})})
+	d := fx_decide(filtered)
+	d.allow == true
+	d.reason == "guest_filtered_listing"
+	u := fx_decide(base)
+	u.allow == false
+	u.reason == "guest_unfiltered_listing"
+}
+
+test_viewable_spaces_follow_view_grants if {
+	v := guestgate.viewable_spaces with input as fx_input("search", null, "view", "gina", ["acme-guests"])
+		with data.groups as fx_groups
+		with data.spaces as fx_spaces
+		with data.users as fx_users
+	v == {"ENG", "NEW"}
+}
+
+test_viewable_spaces_empty_for_regular_and_expired_users if {
+	r := guestgate.viewable_spaces with input as fx_input("search", null, "view", "alice", ["staff"])
+		with data.groups as fx_groups
+		with data.spaces as fx_spaces
+		with data.users as fx_users
+	count(r) == 0
+	e := guestgate.viewable_spaces with input as fx_input("search", null, "view", "gone", ["acme-guests"])
+		with data.groups as fx_groups
+		with data.spaces as fx_spaces
+		with data.users as fx_users
+	count(e) == 0
+}
+
 test_unmatched_requests_denied_for_guests if {
 	d := fx_decide(fx_input("other", null, "view", "gary", ["acme-guests"]))
 	d.allow == false

@@ -27,6 +27,13 @@ pub struct ServerFile {
     pub header_read_timeout_secs: u64,
     pub request_timeout_secs: u64,
     pub shutdown_grace_secs: u64,
+    pub max_body_bytes: u64,
+    pub idle_timeout_secs: u64,
+    pub max_connections: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_pending_reset_streams: usize,
+    pub max_upstream_in_flight: usize,
+    pub retry_after_secs: u64,
 }
 
 impl Default for ServerFile {
@@ -40,6 +47,13 @@ impl Default for ServerFile {
             header_read_timeout_secs: 10,
             request_timeout_secs: 60,
             shutdown_grace_secs: 10,
+            max_body_bytes: 100 * 1024 * 1024,
+            idle_timeout_secs: 60,
+            max_connections: 4096,
+            h2_max_concurrent_streams: 100,
+            h2_max_pending_reset_streams: 20,
+            max_upstream_in_flight: 256,
+            retry_after_secs: 1,
         }
     }
 }
@@ -113,6 +127,7 @@ pub struct PolicyFile {
     pub decision_cache_ttl_secs: u64,
     pub decision_cache_max_entries: u64,
     pub eval_timeout_ms: u64,
+    pub listing_query: String,
 }
 
 impl Default for PolicyFile {
@@ -124,6 +139,7 @@ impl Default for PolicyFile {
             decision_cache_ttl_secs: 30,
             decision_cache_max_entries: 100_000,
             eval_timeout_ms: 100,
+            listing_query: "data.guestgate.viewable_spaces".into(),
         }
     }
 }

@@ -36,6 +36,20 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Largest request body a route accepts unless its rule says otherwise (→ 413).
+    pub max_body_bytes: usize,
+    /// A connection with no request for this long is closed (gracefully).
+    pub idle_timeout: Duration,
+    /// Open client connections at most; further ones are answered 503 and closed.
+    pub max_connections: usize,
+    pub h2_max_concurrent_streams: u32,
+    /// Streams a client may open and reset before the server accepts them (HTTP/2 rapid
+    /// reset, CVE-2023-44487); beyond it the connection is closed.
+    pub h2_max_pending_reset_streams: usize,
+    /// Requests being forwarded to the wiki at once; beyond it, 503 with `Retry-After`.
+    pub max_upstream_in_flight: usize,
+    /// The `Retry-After` of a load-shedding 503.
+    pub retry_after: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +116,8 @@ pub struct PolicyConfig {
     pub decision_cache_ttl: Duration,
     pub decision_cache_max_entries: u64,
     pub eval_timeout: Duration,
+    /// The rule giving the spaces a guest's listings keep (`filter_spaces`).
+    pub listing_query: String,
 }
 
 #[derive(Debug, Clone)]

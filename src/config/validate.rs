@@ -172,6 +172,35 @@ impl Validator {
         if s.max_headers == 0 {
             self.error("server.max_headers", "must be greater than 0");
         }
+        for (key, value) in [
+            ("server.max_connections", s.max_connections),
+            ("server.max_upstream_in_flight", s.max_upstream_in_flight),
+            (
+                "server.h2_max_pending_reset_streams",
+                s.h2_max_pending_reset_streams,
+            ),
+        ] {
+            if value == 0 {
+                self.error(key, "must be greater than 0");
+            }
+        }
+        // Semaphores count permits in u32; a larger value is a typo, not a plan.
+        if s.max_connections > 1 << 20 {
+            self.error("server.max_connections", "must be at most 1048576");
+        }
+        if s.max_upstream_in_flight > 1 << 20 {
+            self.error("server.max_upstream_in_flight", "must be at most 1048576");
+        }
+        if s.h2_max_concurrent_streams == 0 {
+            self.error("server.h2_max_concurrent_streams", "must be greater than 0");
+        }
+        let max_body_bytes = usize::try_from(s.max_body_bytes).unwrap_or_else(|_| {
+            self.error(
+                "server.max_body_bytes",
+                "is larger than this platform can count",
+            );
+            usize::MAX
+        });
         ServerConfig {
             listen: self.socket_addr("server.listen", &s.listen),
             tls,
@@ -183,6 +212,13 @@ impl Validator {
             ),
             request_timeout: self.secs("server.request_timeout_secs", s.request_timeout_secs),
             shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),
+            max_body_bytes,
+            idle_timeout: self.secs("server.idle_timeout_secs", s.idle_timeout_secs),
+            max_connections: s.max_connections,
+            h2_max_concurrent_streams: s.h2_max_concurrent_streams,
+            h2_max_pending_reset_streams: s.h2_max_pending_reset_streams,
+            max_upstream_in_flight: s.max_upstream_in_flight,
+            retry_after: self.secs("server.retry_after_secs", s.retry_after_secs),
         }
     }
 
@@ -318,20 +354,16 @@ impl Validator {
     }
 
     fn policy(&mut self, p: super::file::PolicyFile) -> PolicyConfig {
-        let valid_query = p.query.strip_prefix("data.").is_some_and(|rest| {
-            !rest.is_empty()
-                && rest.split('.').all(|part| {
-                    !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                })
-        });
-        if !valid_query {
-            self.error(
-                "policy.query",
-                format_args!(
-                    "`{}` is not a rule path like `data.guestgate.decision`",
-                    p.query
-                ),
-            );
+        for (key, query) in [
+            ("policy.query", &p.query),
+            ("policy.listing_query", &p.listing_query),
+        ] {
+            if !is_rule_path(query) {
+                self.error(
+                    key,
+                    format_args!("`{query}` is not a rule path like `data.guestgate.decision`"),
+                );
+            }
         }
         if p.eval_timeout_ms == 0 {
             self.error("policy.eval_timeout_ms", "must be greater than 0");
@@ -343,6 +375,7 @@ impl Validator {
             decision_cache_ttl: Duration::from_secs(p.decision_cache_ttl_secs),
             decision_cache_max_entries: p.decision_cache_max_entries,
             eval_timeout: Duration::from_millis(p.eval_timeout_ms),
+            listing_query: p.listing_query,
         }
     }
 
@@ -369,6 +402,15 @@ impl Validator {
         };
         LogConfig { format, decisions }
     }
+}
+
+fn is_rule_path(query: &str) -> bool {
+    query.strip_prefix("data.").is_some_and(|rest| {
+        !rest.is_empty()
+            && rest.split('.').all(|part| {
+                !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
+    })
 }
 
 /// Headers the gateway sets itself towards the upstream; a client (or an operator's

@@ -1,12 +1,15 @@
 //! Stage 1, accept: checks the request's shape and limits and computes, once, the canonical
 //! path and the query parameters every later stage uses.
 
-use http::{HeaderMap, Method, Request, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 
 use super::canonical::canonicalize;
 use crate::config::ServerConfig;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, ProxyBody, full_body};
 use crate::routes::RouteProfile;
+
+/// The methods the gateway forwards, as `OPTIONS *` announces them.
+pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// What the later stages know about the request target.
 #[derive(Debug, Clone)]
@@ -38,6 +41,27 @@ pub fn prefers_html(headers: &HeaderMap) -> bool {
         })
 }
 
+/// `OPTIONS *` (RFC 9110 §9.3.7) asks about the server, not about a resource: the gateway
+/// answers it itself — 200 with the methods it forwards — and never forwards it. It names
+/// no path, so there is nothing to classify or authorize, and the wiki's own answer could
+/// only describe the wiki, not what the gateway lets through. `None` for every other request.
+pub fn asterisk_options<B>(req: &Request<B>) -> Option<Response<ProxyBody>> {
+    if req.method() != Method::OPTIONS || req.uri().path() != "*" {
+        return None;
+    }
+    let mut response = Response::new(full_body(bytes::Bytes::new()));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Some(response)
+}
+
+/// Stage 1. `Ok`: the canonical path and the parsed query. `Err`: 405 for `CONNECT` (the
+/// gateway is no tunnel), 431 over the header limits, 400 for a path that cannot be made
+/// canonical (contract §3.2) or a repeated captured query parameter. An absolute-form
+/// target (`GET http://host/path`) is judged, like any other, by its path alone.
 pub fn accept<B>(
     req: &Request<B>,
     limits: &ServerConfig,

@@ -16,8 +16,12 @@ use crate::routes::{ContentLookup, Route, RouteProfile};
 /// Largest lookup answer read; Confluence's content with `expand=space` is a few KB.
 const MAX_LOOKUP_BYTES: usize = 1 << 20;
 
-pub fn classify(profile: &RouteProfile, accepted: &Accepted) -> Route {
-    profile.classify(&accepted.method, &accepted.path, &accepted.params)
+/// `json_rewriting` is `rewrite.json`: without it no listing can be filtered, and the
+/// route must say so to the policy.
+pub fn classify(profile: &RouteProfile, accepted: &Accepted, json_rewriting: bool) -> Route {
+    let mut route = profile.classify(&accepted.method, &accepted.path, &accepted.params);
+    route.filtered = route.rewrites.filter_spaces && json_rewriting;
+    route
 }
 
 /// Why a content id's space could not be found.

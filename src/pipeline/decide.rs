@@ -14,7 +14,7 @@ use crate::error::GatewayError;
 use crate::policy::Decision;
 use crate::policy::input::{self, UserInput};
 use crate::routes::Route;
-use crate::snapshot::{CachedDecision, Snapshot};
+use crate::snapshot::{Snapshot, SpaceSet, Timed};
 
 /// The outcome of the decide stage, allowed or not (the caller logs it, then enforces it).
 #[derive(Debug)]
@@ -24,6 +24,7 @@ pub struct Decided {
     /// The user's effective groups (directory ∪ token).
     pub groups: Vec<Arc<str>>,
     pub user: Option<Arc<str>>,
+    pub identity: Option<Arc<super::identify::Identity>>,
     /// The policy input, when it was built (always on a cache miss, or when asked for).
     pub input: Option<Value>,
     pub duration: Duration,
@@ -104,11 +105,12 @@ pub fn decide(
     );
     if let Some(hit) = snapshot.decisions.get(&key) {
         return Ok(Decided {
-            decision: hit.decision,
+            decision: hit.value,
             cached: true,
             input: want_input.then(build_input),
             groups,
             user,
+            identity,
             duration: started.elapsed(),
         });
     }
@@ -123,8 +125,8 @@ pub fn decide(
     if !ttl.is_zero() {
         snapshot.decisions.insert(
             key,
-            CachedDecision {
-                decision: decision.clone(),
+            Timed {
+                value: decision.clone(),
                 ttl,
             },
         );
@@ -135,8 +137,87 @@ pub fn decide(
         input: Some(input),
         groups,
         user,
+        identity,
         duration: started.elapsed(),
     })
+}
+
+/// The spaces whose listing items this guest keeps, from the policy's listing rule
+/// (`policy.listing_query`), cached like decisions. Any error or odd result gives the empty
+/// set: a listing filtered to nothing is the fail-closed answer.
+pub fn viewable_spaces(
+    snapshot: &Snapshot,
+    accepted: &Accepted,
+    route: &Route,
+    decided: &Decided,
+) -> SpaceSet {
+    let mut key = Vec::with_capacity(64);
+    push_opt(&mut key, decided.user.as_deref());
+    for g in &decided.groups {
+        push_field(&mut key, g.as_bytes());
+    }
+    if snapshot.policy.reads_whole_input {
+        match &decided.identity {
+            Some(i) => push_field(&mut key, &i.token_hash),
+            None => key.push(0),
+        }
+    }
+    let key = key.into_boxed_slice();
+    if let Some(hit) = snapshot.viewable.get(&key) {
+        return hit.value;
+    }
+    let claims = decided
+        .identity
+        .as_ref()
+        .map_or(&*EMPTY_CLAIMS, |i| &i.claims);
+    let input = input::build(
+        accepted.method.as_str(),
+        &accepted.path,
+        &accepted.params,
+        route,
+        &UserInput {
+            name: decided.user.as_deref(),
+            groups: &decided.groups,
+            authenticated: decided.identity.is_some(),
+            claims,
+        },
+    );
+    let set: std::collections::HashSet<String> = match snapshot
+        .policy
+        .evaluate_rule(snapshot.listing_query.clone(), input)
+    {
+        Ok(Value::Set(s)) => s
+            .iter()
+            .filter_map(|v| v.as_string().ok())
+            .map(|s| s.to_uppercase())
+            .collect(),
+        Ok(Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_string().ok())
+            .map(|s| s.to_uppercase())
+            .collect(),
+        Ok(Value::Undefined) => Default::default(),
+        Ok(other) => {
+            tracing::warn!(result = ?other, "listing rule gave neither a set nor an array; filtering everything");
+            Default::default()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "listing rule failed; filtering everything");
+            Default::default()
+        }
+    };
+    let set = Arc::new(set);
+    let ttl = cache_ttl(snapshot);
+    if !ttl.is_zero() {
+        snapshot.viewable.insert(
+            key,
+            Timed {
+                value: set.clone(),
+                ttl,
+            },
+        );
+    }
+    set
 }
 
 /// The configured TTL, cut short so no cached decision outlives the next grant expiry.
@@ -193,6 +274,7 @@ fn cache_key(
     push_opt(&mut key, route.user.as_deref());
     push_field(&mut key, route.action.as_str().as_bytes());
     key.push(u8::from(route.public));
+    key.push(u8::from(route.filtered));
     if snapshot.policy.reads_whole_input {
         push_field(&mut key, accepted.path.as_bytes());
         push_opt(&mut key, accepted.query.as_deref());

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Either, Empty};
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -17,10 +17,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::accept::Accepted;
 use crate::config::UpstreamConfig;
-use crate::error::{BoxError, GatewayError, ProxyBody};
+use crate::error::GatewayError;
 
-/// Request bodies towards the wiki: the client's, streamed, or none (lookups).
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// Request bodies towards the wiki: the client's, streamed (cut off at its route's limit),
+/// or none (lookups).
+pub type UpstreamBody = Either<super::limits::RequestBody, Empty<Bytes>>;
 
 static X_GUESTGATE_USER: HeaderName = HeaderName::from_static("x-guestgate-user");
 static X_GUESTGATE_GUEST: HeaderName = HeaderName::from_static("x-guestgate-guest");
@@ -130,7 +131,7 @@ impl Upstream {
     ) -> Result<Response<Incoming>, GatewayError> {
         match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout),
-            Ok(Err(e)) => Err(GatewayError::UpstreamUnavailable(Box::new(e))),
+            Ok(Err(e)) => Err(GatewayError::upstream_failed(Box::new(e))),
             Ok(Ok(resp)) => Ok(resp),
         }
     }
@@ -140,6 +141,8 @@ impl Upstream {
 pub struct ForwardIdentity<'a> {
     pub user: Option<&'a str>,
     pub guest: bool,
+    /// The response will be rewritten: ask the wiki for an uncompressed body.
+    pub identity_encoding: bool,
 }
 
 /// Facts about the client connection.
@@ -198,11 +201,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 pub async fn forward(
     upstream: &Upstream,
-    mut req: Request<Incoming>,
+    mut req: Request<super::limits::RequestBody>,
     accepted: &Accepted,
     identity: ForwardIdentity<'_>,
     conn: ConnInfo,
-) -> Result<Response<ProxyBody>, GatewayError> {
+) -> Result<Response<Incoming>, GatewayError> {
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
@@ -255,6 +258,12 @@ pub async fn forward(
         X_GUESTGATE_GUEST.clone(),
         HeaderValue::from_static(if identity.guest { "true" } else { "false" }),
     );
+    if identity.identity_encoding {
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
 
     let path_and_query = match &accepted.query {
         Some(q) => format!("{}?{q}", accepted.path),
@@ -282,16 +291,10 @@ pub async fn forward(
                 tracing::debug!(error = %e, "upgraded connection ended");
             }
         });
-        let (mut parts, _) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers, true);
-        return Ok(Response::from_parts(
-            parts,
-            crate::error::full_body(Bytes::new()),
-        ));
+        strip_hop_by_hop(resp.headers_mut(), true);
+        return Ok(resp);
     }
 
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers, false);
-    let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
-    Ok(Response::from_parts(parts, body))
+    strip_hop_by_hop(resp.headers_mut(), false);
+    Ok(resp)
 }

@@ -10,6 +10,8 @@ pub mod classify;
 pub mod decide;
 pub mod forward;
 pub mod identify;
+pub mod limits;
+pub mod rewrite;
 
 use std::sync::Arc;
 
@@ -52,20 +54,32 @@ async fn handle_inner(
     req: Request<Incoming>,
     conn: ConnInfo,
 ) -> Result<Response<ProxyBody>, GatewayError> {
+    if let Some(answer) = accept::asterisk_options(&req) {
+        return Ok(answer);
+    }
     let accepted = accept::accept(&req, &gw.config.server, &snapshot.routes)?;
     let caller = snapshot.verifier.identify(req.headers());
-    let mut route = classify::classify(&snapshot.routes, &accepted);
+    let mut route = classify::classify(&snapshot.routes, &accepted, gw.config.rewrite.json);
+    let body_limit = limits::body_limit(&req, &route, &gw.config.server)?;
     let principal = decide::principal(snapshot, &route, &caller, gw.config.identity.anonymous)?;
-    // A content id's space is only needed where the wiki itself will not stop the user: for
-    // guests. Regular users pass through and the wiki enforces its own permissions.
-    if snapshot.directory.is_guest(&principal.groups) {
-        classify::resolve_space(
+    // A content id's space is needed where the wiki itself will not stop the user — for
+    // guests, and a failed lookup denies them — and for the banner every viewer sees, where
+    // a failed lookup only means no banner. Regular users otherwise pass straight through.
+    let guest = snapshot.directory.is_guest(&principal.groups);
+    let wants_banner = route.rewrites.banner && gw.config.rewrite.html;
+    if guest || wants_banner {
+        let resolved = classify::resolve_space(
             &mut route,
             snapshot.routes.content_lookup.as_ref(),
             &gw.content_cache,
             &gw.upstream,
         )
-        .await?;
+        .await;
+        match resolved {
+            Err(e) if guest => return Err(e),
+            Err(e) => tracing::debug!(error = %e, "no banner: content space unresolved"),
+            Ok(()) => {}
+        }
     }
     let decided = decide::decide(
         snapshot,
@@ -82,15 +96,35 @@ async fn handle_inner(
             status: decided.decision.status,
         });
     }
-    forward::forward(
+    let _upstream_slot = gw.upstream_slots.try_acquire()?;
+    let filter = (route.rewrites.filter_spaces && decided.decision.guest)
+        .then(|| decide::viewable_spaces(snapshot, &accepted, &route, &decided));
+    let plan = rewrite::RewritePlan::new(
+        snapshot,
+        &gw.config.rewrite,
+        &accepted.method,
+        &route,
+        filter,
+    );
+    let response = forward::forward(
         &gw.upstream,
-        req,
+        limits::limit_body(req, body_limit),
         &accepted,
         ForwardIdentity {
             user: decided.user.as_deref(),
             guest: decided.decision.guest,
+            identity_encoding: plan.is_some(),
         },
         conn,
     )
-    .await
+    .await?;
+    match plan {
+        Some(plan) => rewrite::apply(response, plan).await,
+        None => Ok(response.map(|b| {
+            http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
+                b,
+                |e| -> crate::error::BoxError { Box::new(e) },
+            ))
+        })),
+    }
 }

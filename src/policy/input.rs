@@ -38,6 +38,7 @@ pub fn route_value(route: &Route) -> Value {
         ("user", opt(route.user.as_deref())),
         ("action", Value::from(route.action.as_str())),
         ("public", Value::from(route.public)),
+        ("filtered", Value::from(route.filtered)),
     ])
 }
 
@@ -97,6 +98,8 @@ pub fn sample() -> Value {
         action: crate::routes::Action::View,
         public: false,
         rewrites: Default::default(),
+        max_body_bytes: None,
+        filtered: false,
     };
     let claims = Value::new_object();
     build(

@@ -211,20 +211,25 @@ impl Policy {
 
     /// Evaluates the query for one input on this thread's engine.
     pub fn evaluate(&self, input: Value) -> Result<Decision, PolicyError> {
-        let result = LOCAL_ENGINE.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            let engine = match &mut *slot {
-                Some((generation, engine)) if *generation == self.generation => engine,
-                other => {
-                    let (_, engine) = other.insert((self.generation, self.prepared.clone()));
-                    engine
-                }
-            };
-            engine.set_input(input);
-            engine.eval_rule(self.query.clone())
-        });
-        let value = result.map_err(|e| PolicyError::Eval(e.to_string()))?;
-        Decision::from_value(value)
+        Decision::from_value(self.evaluate_rule(self.query.clone(), input)?)
+    }
+
+    /// Evaluates any rule of the compiled policies for one input on this thread's engine.
+    pub fn evaluate_rule(&self, rule: String, input: Value) -> Result<Value, PolicyError> {
+        LOCAL_ENGINE
+            .with(|cell| {
+                let mut slot = cell.borrow_mut();
+                let engine = match &mut *slot {
+                    Some((generation, engine)) if *generation == self.generation => engine,
+                    other => {
+                        let (_, engine) = other.insert((self.generation, self.prepared.clone()));
+                        engine
+                    }
+                };
+                engine.set_input(input);
+                engine.eval_rule(rule)
+            })
+            .map_err(|e| PolicyError::Eval(e.to_string()))
     }
 }
 

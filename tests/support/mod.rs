@@ -225,6 +225,7 @@ pub struct TestConfig {
     pub upstream_extra: String,
     pub identity_extra: String,
     pub policy_extra: String,
+    pub rewrite_extra: String,
     pub log_decisions: String,
     pub policy_dir: PathBuf,
     pub tls: bool,
@@ -239,6 +240,7 @@ impl TestConfig {
             upstream_extra: String::new(),
             identity_extra: String::new(),
             policy_extra: String::new(),
+            rewrite_extra: String::new(),
             log_decisions: "off".into(),
             policy_dir: repo_path("policies"),
             tls: false,
@@ -308,6 +310,9 @@ data = "data.json"
 [routes]
 profile = "{profile}"
 
+[rewrite]
+{rewrite_extra}
+
 [admin]
 listen = "127.0.0.1:0"
 
@@ -319,6 +324,7 @@ decisions = "{decisions}"
         upstream_extra = c.upstream_extra,
         identity_extra = c.identity_extra,
         policy_extra = c.policy_extra,
+        rewrite_extra = c.rewrite_extra,
         policy_dir = c.policy_dir.display(),
         profile = repo_path("config/routes/confluence.toml").display(),
         decisions = c.log_decisions,

@@ -1,0 +1,172 @@
+//! Request limits that need the route or the upstream: body size (per route) and load
+//! shedding (requests in flight to the wiki). The limits of the request head (header bytes
+//! and count, path length) are checked earlier, in `accept`; those of connections (count,
+//! idle time, HTTP/2 streams) in `server`.
+
+use http::{Request, header};
+use http_body_util::Limited;
+use hyper::body::Incoming;
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::config::ServerConfig;
+use crate::error::GatewayError;
+use crate::routes::Route;
+
+/// A client's request body on its way to the wiki, cut off at its route's limit. Passing
+/// the limit makes the upstream request fail with `http_body_util::LengthLimitError` as
+/// its cause, which `GatewayError::upstream_failed` turns into 413.
+pub type RequestBody = Limited<Incoming>;
+
+/// The body limit of this request's route, checked against `Content-Length` now.
+///
+/// Runs after classify (the route may set its own `max_body_bytes`) and before the policy,
+/// so an announced oversized body is refused without any further work and never reaches
+/// the wiki. A body without a length (chunked, or HTTP/2 without `content-length`) is
+/// counted as it streams instead (see [`limit_body`]).
+pub fn body_limit<B>(
+    req: &Request<B>,
+    route: &Route,
+    server: &ServerConfig,
+) -> Result<usize, GatewayError> {
+    let limit = route.max_body_bytes.unwrap_or(server.max_body_bytes);
+    // hyper has already refused a malformed or conflicting `Content-Length` (HTTP/1 and
+    // HTTP/2 alike); every value left is one number. Still, one that does not parse is
+    // refused here rather than guessed at.
+    for value in req.headers().get_all(header::CONTENT_LENGTH) {
+        let length: u64 = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or(GatewayError::BadRequest("invalid_content_length"))?;
+        if length > limit as u64 {
+            return Err(GatewayError::PayloadTooLarge);
+        }
+    }
+    Ok(limit)
+}
+
+/// Wraps the body so that it fails once more than `limit` bytes have streamed through.
+pub fn limit_body(req: Request<Incoming>, limit: usize) -> Request<RequestBody> {
+    req.map(|body| Limited::new(body, limit))
+}
+
+/// The requests that may be in flight to the wiki at once (`server.max_upstream_in_flight`).
+///
+/// When the wiki slows down, requests pile up in the gateway — each holding a client
+/// connection, an upstream connection and memory — until everything times out at once.
+/// Refusing the excess right away with 503 and `Retry-After` keeps the gateway responsive
+/// and lets clients back off.
+#[derive(Debug)]
+pub struct UpstreamSlots {
+    slots: Semaphore,
+    retry_after_secs: u64,
+}
+
+impl UpstreamSlots {
+    pub fn new(max_in_flight: usize, retry_after: std::time::Duration) -> UpstreamSlots {
+        UpstreamSlots {
+            slots: Semaphore::new(max_in_flight),
+            retry_after_secs: retry_after.as_secs().max(1),
+        }
+    }
+
+    /// Takes a slot for one forwarded request, held until the permit is dropped (when the
+    /// wiki's response headers — or, for a rewritten response, its whole body — are in).
+    /// `Err`: all slots are taken, answer 503.
+    pub fn try_acquire(&self) -> Result<SemaphorePermit<'_>, GatewayError> {
+        self.slots
+            .try_acquire()
+            .map_err(|_| GatewayError::Overloaded {
+                retry_after_secs: self.retry_after_secs,
+            })
+    }
+
+    /// Slots free right now (for tests and metrics).
+    pub fn available(&self) -> usize {
+        self.slots.available_permits()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A route as classify makes it (an empty profile: family `other`), with this limit.
+    fn route(max_body_bytes: Option<usize>) -> Route {
+        let profile = crate::routes::RouteProfile::parse(std::path::Path::new("t.toml"), "")
+            .unwrap_or_else(|e| panic!("empty profile: {e:?}"));
+        let mut route = profile.classify(&http::Method::POST, "/x", &[]);
+        route.max_body_bytes = max_body_bytes;
+        route
+    }
+
+    fn server(max_body_bytes: usize) -> ServerConfig {
+        let mut config = crate::config::Config::from_toml(
+            std::path::Path::new("/tmp/guestgate.toml"),
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n",
+        )
+        .unwrap_or_else(|e| panic!("config: {e}"));
+        config.server.max_body_bytes = max_body_bytes;
+        config.server
+    }
+
+    fn post(length: Option<&str>) -> Request<()> {
+        let mut b = Request::post("/x");
+        if let Some(l) = length {
+            b = b.header(header::CONTENT_LENGTH, l);
+        }
+        b.body(()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn content_length_is_checked_against_the_route_then_the_global_limit() {
+        let s = server(100);
+        assert_eq!(
+            body_limit(&post(Some("100")), &route(None), &s).ok(),
+            Some(100)
+        );
+        assert!(matches!(
+            body_limit(&post(Some("101")), &route(None), &s),
+            Err(GatewayError::PayloadTooLarge)
+        ));
+        assert_eq!(
+            body_limit(&post(Some("5000")), &route(Some(10_000)), &s).ok(),
+            Some(10_000)
+        );
+        assert!(matches!(
+            body_limit(&post(Some("11")), &route(Some(10)), &s),
+            Err(GatewayError::PayloadTooLarge)
+        ));
+        assert!(matches!(
+            body_limit(&post(Some("1")), &route(Some(0)), &s),
+            Err(GatewayError::PayloadTooLarge)
+        ));
+        // No length announced: the streamed body is counted instead.
+        assert_eq!(body_limit(&post(None), &route(Some(10)), &s).ok(), Some(10));
+        assert!(matches!(
+            body_limit(&post(Some("ten")), &route(None), &s),
+            Err(GatewayError::BadRequest("invalid_content_length"))
+        ));
+        assert!(matches!(
+            body_limit(&post(Some("99999999999999999999999")), &route(None), &s),
+            Err(GatewayError::BadRequest("invalid_content_length"))
+        ));
+    }
+
+    #[test]
+    fn slots_shed_load_with_retry_after() {
+        let slots = UpstreamSlots::new(1, Duration::from_secs(3));
+        let first = slots.try_acquire();
+        assert!(first.is_ok());
+        match slots.try_acquire() {
+            Err(GatewayError::Overloaded { retry_after_secs }) => assert_eq!(retry_after_secs, 3),
+            other => panic!("expected Overloaded, got {other:?}"),
+        }
+        drop(first);
+        assert!(
+            slots.try_acquire().is_ok(),
+            "a slot frees when its request ends"
+        );
+    }
+}

@@ -1,0 +1,293 @@
+//! Streaming HTML rewriting (lol_html): a GUEST label after each user link whose user is a
+//! guest, and the banner right after `<body>` on pages of spaces shared with guests. The
+//! body is rewritten chunk by chunk as it arrives, so memory stays flat whatever its size.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use lol_html::html_content::ContentType;
+use lol_html::send::{ElementContentHandlers, HtmlRewriter, Settings};
+use lol_html::{AsciiCompatibleEncoding, Selector};
+
+use crate::error::{BoxError, html_escape};
+
+pub const LABEL_HTML: &str = "<span class=\"guestgate-guest-label\">GUEST</span>";
+
+/// Injected once into `<head>` so labels and the banner read as such without changing
+/// their contract markup.
+pub const STYLE_HTML: &str = "<style id=\"guestgate-style\">\
+.guestgate-guest-label{display:inline-block;margin-left:4px;padding:0 4px;border-radius:3px;\
+background:#dfe1e6;color:#42526e;font:700 11px/16px sans-serif;vertical-align:middle;text-transform:uppercase}\
+.guestgate-guest-banner{padding:8px 16px;background:#fffae6;color:#172b4d;border-bottom:1px solid #ffe380;\
+font:14px/20px sans-serif;text-align:center}</style>";
+
+pub fn banner_html(text: &str) -> String {
+    format!(
+        "<div class=\"guestgate-guest-banner\" role=\"note\">{}</div>",
+        html_escape(text)
+    )
+}
+
+/// Finds the username a user link points at: `data-username`, or the profile / personal
+/// space URL in `href`.
+fn username_of(el: &lol_html::send::Element<'_, '_>) -> Option<String> {
+    if let Some(name) = el.get_attribute("data-username").filter(|n| !n.is_empty()) {
+        return Some(name);
+    }
+    let href = el.get_attribute("href")?;
+    let from_query = href
+        .split_once("username=")
+        .map(|(_, rest)| rest.split(['&', '#']).next().unwrap_or(""));
+    let from_path = href
+        .split_once("/display/~")
+        .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""));
+    let raw = from_query.or(from_path).filter(|s| !s.is_empty())?;
+    let decoded: String = form_urlencoded::parse(format!("u={raw}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())?;
+    Some(decoded)
+}
+
+/// Whether a username belongs to a guest.
+pub type GuestTest = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// What one HTML response gets.
+pub struct HtmlPlan {
+    /// The user-link selector and the guest test, when tagging.
+    pub tag_users: Option<(Selector, GuestTest)>,
+    /// The banner markup, when the page's space is shared with guests.
+    pub banner: Option<String>,
+    pub encoding: &'static encoding_rs::Encoding,
+}
+
+type Sink = Box<dyn FnMut(&[u8]) + Send>;
+
+/// A response body rewritten as it streams through.
+pub struct HtmlRewriteBody {
+    inner: Incoming,
+    rewriter: Option<HtmlRewriter<'static, Sink>>,
+    output: Arc<Mutex<Vec<u8>>>,
+    done: bool,
+}
+
+impl HtmlRewriteBody {
+    pub fn new(inner: Incoming, plan: HtmlPlan) -> HtmlRewriteBody {
+        let output = Arc::new(Mutex::new(Vec::with_capacity(16 * 1024)));
+        let sink_output = output.clone();
+        let sink: Sink = Box::new(move |chunk: &[u8]| {
+            if let Ok(mut out) = sink_output.lock() {
+                out.extend_from_slice(chunk);
+            }
+        });
+        HtmlRewriteBody {
+            inner,
+            rewriter: Some(HtmlRewriter::new(settings_for(plan), sink)),
+            output,
+            done: false,
+        }
+    }
+
+    fn take_output(&self) -> Option<Bytes> {
+        let mut out = self.output.lock().ok()?;
+        if out.is_empty() {
+            None
+        } else {
+            Some(Bytes::from(std::mem::take(&mut *out)))
+        }
+    }
+}
+
+/// The lol_html handlers for one plan: the style once in `<head>` (or before the banner
+/// when a page has no head), the banner first thing in `<body>`, labels after user links.
+fn settings_for(plan: HtmlPlan) -> Settings<'static, 'static> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let encoding = AsciiCompatibleEncoding::new(plan.encoding)
+        .or_else(|| AsciiCompatibleEncoding::new(encoding_rs::UTF_8))
+        .unwrap_or_else(|| unreachable!("UTF-8 is ASCII-compatible"));
+    let mut settings = Settings::new_send().with_encoding(encoding);
+    let styled = Arc::new(AtomicBool::new(false));
+    let head_styled = styled.clone();
+    settings = settings.append_element_content_handler((
+        std::borrow::Cow::Owned(head_selector()),
+        ElementContentHandlers::default().element(
+            move |el: &mut lol_html::send::Element<'_, '_>| {
+                if !head_styled.swap(true, Ordering::Relaxed) {
+                    el.append(STYLE_HTML, ContentType::Html);
+                }
+                Ok(())
+            },
+        ),
+    ));
+    if let Some(banner) = plan.banner {
+        let mut placed = false;
+        settings = settings.append_element_content_handler((
+            std::borrow::Cow::Owned(body_selector()),
+            ElementContentHandlers::default().element(
+                move |el: &mut lol_html::send::Element<'_, '_>| {
+                    if !placed {
+                        placed = true;
+                        el.prepend(&banner, ContentType::Html);
+                        if !styled.swap(true, Ordering::Relaxed) {
+                            el.prepend(STYLE_HTML, ContentType::Html);
+                        }
+                    }
+                    Ok(())
+                },
+            ),
+        ));
+    }
+    if let Some((selector, is_guest)) = plan.tag_users {
+        settings = settings.append_element_content_handler((
+            std::borrow::Cow::Owned(selector),
+            ElementContentHandlers::default().element(
+                move |el: &mut lol_html::send::Element<'_, '_>| {
+                    if let Some(name) = username_of(el)
+                        && is_guest(&name)
+                    {
+                        el.after(LABEL_HTML, ContentType::Html);
+                    }
+                    Ok(())
+                },
+            ),
+        ));
+    }
+    settings
+}
+
+fn head_selector() -> Selector {
+    "head"
+        .parse()
+        .unwrap_or_else(|_| unreachable!("constant selector"))
+}
+
+fn body_selector() -> Selector {
+    "body"
+        .parse()
+        .unwrap_or_else(|_| unreachable!("constant selector"))
+}
+
+impl Body for HtmlRewriteBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if let Some(chunk) = self.take_output() {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data()
+                        && let Some(rewriter) = self.rewriter.as_mut()
+                        && let Err(e) = rewriter.write(&data)
+                    {
+                        return Poll::Ready(Some(Err(Box::new(e))));
+                    }
+                }
+                Poll::Ready(None) => {
+                    self.done = true;
+                    if let Some(rewriter) = self.rewriter.take()
+                        && let Err(e) = rewriter.end()
+                    {
+                        return Poll::Ready(Some(Err(Box::new(e))));
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.output.lock().map(|o| o.is_empty()).unwrap_or(true)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the same handlers over a whole string, without a network body.
+    fn rewrite_str(html: &str, banner: bool) -> String {
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let sink_output = output.clone();
+        let sink: Sink = Box::new(move |c: &[u8]| {
+            if let Ok(mut o) = sink_output.lock() {
+                o.extend_from_slice(c)
+            }
+        });
+        let is_guest: GuestTest = Arc::new(|n: &str| n == "gary");
+        let plan = HtmlPlan {
+            tag_users: Some((
+                "a.confluence-userlink, a[data-username]"
+                    .parse()
+                    .expect("selector"),
+                is_guest,
+            )),
+            banner: banner.then(|| banner_html("Shared <with> guests")),
+            encoding: encoding_rs::UTF_8,
+        };
+        // Build through the body type's constructor logic by hand: same settings.
+        let body = HtmlRewriteBodyTestHarness::new(plan, sink);
+        body.run(html.as_bytes());
+        let out = output.lock().expect("lock").clone();
+        String::from_utf8(out).expect("utf8")
+    }
+
+    struct HtmlRewriteBodyTestHarness {
+        rewriter: HtmlRewriter<'static, Sink>,
+    }
+
+    impl HtmlRewriteBodyTestHarness {
+        fn new(plan: HtmlPlan, sink: Sink) -> Self {
+            let settings = settings_for(plan);
+            HtmlRewriteBodyTestHarness {
+                rewriter: HtmlRewriter::new(settings, sink),
+            }
+        }
+
+        fn run(mut self, html: &[u8]) {
+            for chunk in html.chunks(7) {
+                self.rewriter.write(chunk).expect("write");
+            }
+            self.rewriter.end().expect("end");
+        }
+    }
+
+    #[test]
+    fn labels_guest_links_and_places_the_banner() {
+        let html = "<html><head><title>t</title></head><body class=\"theme\"><p>By \
+<a href=\"/display/~gary\" class=\"url fn confluence-userlink\" data-username=\"gary\">Gary</a> and \
+<a href=\"/display/~alice\" class=\"confluence-userlink\" data-username=\"alice\">Alice</a> and \
+<a class=\"confluence-userlink\" href=\"/users/viewuserprofile.action?username=gary\">G2</a></p></body></html>";
+        let out = rewrite_str(html, true);
+        assert_eq!(out.matches(LABEL_HTML).count(), 2, "{out}");
+        assert!(out.contains(
+            "data-username=\"gary\">Gary</a><span class=\"guestgate-guest-label\">GUEST</span>"
+        ));
+        assert!(out.contains("<body class=\"theme\"><div class=\"guestgate-guest-banner\" role=\"note\">Shared &lt;with&gt; guests</div>"));
+        assert_eq!(out.matches("guestgate-style").count(), 1);
+        assert!(!out.contains("Alice</a><span"));
+    }
+
+    #[test]
+    fn without_banner_the_page_is_unchanged_but_for_labels() {
+        let html = "<body><a class=\"confluence-userlink\" data-username=\"alice\">A</a></body>";
+        let out = rewrite_str(html, false);
+        assert!(!out.contains("guestgate-guest-banner"));
+        assert!(!out.contains(LABEL_HTML));
+    }
+}

@@ -1,0 +1,587 @@
+//! JSON rewriting that never re-serialises: one scan finds the byte positions of user
+//! objects and listing items, then the output is the input with a few splices. Keys, key
+//! order, numbers and whitespace outside the spliced spots stay byte for byte as the wiki
+//! sent them.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use regex::Regex;
+
+/// Nesting deeper than this is refused rather than risking the stack.
+const MAX_DEPTH: usize = 256;
+
+/// Why a body could not be scanned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JsonError {
+    #[error("malformed JSON at byte {0}")]
+    Malformed(usize),
+    #[error("JSON nested deeper than {MAX_DEPTH}")]
+    TooDeep,
+    #[error("no top-level `results` array to filter")]
+    NotAListing,
+}
+
+/// Where a listing item names its space: a JSON pointer, and optionally a regex whose
+/// `space` capture (or whole match) is the key.
+#[derive(Debug, Clone)]
+pub struct SpaceExtractor {
+    pub pointer: Vec<String>,
+    pub pattern: Option<Regex>,
+}
+
+impl SpaceExtractor {
+    /// Parses an RFC 6901 pointer such as `/space/key`.
+    pub fn new(pointer: &str, pattern: Option<Regex>) -> Option<SpaceExtractor> {
+        let rest = pointer.strip_prefix('/')?;
+        let pointer = rest
+            .split('/')
+            .map(|s| s.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        Some(SpaceExtractor { pointer, pattern })
+    }
+
+    fn extract(&self, value: &str) -> Option<String> {
+        let key = match &self.pattern {
+            None => value,
+            Some(re) => {
+                let caps = re.captures(value)?;
+                caps.name("space").or_else(|| caps.get(0))?.as_str()
+            }
+        };
+        (!key.is_empty()).then(|| key.to_uppercase())
+    }
+}
+
+/// Username → `Some(is_guest)` for directory users, `None` for others (left untagged).
+pub type UserLookup<'a> = &'a dyn Fn(&str) -> Option<bool>;
+
+/// What to do to one JSON body.
+pub struct JsonPlan<'a> {
+    pub tag_users: Option<UserLookup<'a>>,
+    /// Keep only `results` items whose space is in `visible` (upper-cased keys).
+    pub filter: Option<(&'a [SpaceExtractor], &'a HashSet<String>)>,
+}
+
+#[derive(Debug)]
+enum Seg<'s> {
+    Key(Cow<'s, str>),
+    Index(usize),
+}
+
+#[derive(Debug)]
+struct Item {
+    start: usize,
+    end: usize,
+    space: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Listing {
+    items: Vec<Item>,
+}
+
+struct Scanner<'s, 'p> {
+    src: &'s [u8],
+    pos: usize,
+    tag_users: bool,
+    extractors: Option<&'p [SpaceExtractor]>,
+    /// Position of each user object's closing brace, with its username.
+    user_ends: Vec<(usize, Cow<'s, str>)>,
+    listing: Option<Listing>,
+    size: Option<(usize, usize)>,
+    total_size: Option<(usize, usize)>,
+    /// Path below the current listing item, kept only while inside one.
+    path: Vec<Seg<'s>>,
+    in_item: bool,
+    /// Best space found for the current item so far: (extractor index, key).
+    item_space: Option<(usize, String)>,
+}
+
+enum Val<'s> {
+    Str(Cow<'s, str>),
+    Number(usize, usize),
+    Other,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Type,
+    Username,
+    Other,
+}
+
+impl<'s> Scanner<'s, '_> {
+    fn err(&self) -> JsonError {
+        JsonError::Malformed(self.pos)
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.src.get(self.pos) {
+            self.pos += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.src.get(self.pos).copied()
+    }
+
+    fn expect(&mut self, b: u8) -> Result<(), JsonError> {
+        if self.peek() == Some(b) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(self.err())
+        }
+    }
+
+    fn string(&mut self) -> Result<Cow<'s, str>, JsonError> {
+        let open = self.pos;
+        self.expect(b'"')?;
+        let start = self.pos;
+        let mut escaped = false;
+        loop {
+            let rest = &self.src[self.pos..];
+            let Some(i) = memchr::memchr2(b'"', b'\\', rest) else {
+                return Err(JsonError::Malformed(self.src.len()));
+            };
+            if rest[..i].iter().any(|&b| b < 0x20) {
+                return Err(self.err());
+            }
+            self.pos += i;
+            if rest[i] == b'"' {
+                break;
+            }
+            escaped = true;
+            self.pos += 2;
+            if self.pos > self.src.len() {
+                return Err(self.err());
+            }
+        }
+        let raw = &self.src[start..self.pos];
+        self.pos += 1;
+        if escaped {
+            serde_json::from_slice::<String>(&self.src[open..self.pos])
+                .map(Cow::Owned)
+                .map_err(|_| JsonError::Malformed(open))
+        } else {
+            std::str::from_utf8(raw)
+                .map(Cow::Borrowed)
+                .map_err(|_| JsonError::Malformed(start))
+        }
+    }
+
+    fn literal(&mut self) -> Result<Val<'s>, JsonError> {
+        let start = self.pos;
+        for word in [&b"true"[..], b"false", b"null"] {
+            if self.src[start..].starts_with(word) {
+                self.pos += word.len();
+                return Ok(Val::Other);
+            }
+        }
+        let mut end = start;
+        while let Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') = self.src.get(end) {
+            end += 1;
+        }
+        if end == start {
+            return Err(self.err());
+        }
+        self.pos = end;
+        Ok(Val::Number(start, end))
+    }
+
+    fn value(&mut self, depth: usize, root: bool) -> Result<Val<'s>, JsonError> {
+        if depth > MAX_DEPTH {
+            return Err(JsonError::TooDeep);
+        }
+        match self.peek() {
+            Some(b'{') => self.object(depth, root).map(|()| Val::Other),
+            Some(b'[') => self.array(depth, false).map(|()| Val::Other),
+            Some(b'"') => {
+                let s = self.string()?;
+                if self.in_item {
+                    self.consider_space(&s);
+                }
+                Ok(Val::Str(s))
+            }
+            Some(_) => self.literal(),
+            None => Err(self.err()),
+        }
+    }
+
+    /// Records `s` as the item's space when the current path is one of the extractors'
+    /// pointers (earlier extractors win).
+    fn consider_space(&mut self, s: &str) {
+        let Some(extractors) = self.extractors else {
+            return;
+        };
+        let best = self.item_space.as_ref().map_or(usize::MAX, |(i, _)| *i);
+        for (i, ex) in extractors.iter().enumerate().take(best) {
+            let matches = ex.pointer.len() == self.path.len()
+                && ex.pointer.iter().zip(&self.path).all(|(p, seg)| match seg {
+                    Seg::Key(k) => p == k,
+                    Seg::Index(n) => p.parse::<usize>().ok() == Some(*n),
+                });
+            if matches && let Some(space) = ex.extract(s) {
+                self.item_space = Some((i, space));
+                return;
+            }
+        }
+    }
+
+    fn object(&mut self, depth: usize, root: bool) -> Result<(), JsonError> {
+        self.expect(b'{')?;
+        let mut user_type = false;
+        let mut username: Option<Cow<'s, str>> = None;
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+            return Ok(());
+        }
+        let close = loop {
+            self.ws();
+            let key = self.string()?;
+            self.ws();
+            self.expect(b':')?;
+            self.ws();
+            let kind = if self.tag_users {
+                match &*key {
+                    "type" => KeyKind::Type,
+                    "username" => KeyKind::Username,
+                    _ => KeyKind::Other,
+                }
+            } else {
+                KeyKind::Other
+            };
+            let value = if root
+                && &*key == "results"
+                && self.extractors.is_some()
+                && self.peek() == Some(b'[')
+            {
+                self.array(depth + 1, true)?;
+                Val::Other
+            } else {
+                if self.in_item {
+                    self.path.push(Seg::Key(key.clone()));
+                }
+                let v = self.value(depth + 1, false)?;
+                if self.in_item {
+                    self.path.pop();
+                }
+                v
+            };
+            match (kind, value) {
+                (KeyKind::Type, Val::Str(t)) => user_type = t == "known" || t == "user",
+                (KeyKind::Username, Val::Str(u)) => username = Some(u),
+                (_, Val::Number(s, e)) if root && &*key == "size" => self.size = Some((s, e)),
+                (_, Val::Number(s, e)) if root && &*key == "totalSize" => {
+                    self.total_size = Some((s, e))
+                }
+                _ => {}
+            }
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b'}') => {
+                    let close = self.pos;
+                    self.pos += 1;
+                    break close;
+                }
+                _ => return Err(self.err()),
+            }
+        };
+        if user_type && let Some(name) = username {
+            self.user_ends.push((close, name));
+        }
+        Ok(())
+    }
+
+    fn array(&mut self, depth: usize, listing: bool) -> Result<(), JsonError> {
+        self.expect(b'[')?;
+        let mut items = Vec::new();
+        self.ws();
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+        } else {
+            let mut index = 0;
+            loop {
+                self.ws();
+                let start = self.pos;
+                if listing {
+                    self.in_item = true;
+                    self.path.clear();
+                    self.item_space = None;
+                } else if self.in_item {
+                    self.path.push(Seg::Index(index));
+                }
+                self.value(depth + 1, false)?;
+                if listing {
+                    self.in_item = false;
+                    items.push(Item {
+                        start,
+                        end: self.pos,
+                        space: self.item_space.take().map(|(_, s)| s),
+                    });
+                } else if self.in_item {
+                    self.path.pop();
+                }
+                index += 1;
+                self.ws();
+                match self.peek() {
+                    Some(b',') => self.pos += 1,
+                    Some(b']') => {
+                        self.pos += 1;
+                        break;
+                    }
+                    _ => return Err(self.err()),
+                }
+            }
+        }
+        if listing {
+            self.listing = Some(Listing { items });
+        }
+        Ok(())
+    }
+}
+
+/// Rewrites one JSON document. `Ok(None)` means nothing needed to change.
+pub fn rewrite(src: &[u8], plan: &JsonPlan<'_>) -> Result<Option<Vec<u8>>, JsonError> {
+    let mut scanner = Scanner {
+        src,
+        pos: 0,
+        tag_users: plan.tag_users.is_some(),
+        extractors: plan.filter.map(|(e, _)| e),
+        user_ends: Vec::new(),
+        listing: None,
+        size: None,
+        total_size: None,
+        path: Vec::new(),
+        in_item: false,
+        item_space: None,
+    };
+    // A UTF-8 byte-order mark is not JSON, but some servers send one.
+    if src.starts_with(b"\xEF\xBB\xBF") {
+        scanner.pos = 3;
+    }
+    scanner.ws();
+    let root_is_object = scanner.peek() == Some(b'{');
+    scanner.value(0, root_is_object)?;
+    scanner.ws();
+    if scanner.pos != src.len() {
+        return Err(scanner.err());
+    }
+
+    // (start, end, replacement): splices in ascending order, never overlapping.
+    let mut edits: Vec<(usize, usize, Cow<'static, str>)> = Vec::new();
+    let mut deleted: Vec<(usize, usize)> = Vec::new();
+    if let Some((_, visible)) = plan.filter {
+        let listing = scanner.listing.take().ok_or(JsonError::NotAListing)?;
+        let keep: Vec<bool> = listing
+            .items
+            .iter()
+            .map(|i| i.space.as_ref().is_some_and(|s| visible.contains(s)))
+            .collect();
+        let removed = keep.iter().filter(|k| !**k).count();
+        if removed > 0 {
+            deleted = deletion_ranges(&listing.items, &keep);
+            let kept = keep.len() - removed;
+            if let Some((s, e)) = scanner.size {
+                edits.push((s, e, Cow::Owned(kept.to_string())));
+            }
+            if let Some((s, e)) = scanner.total_size {
+                let total: usize = std::str::from_utf8(&src[s..e])
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(kept + removed);
+                edits.push((
+                    s,
+                    e,
+                    Cow::Owned(total.saturating_sub(removed).max(kept).to_string()),
+                ));
+            }
+            edits.extend(deleted.iter().map(|&(s, e)| (s, e, Cow::Borrowed(""))));
+        }
+    }
+    if let Some(lookup) = plan.tag_users {
+        for (close, name) in &scanner.user_ends {
+            if deleted.iter().any(|&(s, e)| s <= *close && *close < e) {
+                continue;
+            }
+            if let Some(guest) = lookup(name) {
+                let text = if guest {
+                    ",\"isExternalCollaborator\":true"
+                } else {
+                    ",\"isExternalCollaborator\":false"
+                };
+                edits.push((*close, *close, Cow::Borrowed(text)));
+            }
+        }
+    }
+    if edits.is_empty() {
+        return Ok(None);
+    }
+    edits.sort_by_key(|&(s, e, _)| (s, e));
+    let extra: usize = edits.iter().map(|(_, _, t)| t.len()).sum();
+    let mut out = Vec::with_capacity(src.len() + extra);
+    let mut at = 0;
+    for (s, e, text) in &edits {
+        out.extend_from_slice(&src[at..*s]);
+        out.extend_from_slice(text.as_bytes());
+        at = *e;
+    }
+    out.extend_from_slice(&src[at..]);
+    Ok(Some(out))
+}
+
+/// The byte ranges to delete so that only kept items remain, each kept item with the
+/// separator that preceded it (the first kept item with none), so whitespace and commas
+/// stay as the wiki laid them out.
+fn deletion_ranges(items: &[Item], keep: &[bool]) -> Vec<(usize, usize)> {
+    let mut ranges = Vec::new();
+    let (Some(first), Some(last)) = (items.first(), items.last()) else {
+        return ranges;
+    };
+    // Cursor: where the output has caught up to in the source.
+    let mut cursor = first.start;
+    let mut any_kept = false;
+    for (i, item) in items.iter().enumerate() {
+        if !keep[i] {
+            continue;
+        }
+        // A kept item keeps its preceding separator unless it becomes the first item.
+        let piece_start = if any_kept {
+            items[i - 1].end
+        } else {
+            item.start
+        };
+        if piece_start > cursor {
+            ranges.push((cursor, piece_start));
+        }
+        cursor = item.end;
+        any_kept = true;
+    }
+    if cursor < last.end {
+        ranges.push((cursor, last.end));
+    }
+    ranges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(name: &str) -> Option<bool> {
+        match name {
+            "gary" => Some(true),
+            "alice" => Some(false),
+            _ => None,
+        }
+    }
+
+    fn tag(src: &str) -> String {
+        let f: &dyn Fn(&str) -> Option<bool> = &lookup;
+        let plan = JsonPlan {
+            tag_users: Some(f),
+            filter: None,
+        };
+        match rewrite(src.as_bytes(), &plan).expect("valid") {
+            Some(out) => String::from_utf8(out).expect("utf8"),
+            None => src.to_string(),
+        }
+    }
+
+    fn filter(src: &str, visible: &[&str]) -> Result<String, JsonError> {
+        let extractors = vec![
+            SpaceExtractor::new("/space/key", None).expect("pointer"),
+            SpaceExtractor::new(
+                "/resultGlobalContainer/displayUrl",
+                Regex::new("^/display/(?P<space>[^/]+)").ok(),
+            )
+            .expect("pointer"),
+        ];
+        let visible: HashSet<String> = visible.iter().map(|s| s.to_string()).collect();
+        let plan = JsonPlan {
+            tag_users: None,
+            filter: Some((&extractors, &visible)),
+        };
+        Ok(match rewrite(src.as_bytes(), &plan)? {
+            Some(out) => String::from_utf8(out).expect("utf8"),
+            None => src.to_string(),
+        })
+    }
+
+    #[test]
+    fn tags_user_objects_at_any_depth_and_keeps_the_rest_byte_for_byte() {
+        let src = r#"{"id":"1","version":{"by":{"type":"known","username":"gary","userKey":"k1","displayName":"G\u00e4ry"},"number":1.50},
+  "history":{"createdBy":{"type":"known","username":"alice"},"n":1e3},
+  "other":{"type":"known","username":"stranger"},"type":"user"}"#;
+        let out = tag(src);
+        assert_eq!(
+            out,
+            r#"{"id":"1","version":{"by":{"type":"known","username":"gary","userKey":"k1","displayName":"G\u00e4ry","isExternalCollaborator":true},"number":1.50},
+  "history":{"createdBy":{"type":"known","username":"alice","isExternalCollaborator":false},"n":1e3},
+  "other":{"type":"known","username":"stranger"},"type":"user"}"#
+        );
+    }
+
+    #[test]
+    fn non_user_objects_and_strings_are_left_alone() {
+        for src in [
+            r#"{"type":"page","username":"gary"}"#,
+            r#"{"body":"{\"type\":\"known\",\"username\":\"gary\"}"}"#,
+            r#"[1, 2.0, true, null, "x"]"#,
+        ] {
+            assert_eq!(tag(src), src);
+        }
+    }
+
+    #[test]
+    fn filters_listing_items_and_fixes_counts() {
+        let src = "{\n  \"results\": [\n    {\"space\": {\"key\": \"ENG\"}, \"n\": 1},\n    {\"space\": {\"key\": \"HR\"}},\n    {\"resultGlobalContainer\": {\"displayUrl\": \"/display/eng\"}},\n    {\"entityType\": \"user\"}\n  ],\n  \"start\": 0,\n  \"size\": 4,\n  \"totalSize\": 40\n}";
+        let out = filter(src, &["ENG"]).expect("listing");
+        assert_eq!(
+            out,
+            "{\n  \"results\": [\n    {\"space\": {\"key\": \"ENG\"}, \"n\": 1},\n    {\"resultGlobalContainer\": {\"displayUrl\": \"/display/eng\"}}\n  ],\n  \"start\": 0,\n  \"size\": 2,\n  \"totalSize\": 38\n}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).expect("still JSON");
+        assert_eq!(v["results"].as_array().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn filtering_everything_or_the_first_items_stays_valid() {
+        let src = r#"{"results":[{"space":{"key":"HR"}},{"space":{"key":"ENG"}},{"space":{"key":"OPS"}}],"size":3}"#;
+        assert_eq!(filter(src, &[]).expect("ok"), r#"{"results":[],"size":0}"#);
+        assert_eq!(
+            filter(src, &["ENG"]).expect("ok"),
+            r#"{"results":[{"space":{"key":"ENG"}}],"size":1}"#
+        );
+        assert_eq!(
+            filter(src, &["HR", "OPS"]).expect("ok"),
+            r#"{"results":[{"space":{"key":"HR"}},{"space":{"key":"OPS"}}],"size":2}"#
+        );
+        assert_eq!(filter(src, &["HR", "ENG", "OPS"]).expect("ok"), src);
+    }
+
+    #[test]
+    fn unfilterable_bodies_are_errors() {
+        assert_eq!(
+            filter(r#"{"items":[]}"#, &["ENG"]),
+            Err(JsonError::NotAListing)
+        );
+        assert!(matches!(
+            filter(r#"{"results":[{"space":}]}"#, &["ENG"]),
+            Err(JsonError::Malformed(_))
+        ));
+        assert!(matches!(
+            filter(r#"{"results":[]} trailing"#, &["ENG"]),
+            Err(JsonError::Malformed(_))
+        ));
+        let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+        let f: &dyn Fn(&str) -> Option<bool> = &lookup;
+        let plan = JsonPlan {
+            tag_users: Some(f),
+            filter: None,
+        };
+        assert_eq!(rewrite(deep.as_bytes(), &plan), Err(JsonError::TooDeep));
+    }
+}

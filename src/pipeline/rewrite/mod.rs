@@ -1,0 +1,337 @@
+//! Stage 6, rewrite: guests marked wherever users appear (`tag_users`), listings cut to the
+//! guest's spaces (`filter_spaces`), and a banner on pages of spaces shared with guests.
+//!
+//! Only routes that name a rewrite, only 2xx bodies, only JSON and HTML. `filter_spaces`
+//! protects a guest, so every way it could fail (body too large, not JSON, an encoding it
+//! cannot undo, malformed JSON) is a 502; the cosmetic rewrites fail open to the unchanged
+//! body instead, which is always a correct answer.
+
+pub mod html;
+pub mod json;
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming};
+
+use crate::config::RewriteConfig;
+use crate::error::{BoxError, GatewayError, ProxyBody, full_body};
+use crate::routes::Route;
+use crate::snapshot::Snapshot;
+
+/// What the rewrite stage will do to one response, decided before forwarding (so the wiki
+/// can be asked for an uncompressed body).
+pub struct RewritePlan {
+    snapshot: Arc<Snapshot>,
+    tag_json: bool,
+    tag_html: bool,
+    /// The spaces a guest's listings keep.
+    filter: Option<Arc<HashSet<String>>>,
+    banner: Option<String>,
+    max_body_bytes: usize,
+}
+
+impl RewritePlan {
+    /// Returns the plan for a response, or `None` when it passes untouched.
+    pub fn new(
+        snapshot: &Arc<Snapshot>,
+        config: &RewriteConfig,
+        method: &Method,
+        route: &Route,
+        filter: Option<Arc<HashSet<String>>>,
+    ) -> Option<RewritePlan> {
+        if *method == Method::HEAD {
+            return None;
+        }
+        let r = route.rewrites;
+        let banner = (r.banner && config.html)
+            .then_some(route.space.as_deref())
+            .flatten()
+            .filter(|space| {
+                snapshot
+                    .directory
+                    .spaces
+                    .get(*space)
+                    .is_some_and(|g| !g.groups.is_empty() || !g.users.is_empty())
+            })
+            .map(|_| html::banner_html(&config.banner_text));
+        let plan = RewritePlan {
+            snapshot: snapshot.clone(),
+            tag_json: r.tag_users && config.json,
+            tag_html: r.tag_users && config.html && snapshot.routes.user_links.is_some(),
+            filter: if r.filter_spaces { filter } else { None },
+            banner,
+            max_body_bytes: config.max_body_bytes,
+        };
+        (plan.tag_json || plan.tag_html || plan.filter.is_some() || plan.banner.is_some())
+            .then_some(plan)
+    }
+
+    fn is_guest(snapshot: &Snapshot, username: &str) -> Option<bool> {
+        let user = snapshot.directory.users.get(username)?;
+        Some(snapshot.directory.is_guest(&user.groups))
+    }
+}
+
+enum Kind {
+    Json,
+    Html(&'static encoding_rs::Encoding),
+    Other,
+}
+
+fn media_type(headers: &HeaderMap) -> (String, Option<String>) {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return (String::new(), None);
+    };
+    let mut parts = ct.split(';');
+    let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let charset = parts.find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("charset")
+            .then(|| v.trim().trim_matches('"').to_ascii_lowercase())
+    });
+    (media, charset)
+}
+
+fn kind_of(headers: &HeaderMap) -> Kind {
+    let (media, charset) = media_type(headers);
+    if media == "application/json"
+        || (media.starts_with("application/") && media.ends_with("+json"))
+    {
+        Kind::Json
+    } else if media == "text/html" {
+        let enc = charset
+            .as_deref()
+            .and_then(|c| encoding_rs::Encoding::for_label(c.as_bytes()))
+            .unwrap_or(encoding_rs::UTF_8);
+        Kind::Html(enc)
+    } else {
+        Kind::Other
+    }
+}
+
+fn passthrough(resp: Response<Incoming>) -> Response<ProxyBody> {
+    resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync())
+}
+
+/// A modified body is a different representation: its strong validator no longer holds.
+fn weaken_etag(headers: &mut HeaderMap) {
+    if let Some(etag) = headers.get(header::ETAG).and_then(|v| v.to_str().ok())
+        && !etag.starts_with("W/")
+        && let Ok(weak) = HeaderValue::from_str(&format!("W/{etag}"))
+    {
+        headers.insert(header::ETAG, weak);
+        return;
+    }
+    if headers
+        .get(header::ETAG)
+        .is_some_and(|v| v.to_str().is_err())
+    {
+        headers.remove(header::ETAG);
+    }
+}
+
+fn content_encoding(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty() && v != "identity")
+}
+
+/// Runs the plan over the wiki's response.
+pub async fn apply(
+    resp: Response<Incoming>,
+    plan: RewritePlan,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    let status = resp.status();
+    if !status.is_success() || status == StatusCode::NO_CONTENT {
+        return Ok(passthrough(resp));
+    }
+    let guarded = plan.filter.is_some();
+    match kind_of(resp.headers()) {
+        Kind::Json if plan.tag_json || guarded => rewrite_json(resp, plan).await,
+        Kind::Html(encoding) if !guarded && (plan.tag_html || plan.banner.is_some()) => {
+            if content_encoding(resp.headers()).is_some() || encoding.output_encoding() != encoding
+            {
+                // Asked for identity but got something else (or a non-ASCII-compatible charset):
+                // cosmetic, so the page goes through as it is rather than mangled.
+                return Ok(passthrough(resp));
+            }
+            let snapshot = plan.snapshot.clone();
+            let is_guest: html::GuestTest =
+                Arc::new(move |name: &str| RewritePlan::is_guest(&snapshot, name) == Some(true));
+            let html_plan = html::HtmlPlan {
+                tag_users: plan
+                    .snapshot
+                    .routes
+                    .user_links
+                    .clone()
+                    .filter(|_| plan.tag_html)
+                    .map(|s| (s, is_guest)),
+                banner: plan.banner,
+                encoding,
+            };
+            let (mut parts, body) = resp.into_parts();
+            parts.headers.remove(header::CONTENT_LENGTH);
+            weaken_etag(&mut parts.headers);
+            let body = html::HtmlRewriteBody::new(body, html_plan).boxed_unsync();
+            Ok(Response::from_parts(parts, body))
+        }
+        _ if guarded => Err(GatewayError::Unfilterable("listing_not_json")),
+        _ => Ok(passthrough(resp)),
+    }
+}
+
+/// Reads at most `max` bytes. `Err(prefix, first_extra)` when the body is larger.
+async fn read_limited(
+    body: &mut Incoming,
+    max: usize,
+) -> Result<Result<Vec<u8>, (Vec<u8>, Bytes)>, GatewayError> {
+    let mut raw = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| GatewayError::UpstreamUnavailable(Box::new(e)))?;
+        if let Ok(data) = frame.into_data() {
+            if raw.len() + data.len() > max {
+                return Ok(Err((raw, data)));
+            }
+            raw.extend_from_slice(&data);
+        }
+    }
+    Ok(Ok(raw))
+}
+
+/// Undoes a content coding, refusing to produce more than `max` bytes.
+fn decode(encoding: &str, raw: &[u8], max: usize) -> Option<Vec<u8>> {
+    let limit = max as u64 + 1;
+    let mut out = Vec::new();
+    let ok = match encoding {
+        "gzip" | "x-gzip" => flate2::read::MultiGzDecoder::new(raw)
+            .take(limit)
+            .read_to_end(&mut out)
+            .is_ok(),
+        "deflate" => {
+            // RFC 9110's deflate is zlib-wrapped; some servers send it raw.
+            flate2::read::ZlibDecoder::new(raw)
+                .take(limit)
+                .read_to_end(&mut out)
+                .is_ok()
+                || {
+                    out.clear();
+                    flate2::read::DeflateDecoder::new(raw)
+                        .take(limit)
+                        .read_to_end(&mut out)
+                        .is_ok()
+                }
+        }
+        "br" => brotli_decompressor::Decompressor::new(raw, 4096)
+            .take(limit)
+            .read_to_end(&mut out)
+            .is_ok(),
+        _ => false,
+    };
+    (ok && out.len() <= max).then_some(out)
+}
+
+async fn rewrite_json(
+    resp: Response<Incoming>,
+    plan: RewritePlan,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    let guarded = plan.filter.is_some();
+    let (mut parts, mut body) = resp.into_parts();
+    let raw = match read_limited(&mut body, plan.max_body_bytes).await? {
+        Ok(raw) => raw,
+        Err(_) if guarded => return Err(GatewayError::Unfilterable("body_too_large_to_filter")),
+        Err((prefix, extra)) => {
+            let body = PrefixedBody {
+                prefix: Some(Bytes::from(prefix)),
+                extra: Some(extra),
+                rest: body,
+            };
+            return Ok(Response::from_parts(parts, body.boxed_unsync()));
+        }
+    };
+    let unchanged = |parts: http::response::Parts, raw: Vec<u8>| {
+        Ok(Response::from_parts(parts, full_body(raw)))
+    };
+    let encoding = content_encoding(&parts.headers);
+    let decoded = match &encoding {
+        None => None,
+        Some(enc) => match decode(enc, &raw, plan.max_body_bytes) {
+            Some(d) => Some(d),
+            None if guarded => return Err(GatewayError::Unfilterable("undecodable_body")),
+            None => return unchanged(parts, raw),
+        },
+    };
+    let (_, charset) = media_type(&parts.headers);
+    if charset.is_some_and(|c| c != "utf-8" && c != "utf8") {
+        if guarded {
+            return Err(GatewayError::Unfilterable("listing_not_utf8"));
+        }
+        return unchanged(parts, raw);
+    }
+    let snapshot = plan.snapshot.clone();
+    let lookup = move |name: &str| RewritePlan::is_guest(&snapshot, name);
+    let lookup_ref: &dyn Fn(&str) -> Option<bool> = &lookup;
+    let json_plan = json::JsonPlan {
+        tag_users: plan.tag_json.then_some(lookup_ref),
+        filter: plan
+            .filter
+            .as_deref()
+            .map(|visible| (plan.snapshot.routes.listing_space.as_slice(), visible)),
+    };
+    match json::rewrite(decoded.as_deref().unwrap_or(&raw), &json_plan) {
+        Ok(Some(out)) => {
+            parts.headers.remove(header::CONTENT_ENCODING);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+            weaken_etag(&mut parts.headers);
+            Ok(Response::from_parts(parts, full_body(out)))
+        }
+        Ok(None) => unchanged(parts, raw),
+        Err(e) if guarded => {
+            tracing::warn!(error = %e, "listing could not be filtered; refusing it");
+            Err(GatewayError::Unfilterable("unfilterable_listing"))
+        }
+        Err(_) => unchanged(parts, raw),
+    }
+}
+
+/// A body whose first bytes were already read (to find out it was too large to rewrite).
+struct PrefixedBody {
+    prefix: Option<Bytes>,
+    extra: Option<Bytes>,
+    rest: Incoming,
+}
+
+impl Body for PrefixedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        if let Some(extra) = self.extra.take() {
+            return Poll::Ready(Some(Ok(Frame::data(extra))));
+        }
+        Pin::new(&mut self.rest)
+            .poll_frame(cx)
+            .map(|f| f.map(|r| r.map_err(|e| -> BoxError { Box::new(e) })))
+    }
+}
