@@ -100,6 +100,31 @@ impl HtmlRewriteBody {
     }
 }
 
+/// Rewrites a whole buffer, fed in 16 KiB chunks as a network body would be (for tools,
+/// tests and benchmarks; the proxy streams through [`HtmlRewriteBody`]).
+pub fn rewrite_buffer(
+    plan: HtmlPlan,
+    input: &[u8],
+) -> Result<Vec<u8>, lol_html::errors::RewritingError> {
+    let output = Arc::new(Mutex::new(Vec::with_capacity(input.len() + 1024)));
+    let sink_output = output.clone();
+    let sink: Sink = Box::new(move |chunk: &[u8]| {
+        if let Ok(mut out) = sink_output.lock() {
+            out.extend_from_slice(chunk);
+        }
+    });
+    let mut rewriter = HtmlRewriter::new(settings_for(plan), sink);
+    for chunk in input.chunks(16 * 1024) {
+        rewriter.write(chunk)?;
+    }
+    rewriter.end()?;
+    let out = output
+        .lock()
+        .map(|mut o| std::mem::take(&mut *o))
+        .unwrap_or_default();
+    Ok(out)
+}
+
 /// The lol_html handlers for one plan: the style once in `<head>` (or before the banner
 /// when a page has no head), the banner first thing in `<body>`, labels after user links.
 fn settings_for(plan: HtmlPlan) -> Settings<'static, 'static> {
@@ -220,15 +245,7 @@ impl Body for HtmlRewriteBody {
 mod tests {
     use super::*;
 
-    /// Runs the same handlers over a whole string, without a network body.
     fn rewrite_str(html: &str, banner: bool) -> String {
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let sink_output = output.clone();
-        let sink: Sink = Box::new(move |c: &[u8]| {
-            if let Ok(mut o) = sink_output.lock() {
-                o.extend_from_slice(c)
-            }
-        });
         let is_guest: GuestTest = Arc::new(|n: &str| n == "gary");
         let plan = HtmlPlan {
             tag_users: Some((
@@ -240,31 +257,7 @@ mod tests {
             banner: banner.then(|| banner_html("Shared <with> guests")),
             encoding: encoding_rs::UTF_8,
         };
-        // Build through the body type's constructor logic by hand: same settings.
-        let body = HtmlRewriteBodyTestHarness::new(plan, sink);
-        body.run(html.as_bytes());
-        let out = output.lock().expect("lock").clone();
-        String::from_utf8(out).expect("utf8")
-    }
-
-    struct HtmlRewriteBodyTestHarness {
-        rewriter: HtmlRewriter<'static, Sink>,
-    }
-
-    impl HtmlRewriteBodyTestHarness {
-        fn new(plan: HtmlPlan, sink: Sink) -> Self {
-            let settings = settings_for(plan);
-            HtmlRewriteBodyTestHarness {
-                rewriter: HtmlRewriter::new(settings, sink),
-            }
-        }
-
-        fn run(mut self, html: &[u8]) {
-            for chunk in html.chunks(7) {
-                self.rewriter.write(chunk).expect("write");
-            }
-            self.rewriter.end().expect("end");
-        }
+        String::from_utf8(rewrite_buffer(plan, html.as_bytes()).expect("rewrite")).expect("utf8")
     }
 
     #[test]

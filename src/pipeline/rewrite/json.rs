@@ -65,7 +65,8 @@ pub struct JsonPlan<'a> {
 
 #[derive(Debug)]
 enum Seg<'s> {
-    Key(Cow<'s, str>),
+    /// A key as raw bytes (decoded only when it had escapes).
+    Key(Cow<'s, [u8]>),
     Index(usize),
 }
 
@@ -98,8 +99,15 @@ struct Scanner<'s, 'p> {
     item_space: Option<(usize, String)>,
 }
 
-enum Val<'s> {
-    Str(Cow<'s, str>),
+#[derive(Clone, Copy)]
+struct Span {
+    open: usize,
+    close: usize,
+    escaped: bool,
+}
+
+enum Val {
+    Str(Span),
     Number(usize, usize),
     Other,
 }
@@ -135,10 +143,11 @@ impl<'s> Scanner<'s, '_> {
         }
     }
 
-    fn string(&mut self) -> Result<Cow<'s, str>, JsonError> {
+    /// Skips a string, returning its span (quotes included) and whether it has escapes.
+    /// Nothing is decoded here: most strings are only ever skipped.
+    fn string_span(&mut self) -> Result<Span, JsonError> {
         let open = self.pos;
         self.expect(b'"')?;
-        let start = self.pos;
         let mut escaped = false;
         loop {
             let rest = &self.src[self.pos..];
@@ -158,20 +167,32 @@ impl<'s> Scanner<'s, '_> {
                 return Err(self.err());
             }
         }
-        let raw = &self.src[start..self.pos];
         self.pos += 1;
-        if escaped {
-            serde_json::from_slice::<String>(&self.src[open..self.pos])
+        Ok(Span {
+            open,
+            close: self.pos,
+            escaped,
+        })
+    }
+
+    /// The raw bytes between the quotes; equal to the decoded text when not escaped.
+    fn raw(&self, span: Span) -> &'s [u8] {
+        &self.src[span.open + 1..span.close - 1]
+    }
+
+    fn decode(&self, span: Span) -> Result<Cow<'s, str>, JsonError> {
+        if span.escaped {
+            serde_json::from_slice::<String>(&self.src[span.open..span.close])
                 .map(Cow::Owned)
-                .map_err(|_| JsonError::Malformed(open))
+                .map_err(|_| JsonError::Malformed(span.open))
         } else {
-            std::str::from_utf8(raw)
+            std::str::from_utf8(self.raw(span))
                 .map(Cow::Borrowed)
-                .map_err(|_| JsonError::Malformed(start))
+                .map_err(|_| JsonError::Malformed(span.open))
         }
     }
 
-    fn literal(&mut self) -> Result<Val<'s>, JsonError> {
+    fn literal(&mut self) -> Result<Val, JsonError> {
         let start = self.pos;
         for word in [&b"true"[..], b"false", b"null"] {
             if self.src[start..].starts_with(word) {
@@ -190,7 +211,7 @@ impl<'s> Scanner<'s, '_> {
         Ok(Val::Number(start, end))
     }
 
-    fn value(&mut self, depth: usize, root: bool) -> Result<Val<'s>, JsonError> {
+    fn value(&mut self, depth: usize, root: bool) -> Result<Val, JsonError> {
         if depth > MAX_DEPTH {
             return Err(JsonError::TooDeep);
         }
@@ -198,34 +219,40 @@ impl<'s> Scanner<'s, '_> {
             Some(b'{') => self.object(depth, root).map(|()| Val::Other),
             Some(b'[') => self.array(depth, false).map(|()| Val::Other),
             Some(b'"') => {
-                let s = self.string()?;
-                if self.in_item {
-                    self.consider_space(&s);
+                let span = self.string_span()?;
+                if self.in_item
+                    && let Some(index) = self.space_pointer_here()
+                {
+                    let s = self.decode(span)?;
+                    self.consider_space(index, &s);
                 }
-                Ok(Val::Str(s))
+                Ok(Val::Str(span))
             }
             Some(_) => self.literal(),
             None => Err(self.err()),
         }
     }
 
-    /// Records `s` as the item's space when the current path is one of the extractors'
-    /// pointers (earlier extractors win).
-    fn consider_space(&mut self, s: &str) {
-        let Some(extractors) = self.extractors else {
-            return;
-        };
+    /// The first extractor, better than the item's current best, whose pointer is the
+    /// current path. Checked before a string is decoded, so most strings never are.
+    fn space_pointer_here(&self) -> Option<usize> {
+        let extractors = self.extractors?;
         let best = self.item_space.as_ref().map_or(usize::MAX, |(i, _)| *i);
-        for (i, ex) in extractors.iter().enumerate().take(best) {
-            let matches = ex.pointer.len() == self.path.len()
+        extractors.iter().take(best).position(|ex| {
+            ex.pointer.len() == self.path.len()
                 && ex.pointer.iter().zip(&self.path).all(|(p, seg)| match seg {
-                    Seg::Key(k) => p == k,
+                    Seg::Key(k) => p.as_bytes() == &**k,
                     Seg::Index(n) => p.parse::<usize>().ok() == Some(*n),
-                });
-            if matches && let Some(space) = ex.extract(s) {
-                self.item_space = Some((i, space));
-                return;
-            }
+                })
+        })
+    }
+
+    /// Records `s` as the item's space when extractor `index` accepts it.
+    fn consider_space(&mut self, index: usize, s: &str) {
+        if let Some(extractors) = self.extractors
+            && let Some(space) = extractors[index].extract(s)
+        {
+            self.item_space = Some((index, space));
         }
     }
 
@@ -240,21 +267,25 @@ impl<'s> Scanner<'s, '_> {
         }
         let close = loop {
             self.ws();
-            let key = self.string()?;
+            let key_span = self.string_span()?;
+            // Keys that matter are plain ASCII; an escaped key is decoded to compare fairly.
+            let decoded_key;
+            let key: &[u8] = if key_span.escaped {
+                decoded_key = self.decode(key_span)?;
+                decoded_key.as_bytes()
+            } else {
+                self.raw(key_span)
+            };
             self.ws();
             self.expect(b':')?;
             self.ws();
-            let kind = if self.tag_users {
-                match &*key {
-                    "type" => KeyKind::Type,
-                    "username" => KeyKind::Username,
-                    _ => KeyKind::Other,
-                }
-            } else {
-                KeyKind::Other
+            let kind = match key {
+                b"type" if self.tag_users => KeyKind::Type,
+                b"username" if self.tag_users => KeyKind::Username,
+                _ => KeyKind::Other,
             };
             let value = if root
-                && &*key == "results"
+                && key == b"results"
                 && self.extractors.is_some()
                 && self.peek() == Some(b'[')
             {
@@ -262,7 +293,11 @@ impl<'s> Scanner<'s, '_> {
                 Val::Other
             } else {
                 if self.in_item {
-                    self.path.push(Seg::Key(key.clone()));
+                    let seg = match key_span.escaped {
+                        false => Cow::Borrowed(self.raw(key_span)),
+                        true => Cow::Owned(key.to_vec()),
+                    };
+                    self.path.push(Seg::Key(seg));
                 }
                 let v = self.value(depth + 1, false)?;
                 if self.in_item {
@@ -271,10 +306,12 @@ impl<'s> Scanner<'s, '_> {
                 v
             };
             match (kind, value) {
-                (KeyKind::Type, Val::Str(t)) => user_type = t == "known" || t == "user",
-                (KeyKind::Username, Val::Str(u)) => username = Some(u),
-                (_, Val::Number(s, e)) if root && &*key == "size" => self.size = Some((s, e)),
-                (_, Val::Number(s, e)) if root && &*key == "totalSize" => {
+                (KeyKind::Type, Val::Str(t)) => {
+                    user_type = matches!(self.raw(t), b"known" | b"user");
+                }
+                (KeyKind::Username, Val::Str(u)) => username = Some(self.decode(u)?),
+                (_, Val::Number(s, e)) if root && key == b"size" => self.size = Some((s, e)),
+                (_, Val::Number(s, e)) if root && key == b"totalSize" => {
                     self.total_size = Some((s, e))
                 }
                 _ => {}
