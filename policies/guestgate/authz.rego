@@ -66,6 +66,11 @@ decision := allow("public_route") if {
 } else := allow("own_profile") if {
 	input.route.family == "user_profile"
 	lower(input.route.user) == lower(input.user.name)
+} else := allow("shared_space_profile") if {
+	input.route.family == "user_profile"
+	shares_space_with(input.route.user)
+} else := deny("profile_not_shared", 403) if {
+	input.route.family == "user_profile"
 } else := deny("space_unresolved", 403) if {
 	space_families[input.route.family]
 	not is_string(input.route.space)
@@ -94,6 +99,20 @@ viewable_spaces contains upper(key) if {
 	not guest_user_expired
 	some key, space in data.spaces
 	"view" in active_permissions(space.guests.users[input.user.name])
+}
+
+# Guests see the profiles of the users they share a space with, as far as the directory
+# knows them: users and groups with guest grants on a space the guest can view. Members of
+# a space through the wiki's own permissions are not known to the gateway.
+shares_space_with(other) if {
+	some key in viewable_spaces
+	data.spaces[key].guests.users[other]
+}
+
+shares_space_with(other) if {
+	some key in viewable_spaces
+	some g in data.users[other].groups
+	data.spaces[key].guests.groups[g]
 }
 
 # A guest: at least one group, and every group a guest group. One regular group (or a group

@@ -22,7 +22,11 @@ fx_spaces := {
 	"NEW": {"guests": {"groups": {"acme-guests": {"permissions": ["view"], "expires": "2999-01-01T00:00:00Z"}}}},
 }
 
-fx_users := {"gone": {"groups": ["acme-guests"], "expires": "2001-01-01T00:00:00Z"}}
+fx_users := {
+	"gone": {"groups": ["acme-guests"], "expires": "2001-01-01T00:00:00Z"},
+	"ann": {"groups": ["acme-guests"]},
+	"alice": {"groups": ["staff"]},
+}
 
 fx_input(family, space, action, name, groups) := {
 	"request": {"method": "GET", "path": "/", "query": {}},
@@ -135,6 +139,18 @@ test_guest_own_profile_only if {
 	fx_decide(own).allow == true
 	other := object.union(own, {"route": object.union(own.route, {"user": "alice"})})
 	fx_decide(other).allow == false
+}
+
+test_guest_sees_profiles_of_users_sharing_a_space if {
+	base := fx_input("user_profile", null, "view", "gary", ["acme-guests"])
+	gina := object.union(base, {"route": object.union(base.route, {"user": "gina"})})
+	fx_decide(gina).reason == "shared_space_profile"
+	mates := object.union(base, {"route": object.union(base.route, {"user": "ann"})})
+	fx_decide(mates).allow == true
+	alice := object.union(base, {"route": object.union(base.route, {"user": "alice"})})
+	d := fx_decide(alice)
+	d.allow == false
+	d.reason == "profile_not_shared"
 }
 
 test_unresolved_space_denies_guest if {
