@@ -149,6 +149,20 @@ fn serve(path: &Path) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        let _watch = if gw.config.policy.watch {
+            match crate::reload::watch(gw.clone()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the policy files; reload with SIGHUP or POST /reload");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if gw.config.policy.dry_run {
+            tracing::warn!("policy.dry_run is on: denials are logged, not enforced");
+        }
         tracing::info!(
             proxy = %running.proxy_addr,
             admin = %running.admin_addr,
@@ -321,9 +335,16 @@ fn eval(
         eprintln!("--url: `{url}` is not a URL or path");
         return ExitCode::from(2);
     };
+    let host = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .unwrap_or_else(|| "localhost".to_string());
     let mut request = http::Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
+    if let Ok(host) = http::HeaderValue::from_str(&host) {
+        request.headers_mut().insert(http::header::HOST, host);
+    }
     let caller = match (&token, &user) {
         (Some(t), _) => match snapshot.verifier.verify(t) {
             Ok(identity) => Caller::Authenticated(identity),

@@ -135,14 +135,17 @@ impl GatewayError {
 }
 
 impl GatewayError {
-    /// The error of a request to the wiki that failed. A client body cut off at its limit
-    /// (see `pipeline::limits`) surfaces here as the send's cause: that is the client's
-    /// 413, not the wiki's 502.
+    /// The error of a request to the wiki that failed. A client body that broke off or
+    /// passed its limit (see `pipeline::limits`) surfaces here as the send's cause: that is
+    /// the client's 400 or 413, not the wiki's 502.
     pub fn upstream_failed(error: BoxError) -> GatewayError {
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
         while let Some(e) = cause {
             if e.is::<http_body_util::LengthLimitError>() {
                 return GatewayError::PayloadTooLarge;
+            }
+            if e.is::<crate::pipeline::limits::ClientBodyError>() {
+                return GatewayError::BadRequest("invalid_request_body");
             }
             cause = e.source();
         }

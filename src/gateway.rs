@@ -21,6 +21,7 @@ pub struct Gateway {
     pub content_cache: ContentCache,
     pub decision_log: DecisionLog,
     pub metrics: Metrics,
+    pub remote_keys: Option<Arc<crate::pipeline::identify::RemoteKeys>>,
     /// Serialises reloads so two never race to swap.
     reload_lock: tokio::sync::Mutex<()>,
 }
@@ -38,7 +39,13 @@ pub enum StartError {
 
 impl Gateway {
     pub fn new(config: Config) -> Result<Gateway, StartError> {
-        let snapshot = Snapshot::build(&config).map_err(StartError::Load)?;
+        let remote_keys = crate::pipeline::identify::RemoteKeys::new(&config.identity)
+            .map_err(|e| StartError::Load(vec![e.into()]))?;
+        if let Some(remote) = &remote_keys {
+            remote.start();
+        }
+        let snapshot =
+            Snapshot::build_with(&config, remote_keys.clone()).map_err(StartError::Load)?;
         let upstream = Upstream::new(&config.upstream, config.server.request_timeout)?;
         let ttl = snapshot
             .routes
@@ -62,6 +69,7 @@ impl Gateway {
             content_cache: content_cache(ttl),
             decision_log,
             metrics,
+            remote_keys,
             reload_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -76,7 +84,8 @@ impl Gateway {
     pub async fn reload(self: &Arc<Self>) -> Result<Arc<str>, Vec<String>> {
         let _guard = self.reload_lock.lock().await;
         let config = self.config.clone();
-        let built = tokio::task::spawn_blocking(move || Snapshot::build(&config))
+        let remote = self.remote_keys.clone();
+        let built = tokio::task::spawn_blocking(move || Snapshot::build_with(&config, remote))
             .await
             .map_err(|e| vec![format!("reload task failed: {e}")])?;
         match built {

@@ -9,6 +9,7 @@ pub mod error;
 pub mod gateway;
 pub mod pipeline;
 pub mod policy;
+pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod snapshot;

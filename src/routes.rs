@@ -643,6 +643,24 @@ methods = ["GET"]
     }
 
     #[test]
+    fn a_rule_may_set_its_own_body_limit() {
+        let text = "[[route]]\nname = \"uploads\"\nfamily = \"space\"\npath = \"^/upload$\"\nmax_body_bytes = 1073741824\n";
+        let p = RouteProfile::parse(Path::new("p.toml"), text).expect("profile parses");
+        let r = p.classify(&Method::POST, "/upload", &[]);
+        assert_eq!(r.max_body_bytes, Some(1 << 30));
+        assert_eq!(
+            p.classify(&Method::POST, "/other", &[]).max_body_bytes,
+            None
+        );
+        assert_eq!(
+            profile()
+                .classify(&Method::GET, "/display/X", &[])
+                .max_body_bytes,
+            None
+        );
+    }
+
+    #[test]
     fn errors_name_the_route() {
         let bad = "[[route]]\nname = \"x\"\nfamily = \"nope\"\npath = \"^/(?P<who>x)\"\naction = \"fly\"\nrewrite = [\"shout\"]\n";
         let errs = RouteProfile::parse(Path::new("p.toml"), bad).expect_err("invalid");

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
 use http::{Request, Response};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -252,7 +253,15 @@ async fn serve_connection<I>(
             let busy = activity.begin();
             async move {
                 let response = respond(&gw, req, conn).await;
-                drop(busy);
+                // The request stays in progress until its response body has been sent (or
+                // dropped), so a long download is never taken for an idle connection.
+                let response = response.map(|body| {
+                    body.map_frame(move |frame| {
+                        let _in_progress = &busy;
+                        frame
+                    })
+                    .boxed_unsync()
+                });
                 Ok::<_, Infallible>(response)
             }
         })
@@ -263,6 +272,11 @@ async fn serve_connection<I>(
     if closing {
         connection.as_mut().graceful_shutdown();
     }
+    // Set when an idle connection is being closed. Nothing is in progress on it, so if the
+    // client does not take part in the graceful close (an HTTP/2 client that never answers
+    // the GOAWAY's PING) it is dropped after another `idle_timeout`: an idle client must not
+    // be able to keep its connection — and its `max_connections` slot — for ever.
+    let mut drop_at: Option<tokio::time::Instant> = None;
     loop {
         let idle_at = tokio::time::Instant::from_std(activity.idle_deadline(idle_timeout));
         tokio::select! {
@@ -275,9 +289,25 @@ async fn serve_connection<I>(
                 if activity.idle_for() >= idle_timeout {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
+                    drop_at = Some(tokio::time::Instant::now() + idle_timeout);
                 }
             }
+            _ = sleep_until_some(drop_at) => {
+                if activity.idle_for() >= idle_timeout {
+                    tracing::debug!("idle connection did not close gracefully; dropped");
+                    break;
+                }
+                drop_at = Some(tokio::time::Instant::now() + idle_timeout);
+            }
         }
+    }
+}
+
+/// Sleeps until `at`, or for ever when it is `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

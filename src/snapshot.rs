@@ -73,6 +73,15 @@ impl std::fmt::Debug for Snapshot {
 impl Snapshot {
     /// Reads and validates every reloadable input named by `config`, collecting all errors.
     pub fn build(config: &Config) -> Result<Snapshot, Vec<LoadError>> {
+        Self::build_with(config, None)
+    }
+
+    /// As [`Snapshot::build`], with keys fetched from the identity provider (which outlive
+    /// snapshots: a reload does not refetch them).
+    pub fn build_with(
+        config: &Config,
+        remote_keys: Option<Arc<crate::pipeline::identify::RemoteKeys>>,
+    ) -> Result<Snapshot, Vec<LoadError>> {
         let mut errors: Vec<LoadError> = Vec::new();
         let mut hasher = Vec::<u8>::new();
 
@@ -142,7 +151,7 @@ impl Snapshot {
         {
             hasher.extend_from_slice(&text);
         }
-        let verifier = Verifier::load(&config.identity)
+        let verifier = Verifier::load(&config.identity, remote_keys)
             .map_err(|es| errors.extend(es.into_iter().map(LoadError::from)))
             .ok();
 

@@ -94,7 +94,7 @@ impl DecisionLog {
     }
 
     /// Queues one decision line; drops (and counts) it when the writer falls behind.
-    pub fn record(&self, revision: &str, decided: &Decided) {
+    pub fn record(&self, revision: &str, decided: &Decided, dry_run: bool) {
         let Some(sender) = &self.sender else { return };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let input = decided
@@ -112,6 +112,7 @@ impl DecisionLog {
             "result": result,
             "duration_us": decided.duration.as_micros() as u64,
             "cached": decided.cached,
+            "dry_run": dry_run,
         });
         let mut text = line.to_string();
         text.push('\n');
@@ -119,6 +120,16 @@ impl DecisionLog {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Process-wide counters of the caches and the upstream, which outlive snapshots.
+/// Index 0 counts misses (or `unavailable`), index 1 hits (or `timeout`).
+pub static TOKEN_CACHE: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+pub static CONTENT_LOOKUPS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+pub static UPSTREAM_ERRORS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+pub fn count(counter: &[AtomicU64; 2], index: usize) {
+    counter[index].fetch_add(1, Ordering::Relaxed);
 }
 
 const LATENCY_BUCKETS_US: [u64; 12] = [
@@ -242,6 +253,32 @@ impl Metrics {
                 "guestgate_decision_cache_total{{result=\"{word}\"}} {}",
                 self.decision_cache[i].load(Ordering::Relaxed)
             );
+        }
+        for (name, counter, labels) in [
+            (
+                "guestgate_token_cache_total",
+                &TOKEN_CACHE,
+                ["result=\"miss\"", "result=\"hit\""],
+            ),
+            (
+                "guestgate_content_lookup_cache_total",
+                &CONTENT_LOOKUPS,
+                ["result=\"miss\"", "result=\"hit\""],
+            ),
+            (
+                "guestgate_upstream_errors_total",
+                &UPSTREAM_ERRORS,
+                ["kind=\"unavailable\"", "kind=\"timeout\""],
+            ),
+        ] {
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for (i, label) in labels.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{{label}}} {}",
+                    counter[i].load(Ordering::Relaxed)
+                );
+            }
         }
         self.request_latency
             .render("guestgate_request_duration_seconds", &mut out);

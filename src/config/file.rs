@@ -91,6 +91,8 @@ pub struct IdentityFile {
     pub jwks_file: Option<String>,
     pub jwks_url: Option<String>,
     pub jwks_refresh_secs: u64,
+    pub discovery: bool,
+    pub jwks_min_refetch_secs: u64,
     pub leeway_secs: u64,
     pub user_claim: String,
     pub groups_claim: String,
@@ -109,6 +111,8 @@ impl Default for IdentityFile {
             jwks_file: None,
             jwks_url: None,
             jwks_refresh_secs: 300,
+            discovery: false,
+            jwks_min_refetch_secs: 10,
             leeway_secs: 30,
             user_claim: "preferred_username".into(),
             groups_claim: "groups".into(),
@@ -128,6 +132,8 @@ pub struct PolicyFile {
     pub decision_cache_max_entries: u64,
     pub eval_timeout_ms: u64,
     pub listing_query: String,
+    pub dry_run: bool,
+    pub watch: bool,
 }
 
 impl Default for PolicyFile {
@@ -140,6 +146,8 @@ impl Default for PolicyFile {
             decision_cache_max_entries: 100_000,
             eval_timeout_ms: 100,
             listing_query: "data.guestgate.viewable_spaces".into(),
+            dry_run: false,
+            watch: true,
         }
     }
 }

@@ -100,6 +100,13 @@ pub struct IdentityConfig {
     /// A file holding the HS256 secret (a mounted secret), as an alternative to the variable.
     pub hs256_secret_file: Option<PathBuf>,
     pub jwks_file: Option<PathBuf>,
+    /// The identity provider's JWKS, fetched and refreshed.
+    pub jwks_url: Option<String>,
+    /// Find the JWKS through `{issuer}/.well-known/openid-configuration`.
+    pub discovery: bool,
+    pub jwks_refresh: Duration,
+    /// Unknown-key refetches happen at most this often.
+    pub jwks_min_refetch: Duration,
     pub leeway_secs: u64,
     pub user_claim: String,
     pub groups_claim: String,
@@ -118,6 +125,10 @@ pub struct PolicyConfig {
     pub eval_timeout: Duration,
     /// The rule giving the spaces a guest's listings keep (`filter_spaces`).
     pub listing_query: String,
+    /// Decide and log, but never enforce policy denials (rolling out a new policy).
+    pub dry_run: bool,
+    /// Reload when the policy dir, data, profile or key files change.
+    pub watch: bool,
 }
 
 #[derive(Debug, Clone)]

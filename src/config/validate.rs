@@ -308,10 +308,16 @@ impl Validator {
         if token_sources.is_empty() {
             self.error("identity.token_sources", "needs at least one source");
         }
-        if i.jwks_url.is_some() {
+        if i.jwks_url.is_some() && i.discovery {
             self.error(
-                "identity.jwks_url",
-                "fetching keys from a URL is not supported by this version; use jwks_file",
+                "identity.discovery",
+                "set either jwks_url or discovery, not both",
+            );
+        }
+        if i.discovery && i.issuer.is_none() {
+            self.error(
+                "identity.discovery",
+                "needs identity.issuer (the discovery base URL)",
             );
         }
         let anonymous = match i.anonymous.as_str() {
@@ -337,7 +343,6 @@ impl Validator {
                 "set either hs256_secret_env or hs256_secret_file, not both",
             );
         }
-        let _ = i.jwks_refresh_secs;
         IdentityConfig {
             token_sources,
             issuer: i.issuer,
@@ -345,6 +350,10 @@ impl Validator {
             hs256_secret_env: i.hs256_secret_env,
             hs256_secret_file: i.hs256_secret_file.as_deref().map(|p| self.resolve(p)),
             jwks_file: i.jwks_file.as_deref().map(|p| self.resolve(p)),
+            jwks_url: i.jwks_url,
+            discovery: i.discovery,
+            jwks_refresh: self.secs("identity.jwks_refresh_secs", i.jwks_refresh_secs),
+            jwks_min_refetch: Duration::from_secs(i.jwks_min_refetch_secs),
             leeway_secs: i.leeway_secs,
             user_claim: i.user_claim,
             groups_claim: i.groups_claim,
@@ -376,6 +385,8 @@ impl Validator {
             decision_cache_max_entries: p.decision_cache_max_entries,
             eval_timeout: Duration::from_millis(p.eval_timeout_ms),
             listing_query: p.listing_query,
+            dry_run: p.dry_run,
+            watch: p.watch,
         }
     }
 

@@ -81,6 +81,12 @@ pub fn accept<B>(
     if header_bytes > limits.max_header_bytes {
         return Err(GatewayError::HeadersTooLarge);
     }
+    check_host(req)?;
+    // Two credentials in one request: the gateway judges the first, the wiki might read
+    // the other. Refused rather than guessed at.
+    if headers.get_all(header::AUTHORIZATION).iter().count() > 1 {
+        return Err(GatewayError::BadRequest("duplicate_authorization"));
+    }
     let path = canonicalize(req.uri().path()).map_err(|e| GatewayError::BadRequest(e.reason()))?;
     let query = req.uri().query().map(str::to_string);
     let params = parse_query(query.as_deref(), profile)?;
@@ -91,6 +97,37 @@ pub fn accept<B>(
         params,
         wants_html: prefers_html(headers),
     })
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`, and a valid one; anything
+/// else is answered 400. The gateway does not route on `Host`, but it passes it on as
+/// `X-Forwarded-Host`, which the wiki may use to build links. HTTP/1.0 may omit it; HTTP/2
+/// carries `:authority` instead (hyper puts it in the URI).
+fn check_host<B>(req: &Request<B>) -> Result<(), GatewayError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    if second.is_some() {
+        return Err(GatewayError::BadRequest("duplicate_host"));
+    }
+    match first {
+        None if req.version() == http::Version::HTTP_11 => {
+            Err(GatewayError::BadRequest("missing_host"))
+        }
+        None => Ok(()),
+        Some(value) if value.is_empty() => Ok(()),
+        Some(value) => {
+            let valid = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse::<http::uri::Authority>().ok())
+                .is_some_and(|a| !a.as_str().contains('@'));
+            if valid {
+                Ok(())
+            } else {
+                Err(GatewayError::BadRequest("invalid_host"))
+            }
+        }
+    }
 }
 
 fn parse_query(

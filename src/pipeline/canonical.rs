@@ -22,6 +22,8 @@ pub enum PathError {
     Backslash,
     #[error("control_character")]
     ControlCharacter,
+    #[error("whitespace")]
+    Whitespace,
     #[error("invalid_percent_encoding")]
     InvalidPercentEncoding,
     #[error("invalid_utf8")]
@@ -40,6 +42,7 @@ impl PathError {
             Self::EncodedSlash => "encoded_slash",
             Self::Backslash => "backslash",
             Self::ControlCharacter => "control_character",
+            Self::Whitespace => "whitespace",
             Self::InvalidPercentEncoding => "invalid_percent_encoding",
             Self::InvalidUtf8 => "invalid_utf8",
             Self::NonAscii => "non_ascii",
@@ -121,6 +124,17 @@ pub fn canonicalize(path: &str) -> Result<String, PathError> {
     if bytes.len() > MAX_PATH_BYTES {
         return Err(PathError::TooLong);
     }
+    // Raw bytes are checked across the whole path first, `;params` included: those are cut
+    // off below, and a control byte or a space must not be dropped silently with them (no
+    // valid request target holds one; hyper refuses them, other callers may not).
+    for &b in bytes {
+        match b {
+            b' ' => return Err(PathError::Whitespace),
+            0..=0x1f | 0x7f => return Err(PathError::ControlCharacter),
+            0x80.. => return Err(PathError::NonAscii),
+            _ => {}
+        }
+    }
     // Each kept segment is recorded as a range of `out` so `..` can drop it again.
     let mut out = String::with_capacity(path.len());
     let mut ends: Vec<usize> = Vec::with_capacity(16);
@@ -200,6 +214,11 @@ mod tests {
         assert_eq!(canonicalize("/a\\b"), Err(PathError::Backslash));
         assert_eq!(canonicalize("/a%00"), Err(PathError::ControlCharacter));
         assert_eq!(canonicalize("/a%0a"), Err(PathError::ControlCharacter));
+        // Found by the `canonical` fuzz target: a space kept, a NUL dropped with `;params`.
+        assert_eq!(canonicalize("/b ;+a\0"), Err(PathError::Whitespace));
+        assert_eq!(canonicalize("/b;x\0y/c"), Err(PathError::ControlCharacter));
+        assert_eq!(canonicalize("/b;\u{e9}/c"), Err(PathError::NonAscii));
+        assert_eq!(canonicalize("/a\tb"), Err(PathError::ControlCharacter));
         assert_eq!(
             canonicalize("/a%zz"),
             Err(PathError::InvalidPercentEncoding)

@@ -64,13 +64,19 @@ pub async fn resolve_space(
         });
     };
     let key: Box<str> = content.clone();
-    let space = cache
-        .try_get_with(key, fetch_space(lookup, content, upstream))
-        .await
-        .map_err(|e: Arc<LookupError>| GatewayError::ContentUnresolved {
-            content: content.to_string(),
-            cause: e.to_string(),
-        })?;
+    let fetched = std::sync::atomic::AtomicBool::new(false);
+    let result = cache
+        .try_get_with(key, async {
+            fetched.store(true, std::sync::atomic::Ordering::Relaxed);
+            fetch_space(lookup, content, upstream).await
+        })
+        .await;
+    let hit = !fetched.load(std::sync::atomic::Ordering::Relaxed);
+    crate::telemetry::count(&crate::telemetry::CONTENT_LOOKUPS, usize::from(hit));
+    let space = result.map_err(|e: Arc<LookupError>| GatewayError::ContentUnresolved {
+        content: content.to_string(),
+        cause: e.to_string(),
+    })?;
     route.space = Some(Box::from(&*space));
     Ok(())
 }

@@ -53,6 +53,11 @@ pub fn principal(
                 .effective_groups(&identity.name, &identity.token_groups),
             identity: Some(identity.clone()),
         }),
+        // No key to check any token with (the identity provider was never reachable): the
+        // gateway cannot tell anyone apart, so it is unavailable rather than "unauthorized".
+        Caller::Rejected(IdentityError::NoKeys) if !route.public => {
+            Err(GatewayError::NotReady("no_verification_keys"))
+        }
         Caller::Rejected(e) if !route.public => Err(GatewayError::Unauthorized(*e)),
         Caller::Anonymous if !route.public && anonymous == AnonymousMode::Deny => {
             Err(GatewayError::Unauthorized(IdentityError::Missing))

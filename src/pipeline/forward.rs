@@ -130,8 +130,14 @@ impl Upstream {
         req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, GatewayError> {
         match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
-            Err(_) => Err(GatewayError::UpstreamTimeout),
-            Ok(Err(e)) => Err(GatewayError::upstream_failed(Box::new(e))),
+            Err(_) => {
+                crate::telemetry::count(&crate::telemetry::UPSTREAM_ERRORS, 1);
+                Err(GatewayError::UpstreamTimeout)
+            }
+            Ok(Err(e)) => {
+                crate::telemetry::count(&crate::telemetry::UPSTREAM_ERRORS, 0);
+                Err(GatewayError::upstream_failed(Box::new(e)))
+            }
             Ok(Ok(resp)) => Ok(resp),
         }
     }
@@ -164,8 +170,14 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Only websocket upgrades are tunnelled. Any other (`h2c` above all) is dropped with the
+/// hop-by-hop headers: a tunnel to a wiki that speaks h2c would carry requests the gateway
+/// never sees (h2c smuggling).
 fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
         && headers
             .get_all(header::CONNECTION)
             .iter()

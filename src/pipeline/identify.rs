@@ -16,6 +16,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::config::{IdentityConfig, TokenSource};
 
+pub use super::jwks::RemoteKeys;
+
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// A verified token is cached at most this long (and never past its `exp`).
@@ -117,7 +119,8 @@ pub enum Caller {
 }
 
 /// One verification key, pinned to one algorithm.
-struct VerifyKey {
+#[derive(Clone)]
+pub struct VerifyKey {
     kid: Option<String>,
     alg: Algorithm,
     key: DecodingKey,
@@ -133,6 +136,8 @@ pub struct Verifier {
     user_claim: String,
     groups_claim: String,
     cache: moka::sync::Cache<[u8; 32], Arc<Identity>>,
+    /// Keys fetched from the identity provider, shared across snapshots.
+    remote: Option<Arc<RemoteKeys>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -162,6 +167,38 @@ impl moka::Expiry<[u8; 32], Arc<Identity>> for UntilExp {
     }
 }
 
+/// Parses a JWKS document: the usable public keys, and a problem for each unusable one.
+pub(crate) fn keys_from_jwks(text: &str, origin: &str) -> (Vec<VerifyKey>, Vec<KeyError>) {
+    let set = match serde_json::from_str::<JwkSet>(text) {
+        Ok(set) => set,
+        Err(e) => return (Vec::new(), vec![KeyError(format!("{origin}: {e}"))]),
+    };
+    let mut keys = Vec::new();
+    let mut errors = Vec::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        let at = format!("{origin}: key #{}", i + 1);
+        let Some(alg) = jwk_algorithm(jwk) else {
+            errors.push(KeyError(format!("{at}: no supported algorithm")));
+            continue;
+        };
+        if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+            errors.push(KeyError(format!(
+                "{at}: symmetric keys do not belong in a JWKS; use hs256_secret_env"
+            )));
+            continue;
+        }
+        match DecodingKey::from_jwk(jwk) {
+            Ok(key) => keys.push(VerifyKey {
+                kid: jwk.common.key_id.clone(),
+                alg,
+                key,
+            }),
+            Err(e) => errors.push(KeyError(format!("{at}: {e}"))),
+        }
+    }
+    (keys, errors)
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -187,7 +224,10 @@ fn jwk_algorithm(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
 
 impl Verifier {
     /// Loads the HS256 secret (from its environment variable) and the JWKS file.
-    pub fn load(config: &IdentityConfig) -> Result<Verifier, Vec<KeyError>> {
+    pub fn load(
+        config: &IdentityConfig,
+        remote: Option<Arc<RemoteKeys>>,
+    ) -> Result<Verifier, Vec<KeyError>> {
         let mut keys = Vec::new();
         let mut errors = Vec::new();
         let secret = match (&config.hs256_secret_env, &config.hs256_secret_file) {
@@ -214,32 +254,11 @@ impl Verifier {
             None => {}
         }
         if let Some(path) = &config.jwks_file {
-            match std::fs::read_to_string(path)
-                .map_err(|e| e.to_string())
-                .and_then(|t| serde_json::from_str::<JwkSet>(&t).map_err(|e| e.to_string()))
-            {
-                Ok(set) => {
-                    for (i, jwk) in set.keys.iter().enumerate() {
-                        let at = format!("{}: key #{}", path.display(), i + 1);
-                        let Some(alg) = jwk_algorithm(jwk) else {
-                            errors.push(KeyError(format!("{at}: no supported algorithm")));
-                            continue;
-                        };
-                        if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
-                            errors.push(KeyError(format!(
-                                "{at}: symmetric keys do not belong in a JWKS; use hs256_secret_env"
-                            )));
-                            continue;
-                        }
-                        match DecodingKey::from_jwk(jwk) {
-                            Ok(key) => keys.push(VerifyKey {
-                                kid: jwk.common.key_id.clone(),
-                                alg,
-                                key,
-                            }),
-                            Err(e) => errors.push(KeyError(format!("{at}: {e}"))),
-                        }
-                    }
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    let (found, problems) = keys_from_jwks(&text, &path.display().to_string());
+                    keys.extend(found);
+                    errors.extend(problems);
                 }
                 Err(e) => errors.push(KeyError(format!("{}: {e}", path.display()))),
             }
@@ -259,6 +278,7 @@ impl Verifier {
                 .max_capacity(config.token_cache_max_entries)
                 .expire_after(UntilExp)
                 .build(),
+            remote,
         })
     }
 
@@ -266,14 +286,23 @@ impl Verifier {
         self.keys.len()
     }
 
-    /// Finds the token in the request (sources in configured order) and verifies it.
-    pub fn identify(&self, headers: &HeaderMap) -> Caller {
-        match find_token(&self.sources, headers) {
-            None => Caller::Anonymous,
-            Some(token) => match self.verify(token) {
-                Ok(identity) => Caller::Authenticated(identity),
-                Err(e) => Caller::Rejected(e),
-            },
+    /// Finds the token in the request (sources in configured order) and verifies it. A
+    /// token naming a key the gateway does not have triggers one (coalesced, rate-limited)
+    /// refetch of the identity provider's keys before it is refused.
+    pub async fn identify(&self, headers: &HeaderMap) -> Caller {
+        let Some(token) = find_token(&self.sources, headers) else {
+            return Caller::Anonymous;
+        };
+        let mut result = self.verify(token);
+        if let (Err(IdentityError::UnknownKey | IdentityError::NoKeys), Some(remote)) =
+            (&result, &self.remote)
+            && remote.refresh_for_unknown_key().await
+        {
+            result = self.verify(token);
+        }
+        match result {
+            Ok(identity) => Caller::Authenticated(identity),
+            Err(e) => Caller::Rejected(e),
         }
     }
 
@@ -286,8 +315,10 @@ impl Verifier {
         if let Some(hit) = self.cache.get(&hash)
             && hit.expires_at > unix_now()
         {
+            crate::telemetry::count(&crate::telemetry::TOKEN_CACHE, 1);
             return Ok(hit);
         }
+        crate::telemetry::count(&crate::telemetry::TOKEN_CACHE, 0);
         let identity = Arc::new(self.verify_uncached(token, hash)?);
         if identity.expires_at > unix_now() {
             self.cache.insert(hash, identity.clone());
@@ -296,31 +327,26 @@ impl Verifier {
     }
 
     fn verify_uncached(&self, token: &str, hash: [u8; 32]) -> Result<Identity, IdentityError> {
-        if self.keys.is_empty() {
+        let remote = self.remote.as_ref().map(|r| r.keys.load());
+        let remote_keys: &[VerifyKey] = remote.as_deref().map_or(&[], |k| k.as_slice());
+        if self.keys.is_empty() && remote_keys.is_empty() {
             return Err(IdentityError::NoKeys);
         }
+        let all = || self.keys.iter().chain(remote_keys.iter());
         let header = parse_header(token)?;
         // The algorithm is pinned by the key: a token never chooses how it is checked.
         let key = match &header.kid {
             Some(kid) => {
-                let key = self
-                    .keys
-                    .iter()
+                let key = all()
                     .find(|k| k.kid.as_deref() == Some(kid.as_str()))
-                    .or_else(|| {
-                        self.keys
-                            .iter()
-                            .find(|k| k.kid.is_none() && k.alg == header.alg)
-                    })
+                    .or_else(|| all().find(|k| k.kid.is_none() && k.alg == header.alg))
                     .ok_or(IdentityError::UnknownKey)?;
                 if key.alg != header.alg {
                     return Err(IdentityError::AlgorithmMismatch);
                 }
                 key
             }
-            None => self
-                .keys
-                .iter()
+            None => all()
                 .find(|k| k.alg == header.alg)
                 .ok_or(IdentityError::UnsupportedAlgorithm)?,
         };

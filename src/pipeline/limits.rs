@@ -4,7 +4,8 @@
 //! idle time, HTTP/2 streams) in `server`.
 
 use http::{Request, header};
-use http_body_util::Limited;
+use http_body_util::combinators::MapErr;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -14,8 +15,14 @@ use crate::routes::Route;
 
 /// A client's request body on its way to the wiki, cut off at its route's limit. Passing
 /// the limit makes the upstream request fail with `http_body_util::LengthLimitError` as
-/// its cause, which `GatewayError::upstream_failed` turns into 413.
-pub type RequestBody = Limited<Incoming>;
+/// its cause, which `GatewayError::upstream_failed` turns into 413; a body that cannot be
+/// read (a malformed chunk, a client gone) fails with [`ClientBodyError`], turned into 400.
+pub type RequestBody = Limited<MapErr<Incoming, fn(hyper::Error) -> ClientBodyError>>;
+
+/// Reading the client's request body failed: the client's fault, not the wiki's.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
 
 /// The body limit of this request's route, checked against `Content-Length` now.
 ///
@@ -47,7 +54,8 @@ pub fn body_limit<B>(
 
 /// Wraps the body so that it fails once more than `limit` bytes have streamed through.
 pub fn limit_body(req: Request<Incoming>, limit: usize) -> Request<RequestBody> {
-    req.map(|body| Limited::new(body, limit))
+    let client_error: fn(hyper::Error) -> ClientBodyError = ClientBodyError;
+    req.map(|body| Limited::new(body.map_err(client_error), limit))
 }
 
 /// The requests that may be in flight to the wiki at once (`server.max_upstream_in_flight`).

@@ -10,6 +10,7 @@ pub mod classify;
 pub mod decide;
 pub mod forward;
 pub mod identify;
+pub mod jwks;
 pub mod limits;
 pub mod rewrite;
 
@@ -58,7 +59,7 @@ async fn handle_inner(
         return Ok(answer);
     }
     let accepted = accept::accept(&req, &gw.config.server, &snapshot.routes)?;
-    let caller = snapshot.verifier.identify(req.headers());
+    let caller = snapshot.verifier.identify(req.headers()).await;
     let mut route = classify::classify(&snapshot.routes, &accepted, gw.config.rewrite.json);
     let body_limit = limits::body_limit(&req, &route, &gw.config.server)?;
     let principal = decide::principal(snapshot, &route, &caller, gw.config.identity.anonymous)?;
@@ -88,13 +89,24 @@ async fn handle_inner(
         principal,
         gw.decision_log.enabled(),
     )?;
-    gw.decision_log.record(&snapshot.revision, &decided);
+    gw.decision_log
+        .record(&snapshot.revision, &decided, gw.config.policy.dry_run);
     gw.metrics.observe_decision(&route, &decided);
     if !decided.decision.allow {
-        return Err(GatewayError::Denied {
-            reason: decided.decision.reason.clone(),
-            status: decided.decision.status,
-        });
+        if gw.config.policy.dry_run {
+            // Dry run (OPA-Envoy's `dry-run`): the denial is logged and counted, never enforced.
+            tracing::info!(
+                reason = %decided.decision.reason,
+                family = route.family.as_str(),
+                user = decided.user.as_deref().unwrap_or("-"),
+                "dry run: request would have been denied"
+            );
+        } else {
+            return Err(GatewayError::Denied {
+                reason: decided.decision.reason.clone(),
+                status: decided.decision.status,
+            });
+        }
     }
     let _upstream_slot = gw.upstream_slots.try_acquire()?;
     let filter = (route.rewrites.filter_spaces && decided.decision.guest)
