@@ -30,8 +30,12 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
 pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<ProxyBody> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, "/readyz") if !gw.is_ready() => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "waiting for the first bundle\n".into(),
+        ),
         (&Method::GET, "/readyz") => {
-            // A gateway exists only once its first snapshot loaded, so it is ready.
             let revision = gw.snapshot().revision.clone();
             reply(StatusCode::OK, "text/plain", format!("ready {revision}\n"))
         }

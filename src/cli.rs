@@ -160,6 +160,15 @@ fn serve(path: &Path) -> ExitCode {
         } else {
             None
         };
+        if let Some(bundle) = gw.config.bundle.clone() {
+            match crate::bundle::BundlePoller::new(bundle) {
+                Ok(poller) => poller.start(gw.clone()),
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
         if gw.config.policy.dry_run {
             tracing::warn!("policy.dry_run is on: denials are logged, not enforced");
         }

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
@@ -22,6 +24,9 @@ pub struct Gateway {
     pub decision_log: DecisionLog,
     pub metrics: Metrics,
     pub remote_keys: Option<Arc<crate::pipeline::identify::RemoteKeys>>,
+    /// The active bundle, reused when other files change.
+    bundle: std::sync::Mutex<Option<Arc<crate::bundle::BundleContents>>>,
+    ready: AtomicBool,
     /// Serialises reloads so two never race to swap.
     reload_lock: tokio::sync::Mutex<()>,
 }
@@ -45,7 +50,10 @@ impl Gateway {
             remote.start();
         }
         let snapshot =
-            Snapshot::build_with(&config, remote_keys.clone()).map_err(StartError::Load)?;
+            Snapshot::build_with(&config, remote_keys.clone(), None).map_err(StartError::Load)?;
+        // With a bundle server, the local policy files only make the process startable:
+        // nothing is served until the first bundle is active.
+        let ready = AtomicBool::new(config.bundle.is_none());
         let upstream = Upstream::new(&config.upstream, config.server.request_timeout)?;
         let ttl = snapshot
             .routes
@@ -70,8 +78,50 @@ impl Gateway {
             decision_log,
             metrics,
             remote_keys,
+            bundle: std::sync::Mutex::new(None),
+            ready,
             reload_lock: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// False only while a configured bundle has not been activated yet.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Builds a snapshot from a new bundle (off the async threads) and swaps it in; the
+    /// previous revision keeps serving when it is invalid.
+    pub async fn install_bundle(
+        self: &Arc<Self>,
+        contents: crate::bundle::BundleContents,
+    ) -> Result<Arc<str>, Vec<String>> {
+        let _guard = self.reload_lock.lock().await;
+        let contents = Arc::new(contents);
+        let (config, remote, b) = (
+            self.config.clone(),
+            self.remote_keys.clone(),
+            contents.clone(),
+        );
+        let built =
+            tokio::task::spawn_blocking(move || Snapshot::build_with(&config, remote, Some(&b)))
+                .await
+                .map_err(|e| vec![format!("bundle task failed: {e}")])?;
+        match built {
+            Ok(snapshot) => {
+                let revision = snapshot.revision.clone();
+                self.current.store(Arc::new(snapshot));
+                if let Ok(mut slot) = self.bundle.lock() {
+                    *slot = Some(contents);
+                }
+                self.ready.store(true, Ordering::Release);
+                self.metrics.reload_succeeded(&revision);
+                Ok(revision)
+            }
+            Err(errors) => {
+                self.metrics.reload_failed();
+                Err(errors.iter().map(|e| e.to_string()).collect())
+            }
+        }
     }
 
     /// The snapshot a request works with from start to end.
@@ -85,9 +135,15 @@ impl Gateway {
         let _guard = self.reload_lock.lock().await;
         let config = self.config.clone();
         let remote = self.remote_keys.clone();
-        let built = tokio::task::spawn_blocking(move || Snapshot::build_with(&config, remote))
-            .await
-            .map_err(|e| vec![format!("reload task failed: {e}")])?;
+        let bundle = self.bundle.lock().ok().and_then(|b| b.clone());
+        if self.config.bundle.is_some() && bundle.is_none() {
+            return Err(vec!["no bundle has been activated yet".to_string()]);
+        }
+        let built = tokio::task::spawn_blocking(move || {
+            Snapshot::build_with(&config, remote, bundle.as_deref())
+        })
+        .await
+        .map_err(|e| vec![format!("reload task failed: {e}")])?;
         match built {
             Ok(snapshot) => {
                 let revision = snapshot.revision.clone();

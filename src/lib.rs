@@ -2,6 +2,7 @@
 //! that lack it. See README.md and the contract in docs/.
 
 pub mod admin;
+pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod directory;

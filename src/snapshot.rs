@@ -73,7 +73,7 @@ impl std::fmt::Debug for Snapshot {
 impl Snapshot {
     /// Reads and validates every reloadable input named by `config`, collecting all errors.
     pub fn build(config: &Config) -> Result<Snapshot, Vec<LoadError>> {
-        Self::build_with(config, None)
+        Self::build_with(config, None, None)
     }
 
     /// As [`Snapshot::build`], with keys fetched from the identity provider (which outlive
@@ -81,6 +81,7 @@ impl Snapshot {
     pub fn build_with(
         config: &Config,
         remote_keys: Option<Arc<crate::pipeline::identify::RemoteKeys>>,
+        bundle: Option<&crate::bundle::BundleContents>,
     ) -> Result<Snapshot, Vec<LoadError>> {
         let mut errors: Vec<LoadError> = Vec::new();
         let mut hasher = Vec::<u8>::new();
@@ -105,7 +106,10 @@ impl Snapshot {
             }
         };
 
-        let data_text = std::fs::read_to_string(&config.policy.data);
+        let data_text = match bundle {
+            Some(b) => Ok(b.data.clone()),
+            None => std::fs::read_to_string(&config.policy.data),
+        };
         let directory = match &data_text {
             Ok(text) => {
                 hasher.extend_from_slice(text.as_bytes());
@@ -125,9 +129,12 @@ impl Snapshot {
             }
         };
 
-        let files = read_policy_dir(&config.policy.dir)
-            .map_err(|e| errors.push(e.into()))
-            .ok();
+        let files = match bundle {
+            Some(b) => Some(b.files.clone()),
+            None => read_policy_dir(&config.policy.dir)
+                .map_err(|e| errors.push(e.into()))
+                .ok(),
+        };
         let policy = match (&files, &directory) {
             (Some(files), Some(directory)) => {
                 for (path, text) in files {
@@ -158,7 +165,10 @@ impl Snapshot {
         match (routes, directory, policy, verifier) {
             (Some(routes), Some(directory), Some(policy), Some(verifier)) if errors.is_empty() => {
                 let digest = crate::pipeline::identify::sha256(&hasher);
-                let revision: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+                let revision: String = match bundle.and_then(|b| b.revision.clone()) {
+                    Some(manifest_revision) => manifest_revision,
+                    None => digest[..6].iter().map(|b| format!("{b:02x}")).collect(),
+                };
                 Ok(Snapshot {
                     revision: Arc::from(revision),
                     routes,

@@ -14,6 +14,27 @@ pub struct FileConfig {
     pub rewrite: RewriteFile,
     pub admin: AdminFile,
     pub log: LogFile,
+    pub bundle: Option<BundleFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleFile {
+    pub url: String,
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval_secs: u64,
+    #[serde(default = "default_jitter")]
+    pub jitter: f64,
+    #[serde(default)]
+    pub authorization_env: Option<String>,
+}
+
+fn default_poll_interval() -> u64 {
+    60
+}
+
+fn default_jitter() -> f64 {
+    0.2
 }
 
 #[derive(Debug, Deserialize)]

@@ -25,6 +25,18 @@ pub struct Config {
     pub rewrite: RewriteConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    /// Policies and data from an OPA bundle server instead of `policy.dir` / `policy.data`.
+    pub bundle: Option<BundleConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BundleConfig {
+    pub url: String,
+    pub poll_interval: Duration,
+    /// Each wait is the interval ± this fraction, so replicas spread their polls.
+    pub jitter: f64,
+    /// The `Authorization` value for the bundle server, read from the named variable.
+    pub authorization: Option<String>,
 }
 
 #[derive(Debug, Clone)]

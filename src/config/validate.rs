@@ -138,6 +138,36 @@ impl Validator {
             listen: self.socket_addr("admin.listen", &f.admin.listen),
         };
         let log = self.log(f.log);
+        let bundle = f.bundle.map(|b| {
+            if !(b.url.starts_with("http://") || b.url.starts_with("https://")) {
+                self.error(
+                    "bundle.url",
+                    format_args!("`{}` must be http:// or https://", b.url),
+                );
+            }
+            if !(0.0..=0.9).contains(&b.jitter) {
+                self.error("bundle.jitter", "must be between 0 and 0.9");
+            }
+            let authorization =
+                b.authorization_env
+                    .as_ref()
+                    .and_then(|var| match std::env::var(var) {
+                        Ok(v) => Some(v),
+                        Err(_) => {
+                            self.error(
+                                "bundle.authorization_env",
+                                format_args!("environment variable ${var} is not set"),
+                            );
+                            None
+                        }
+                    });
+            BundleConfig {
+                poll_interval: self.secs("bundle.poll_interval_secs", b.poll_interval_secs),
+                url: b.url,
+                jitter: b.jitter,
+                authorization,
+            }
+        });
         Config {
             path: self.file.clone(),
             server,
@@ -148,6 +178,7 @@ impl Validator {
             rewrite,
             admin,
             log,
+            bundle,
         }
     }
 

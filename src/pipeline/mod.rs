@@ -58,6 +58,9 @@ async fn handle_inner(
     if let Some(answer) = accept::asterisk_options(&req) {
         return Ok(answer);
     }
+    if !gw.is_ready() {
+        return Err(GatewayError::NotReady("policy_not_loaded"));
+    }
     let accepted = accept::accept(&req, &gw.config.server, &snapshot.routes)?;
     let caller = snapshot.verifier.identify(req.headers()).await;
     let mut route = classify::classify(&snapshot.routes, &accepted, gw.config.rewrite.json);

@@ -227,6 +227,8 @@ pub struct TestConfig {
     pub policy_extra: String,
     pub rewrite_extra: String,
     pub log_decisions: String,
+    /// Extra top-level TOML (for example a `[bundle]` section).
+    pub extra_sections: String,
     pub policy_dir: PathBuf,
     pub tls: bool,
 }
@@ -242,6 +244,7 @@ impl TestConfig {
             policy_extra: String::new(),
             rewrite_extra: String::new(),
             log_decisions: "off".into(),
+            extra_sections: String::new(),
             policy_dir: repo_path("policies"),
             tls: false,
         }
@@ -318,6 +321,8 @@ listen = "127.0.0.1:0"
 
 [log]
 decisions = "{decisions}"
+
+{extra_sections}
 "#,
         upstream = c.upstream_url,
         server_extra = c.server_extra,
@@ -328,6 +333,7 @@ decisions = "{decisions}"
         policy_dir = c.policy_dir.display(),
         profile = repo_path("config/routes/confluence.toml").display(),
         decisions = c.log_decisions,
+        extra_sections = c.extra_sections,
     );
     let path = dir.join("guestgate.toml");
     std::fs::write(&path, text).unwrap();
