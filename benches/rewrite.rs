@@ -114,6 +114,37 @@ fn bench_html(c: &mut Criterion) {
                 html::rewrite_buffer(plan, &body).expect("rewrite")
             })
         });
+        group.bench_function(format!("lol_html_no_handlers_baseline/{label}"), |b| {
+            b.iter(|| {
+                let mut out = Vec::with_capacity(body.len());
+                let mut rewriter =
+                    lol_html::HtmlRewriter::new(lol_html::Settings::new(), |c: &[u8]| {
+                        out.extend_from_slice(c)
+                    });
+                for chunk in body.chunks(16 * 1024) {
+                    rewriter.write(chunk).expect("write");
+                }
+                rewriter.end().expect("end");
+                out
+            })
+        });
+        group.bench_function(format!("lol_html_anchor_selector_only/{label}"), |b| {
+            b.iter(|| {
+                let mut out = Vec::with_capacity(body.len());
+                let mut rewriter = lol_html::HtmlRewriter::new(
+                    lol_html::Settings::new().append_element_content_handler(lol_html::element!(
+                        "a[data-username]",
+                        |_el| Ok(())
+                    )),
+                    |c: &[u8]| out.extend_from_slice(c),
+                );
+                for chunk in body.chunks(16 * 1024) {
+                    rewriter.write(chunk).expect("write");
+                }
+                rewriter.end().expect("end");
+                out
+            })
+        });
     }
     group.finish();
 }

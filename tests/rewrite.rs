@@ -315,7 +315,8 @@ async fn chunked_html_is_rewritten_as_it_streams() {
 }
 
 mod html {
-    pub const STYLE_LEN: usize = guestgate::pipeline::rewrite::html::STYLE_HTML.len();
+    pub const STYLE: &str = guestgate::pipeline::rewrite::html::STYLE_HTML;
+    pub const STYLE_LEN: usize = STYLE.len();
 }
 
 #[tokio::test]

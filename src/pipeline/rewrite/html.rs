@@ -16,7 +16,7 @@ use crate::error::{BoxError, html_escape};
 
 pub const LABEL_HTML: &str = "<span class=\"guestgate-guest-label\">GUEST</span>";
 
-/// Injected once into `<head>` so labels and the banner read as such without changing
+/// Injected once, first thing in `<body>`, so labels and the banner read as such without changing
 /// their contract markup.
 pub const STYLE_HTML: &str = "<style id=\"guestgate-style\">\
 .guestgate-guest-label{display:inline-block;margin-left:4px;padding:0 4px;border-radius:3px;\
@@ -125,45 +125,34 @@ pub fn rewrite_buffer(
     Ok(out)
 }
 
-/// The lol_html handlers for one plan: the style once in `<head>` (or before the banner
-/// when a page has no head), the banner first thing in `<body>`, labels after user links.
+/// The lol_html handlers for one plan: the style and then the banner first thing in
+/// `<body>`, labels after user links.
 fn settings_for(plan: HtmlPlan) -> Settings<'static, 'static> {
-    use std::sync::atomic::{AtomicBool, Ordering};
     let encoding = AsciiCompatibleEncoding::new(plan.encoding)
         .or_else(|| AsciiCompatibleEncoding::new(encoding_rs::UTF_8))
         .unwrap_or_else(|| unreachable!("UTF-8 is ASCII-compatible"));
     let mut settings = Settings::new_send().with_encoding(encoding);
-    let styled = Arc::new(AtomicBool::new(false));
-    let head_styled = styled.clone();
+    // One handler on <body> places the style and the banner: every selector costs lol_html
+    // matching work on every start tag, so a <head> handler for the style alone is not worth it.
+    let banner = plan.banner;
+    let mut placed = false;
     settings = settings.append_element_content_handler((
-        std::borrow::Cow::Owned(head_selector()),
+        std::borrow::Cow::Owned(body_selector()),
         ElementContentHandlers::default().element(
             move |el: &mut lol_html::send::Element<'_, '_>| {
-                if !head_styled.swap(true, Ordering::Relaxed) {
-                    el.append(STYLE_HTML, ContentType::Html);
+                if !placed {
+                    placed = true;
+                    // prepend() inserts at the very start: the last call comes first, so the
+                    // banner ends up right after <body ...> (contract §6), the style after it.
+                    el.prepend(STYLE_HTML, ContentType::Html);
+                    if let Some(banner) = &banner {
+                        el.prepend(banner, ContentType::Html);
+                    }
                 }
                 Ok(())
             },
         ),
     ));
-    if let Some(banner) = plan.banner {
-        let mut placed = false;
-        settings = settings.append_element_content_handler((
-            std::borrow::Cow::Owned(body_selector()),
-            ElementContentHandlers::default().element(
-                move |el: &mut lol_html::send::Element<'_, '_>| {
-                    if !placed {
-                        placed = true;
-                        el.prepend(&banner, ContentType::Html);
-                        if !styled.swap(true, Ordering::Relaxed) {
-                            el.prepend(STYLE_HTML, ContentType::Html);
-                        }
-                    }
-                    Ok(())
-                },
-            ),
-        ));
-    }
     if let Some((selector, is_guest)) = plan.tag_users {
         settings = settings.append_element_content_handler((
             std::borrow::Cow::Owned(selector),
@@ -180,12 +169,6 @@ fn settings_for(plan: HtmlPlan) -> Settings<'static, 'static> {
         ));
     }
     settings
-}
-
-fn head_selector() -> Selector {
-    "head"
-        .parse()
-        .unwrap_or_else(|_| unreachable!("constant selector"))
 }
 
 fn body_selector() -> Selector {
@@ -280,7 +263,7 @@ mod tests {
     fn without_banner_the_page_is_unchanged_but_for_labels() {
         let html = "<body><a class=\"confluence-userlink\" data-username=\"alice\">A</a></body>";
         let out = rewrite_str(html, false);
-        assert!(!out.contains("guestgate-guest-banner"));
+        assert!(!out.contains("role=\"note\""));
         assert!(!out.contains(LABEL_HTML));
     }
 }
