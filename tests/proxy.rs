@@ -357,3 +357,69 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
         "listener closed"
     );
 }
+
+/// Websocket upgrades are authorized like any request, then tunnelled both ways.
+#[tokio::test]
+async fn websocket_upgrades_are_authorized_then_tunnelled() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let handler: Handler = Arc::new(|mut req| {
+        Box::pin(async move {
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let Ok(upgraded) = upgrade.await else { return };
+                let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                let mut buf = [0u8; 64];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("upgrade", "websocket")
+                .header("connection", "Upgrade")
+                .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+                .body(full(Bytes::new()))
+                .unwrap()
+        })
+    });
+    let up = start_upstream_with(handler).await;
+    let gw = start_gateway(TestConfig::new(&up.url())).await;
+    let handshake = |user: &str| {
+        format!(
+            "GET /synchrony/v1/bayeux-sync1 HTTP/1.1\r\nHost: wiki.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: {}\r\n\r\n",
+            bearer(&token(user, &[]))
+        )
+    };
+    // A guest cannot reach collaborative editing without a space: refused, nothing tunnelled.
+    let refused = raw(gw.addr, handshake("gary").as_bytes()).await;
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    assert!(up.forwarded().is_empty());
+
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(handshake("alice").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    stream.write_all(b"frame-bytes").await.unwrap();
+    let mut echo = [0u8; 11];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo, b"frame-bytes");
+    let seen = up.forwarded();
+    assert_eq!(seen[0].header("x-guestgate-user"), Some("alice"));
+    assert_eq!(seen[0].header("upgrade"), Some("websocket"));
+}
