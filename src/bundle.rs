@@ -11,10 +11,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use crate::config::BundleConfig;
 use crate::gateway::Gateway;
@@ -127,7 +123,7 @@ fn merge_at(
 /// Polls the bundle server and swaps in each new bundle.
 pub struct BundlePoller {
     config: BundleConfig,
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: crate::http_client::HttpsClient<Empty<Bytes>>,
 }
 
 /// What one poll found.
@@ -138,26 +134,9 @@ pub enum Poll {
 
 impl BundlePoller {
     pub fn new(config: BundleConfig) -> Result<BundlePoller, BundleError> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| BundleError(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
         Ok(BundlePoller {
             config,
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: crate::http_client::build(None, Duration::from_secs(5)).map_err(BundleError)?,
         })
     }
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod directory;
 pub mod error;
 pub mod gateway;
+pub mod http_client;
 pub mod pipeline;
 pub mod policy;
 pub mod reload;

@@ -2,7 +2,6 @@
 //! gateway alone — to the wiki over a pooled keep-alive client, and streams the answer back.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,10 +9,7 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 
 use super::accept::Accepted;
 use crate::config::UpstreamConfig;
@@ -31,7 +27,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 /// The wiki, as the gateway reaches it.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    client: crate::http_client::HttpsClient<UpstreamBody>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     base_path: String,
@@ -50,42 +46,8 @@ impl Upstream {
         config: &UpstreamConfig,
         request_timeout: Duration,
     ) -> Result<Upstream, UpstreamError> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        if let Some(ca) = &config.ca_file {
-            use rustls::pki_types::CertificateDer;
-            use rustls::pki_types::pem::PemObject;
-            let certs = CertificateDer::pem_file_iter(ca)
-                .map_err(|e| UpstreamError(format!("upstream.ca_file {}: {e}", ca.display())))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| {
-                    UpstreamError(format!("upstream.ca_file {}: {e}", ca.display()))
-                })?;
-                roots.add(cert).map_err(|e| {
-                    UpstreamError(format!("upstream.ca_file {}: {e}", ca.display()))
-                })?;
-            }
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| UpstreamError(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        http.set_nodelay(true);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let client = crate::http_client::build(config.ca_file.as_deref(), config.connect_timeout)
+            .map_err(|e| UpstreamError(format!("upstream.ca_file: {e}")))?;
         let service_authorization = match &config.service_authorization_env {
             Some(var) => {
                 let value = std::env::var(var).map_err(|_| {

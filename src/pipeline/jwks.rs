@@ -10,10 +10,6 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use super::identify::{KeyError, VerifyKey, keys_from_jwks};
 use crate::config::IdentityConfig;
@@ -30,7 +26,7 @@ enum Source {
 pub struct RemoteKeys {
     source: Source,
     pub(crate) keys: ArcSwap<Vec<VerifyKey>>,
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: crate::http_client::HttpsClient<Empty<Bytes>>,
     /// When the last fetch started; held while fetching, so concurrent refetches coalesce.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
     refresh_every: Duration,
@@ -55,27 +51,10 @@ impl RemoteKeys {
             }
             (None, false, _) => return Ok(None),
         };
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| KeyError(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
         Ok(Some(Arc::new(RemoteKeys {
             source,
             keys: ArcSwap::from_pointee(Vec::new()),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: crate::http_client::build(None, Duration::from_secs(5)).map_err(KeyError)?,
             last_fetch: tokio::sync::Mutex::new(None),
             refresh_every: config.jwks_refresh,
             min_refetch: config.jwks_min_refetch,
