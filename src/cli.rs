@@ -135,6 +135,13 @@ fn serve(path: &Path) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("cannot install signal handlers: {e}");
+                return ExitCode::from(1);
+            }
+        };
         let gw = match Gateway::new(config) {
             Ok(gw) => Arc::new(gw),
             Err(e) => {
@@ -178,7 +185,7 @@ fn serve(path: &Path) -> ExitCode {
             revision = %gw.snapshot().revision,
             "guestgate listening"
         );
-        wait_for_signals(&gw).await;
+        signals.wait(&gw).await;
         tracing::info!("shutting down");
         running.shutdown();
         running.wait().await;
@@ -186,29 +193,50 @@ fn serve(path: &Path) -> ExitCode {
     })
 }
 
+/// The signals `serve` acts on, registered before the listeners start so a SIGTERM that
+/// arrives at once is handled (and not fatal, as the default disposition would be).
 #[cfg(unix)]
-async fn wait_for_signals(gw: &Arc<Gateway>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => { let _ = gw.reload().await; }
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Returns on SIGTERM or SIGINT; reloads on SIGHUP.
+    async fn wait(mut self, gw: &Arc<Gateway>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => { let _ = gw.reload().await; }
+            }
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signals(_gw: &Arc<Gateway>) {
-    let _ = tokio::signal::ctrl_c().await;
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals)
+    }
+
+    async fn wait(self, _gw: &Arc<Gateway>) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn run_policy_tests(config: &Config, snapshot: &Snapshot) -> Result<(usize, usize), ExitCode> {

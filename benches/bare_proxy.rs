@@ -1,0 +1,91 @@
+//! The baseline for the load benchmark (benches/load.sh): a bare hyper 1 pass-through proxy
+//! with a pooled keep-alive client and nothing else — no tokens, no policy, no rewriting.
+//! guestgate's throughput and CPU per request are compared with this and with nginx.
+//!
+//!     cargo bench --bench bare_proxy -- 127.0.0.1:18081 http://127.0.0.1:18080
+//!
+//! Without both arguments it exits at once, so a plain `cargo bench` is not blocked by it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use http::Uri;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let (Some(listen), Some(upstream)) = (args.first(), args.get(1)) else {
+        eprintln!("usage: bare_proxy LISTEN_ADDR UPSTREAM_URL (skipped)");
+        return;
+    };
+    let listen: SocketAddr = listen.parse().expect("listen address");
+    let upstream: Uri = upstream.parse().expect("upstream URL");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
+        eprintln!("bare_proxy listening on {listen}");
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let client = client.clone();
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |mut req: hyper::Request<Incoming>| {
+                    let client = client.clone();
+                    let upstream = upstream.clone();
+                    async move {
+                        let path = req
+                            .uri()
+                            .path_and_query()
+                            .map(|p| p.as_str())
+                            .unwrap_or("/")
+                            .to_string();
+                        *req.uri_mut() = Uri::builder()
+                            .scheme(upstream.scheme_str().unwrap_or("http"))
+                            .authority(
+                                upstream
+                                    .authority()
+                                    .map(|a| a.as_str())
+                                    .unwrap_or("127.0.0.1"),
+                            )
+                            .path_and_query(path)
+                            .build()
+                            .expect("uri");
+                        req.headers_mut().remove(http::header::HOST);
+                        let resp = match client.request(req).await {
+                            Ok(resp) => resp.map(http_body_util::Either::Left),
+                            Err(_) => hyper::Response::builder()
+                                .status(502)
+                                .body(http_body_util::Either::Right(http_body_util::Empty::<
+                                    bytes::Bytes,
+                                >::new(
+                                )))
+                                .expect("response"),
+                        };
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Load benchmark: guestgate vs nginx proxy_pass vs a bare hyper pass-through, all in front
+# of the same upstream (an nginx serving a ~2 KB Confluence-shaped JSON body), driven by
+# wrk in interleaved rounds. Prints req/s, p50/p99, CPU µs per request and RSS (medians
+# over the rounds) and the ratios against nginx and the bare proxy.
+#
+#   bash benches/load.sh                 # DURATION=10 ROUNDS=3 CONNS=64 THREADS=2
+#   DURATION=5 ROUNDS=5 bash benches/load.sh
+#
+# Needs nginx and wrk (Debian: apt-get install nginx wrk). Loopback only; it starts its
+# own processes on ports 18080-18093 and stops exactly those (by PID) when it exits.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+CONNS=${CONNS:-64}
+THREADS=${THREADS:-2}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+
+for tool in nginx wrk python3; do
+  command -v "$tool" >/dev/null || { echo "load.sh needs $tool (apt-get install nginx wrk)" >&2; exit 1; }
+done
+
+echo "== building release binaries"
+cargo build --release --quiet --bin guestgate
+BARE=$(cargo bench --no-run --bench bare_proxy 2>&1 | sed -n 's/.*Executable .*(\(.*bare_proxy-[^)]*\)).*/\1/p' | tail -1)
+[ -x "$BARE" ] || { echo "cannot find the bare_proxy bench binary" >&2; exit 1; }
+
+WORK=$(mktemp -d /tmp/guestgate-load.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# The upstream: a static Confluence content object with user objects, ~2 KB.
+mkdir -p "$WORK/www/rest/api/content" "$WORK/up" "$WORK/px"
+python3 - "$WORK/www/rest/api/content/101" <<'PY'
+import json, sys
+user = lambda n, k: {"type": "known", "username": n, "userKey": k, "displayName": n.title(),
+                     "profilePicture": {"path": "/images/icons/profilepics/default.svg", "width": 48, "height": 48}}
+doc = {"id": "101", "type": "page", "status": "current", "title": "Release plan",
+       "space": {"id": 98305, "key": "ENG", "name": "Engineering", "type": "global"},
+       "history": {"latest": True, "createdBy": user("alice", "k1"), "createdDate": "2026-10-01T09:30:00.000+02:00",
+                   "contributors": {"publishers": {"users": [user("gary", "k2"), user("alice", "k1")]}}},
+       "version": {"by": user("gary", "k2"), "when": "2026-11-20T17:04:11.000+01:00", "number": 7},
+       "body": {"view": {"value": "<p>" + "Release notes and plans. " * 30 + "</p>", "representation": "view"}},
+       "_links": {"webui": "/display/ENG/Release+plan", "base": "http://wiki", "self": "http://wiki/rest/api/content/101"}}
+open(sys.argv[1], "w").write(json.dumps(doc))
+PY
+cat > "$WORK/up/nginx.conf" <<CONF
+worker_processes 1;
+pid $WORK/up/nginx.pid;
+error_log stderr error;
+daemon off;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 100000;
+  server { listen 127.0.0.1:18080; root $WORK/www; default_type application/json;
+           location / { try_files \$uri =404; } }
+}
+CONF
+cat > "$WORK/px/nginx.conf" <<CONF
+worker_processes 2;
+pid $WORK/px/nginx.pid;
+error_log stderr error;
+daemon off;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  keepalive_requests 100000;
+  upstream wiki { server 127.0.0.1:18080; keepalive 64; }
+  server { listen 127.0.0.1:18082;
+           location / { proxy_pass http://wiki; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+CONF
+printf '%s' "load-benchmark-secret-0123456789abcdef" > "$WORK/secret"
+cp policies/data.json "$WORK/data.json"
+cat > "$WORK/guestgate.toml" <<CONF
+[server]
+listen = "127.0.0.1:18083"
+max_connections = 20000
+[upstream]
+url = "http://127.0.0.1:18080"
+[identity]
+hs256_secret_file = "secret"
+[policy]
+dir = "$PWD/policies"
+data = "data.json"
+watch = false
+[routes]
+profile = "$PWD/config/routes/confluence.toml"
+[admin]
+listen = "127.0.0.1:18093"
+[log]
+decisions = "off"
+CONF
+
+ulimit -n 65536 2>/dev/null || true
+nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" & PIDS+=($!)
+nginx -p "$WORK/px" -c "$WORK/px/nginx.conf" & PIDS+=($!); NGINX_PX=$!
+"$BARE" 127.0.0.1:18081 http://127.0.0.1:18080 2>/dev/null & PIDS+=($!); BARE_PID=$!
+RUST_LIB_BACKTRACE=0 RUST_BACKTRACE=0 RUST_LOG=warn ./target/release/guestgate serve --config "$WORK/guestgate.toml" 2>"$WORK/gg.log" & PIDS+=($!); GG_PID=$!
+for port in 18080 18081 18082 18083; do
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+done
+
+REGULAR=$(./target/release/guestgate token --config "$WORK/guestgate.toml" --sub alice --ttl 86400)
+GUEST=$(./target/release/guestgate token --config "$WORK/guestgate.toml" --sub gary --groups acme-guests --ttl 86400)
+PATH_UNDER_TEST=/rest/api/content/101
+curl -sf -H "Authorization: Bearer $GUEST" "http://127.0.0.1:18083$PATH_UNDER_TEST" | grep -q '"isExternalCollaborator":true' \
+  || { echo "guestgate does not answer as expected:" >&2; cat "$WORK/gg.log" >&2; exit 1; }
+
+HZ=$(getconf CLK_TCK)
+# CPU ticks (user+system) of a process and its children threads/workers.
+ticks() { local total=0; for p in "$@"; do
+  for q in $p $(pgrep -P "$p" || true); do
+    [ -r /proc/$q/stat ] && total=$((total + $(awk '{print $14 + $15}' /proc/$q/stat)))
+  done; done; echo $total; }
+rss_kb() { local total=0; for p in "$@"; do
+  for q in $p $(pgrep -P "$p" || true); do
+    [ -r /proc/$q/status ] && total=$((total + $(awk '/VmRSS/ {print $2}' /proc/$q/status)))
+  done; done; echo $total; }
+
+declare -A PORT=( [nginx]=18082 [bare]=18081 [guestgate]=18083 [guestgate_guest]=18083 )
+declare -A PID=( [nginx]=$NGINX_PX [bare]=$BARE_PID [guestgate]=$GG_PID [guestgate_guest]=$GG_PID )
+declare -A AUTH=( [nginx]="" [bare]="" [guestgate]="$REGULAR" [guestgate_guest]="$GUEST" )
+TARGETS=(nginx bare guestgate guestgate_guest)
+echo "== $ROUNDS interleaved rounds of ${DURATION}s, $CONNS connections, $THREADS wrk threads, $(nproc) cores"
+for round in $(seq "$ROUNDS"); do
+  for t in "${TARGETS[@]}"; do
+    header=()
+    [ -n "${AUTH[$t]}" ] && header=(-H "Authorization: Bearer ${AUTH[$t]}")
+    before=$(ticks "${PID[$t]}")
+    out=$(wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "${header[@]}" "http://127.0.0.1:${PORT[$t]}$PATH_UNDER_TEST")
+    after=$(ticks "${PID[$t]}")
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    total=$(echo "$out" | awk '/requests in/ {print $1}')
+    p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+    p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+    non2xx=$(echo "$out" | awk '/Non-2xx/ {print $4}')
+    cpu_us=$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$total" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }')
+    echo "$t $rps $p50 $p99 $cpu_us $(rss_kb "${PID[$t]}") ${non2xx:-0}" >> "$WORK/results"
+    echo "round $round  $t: $rps req/s, p50 $p50, p99 $p99, ${cpu_us} µs CPU/req, non-2xx ${non2xx:-0}"
+  done
+done
+
+echo
+python3 - "$WORK/results" <<'PY'
+import statistics, sys, collections
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    t, rps, p50, p99, cpu, rss, bad = line.split()
+    unit = lambda s: float(s[:-2]) * 1000 if s.endswith("ms") else float(s[:-2]) if s.endswith("us") else float(s[:-1]) * 1e6
+    rows[t].append((float(rps), unit(p50), unit(p99), float(cpu), int(rss), int(bad)))
+med = {t: [statistics.median(col) for col in zip(*v)] for t, v in rows.items()}
+print(f"{'target':<16}{'req/s':>10}{'p50 µs':>9}{'p99 µs':>9}{'CPU µs/req':>12}{'RSS MB':>8}{'non-2xx':>9}")
+for t, m in med.items():
+    print(f"{t:<16}{m[0]:>10.0f}{m[1]:>9.0f}{m[2]:>9.0f}{m[3]:>12.1f}{m[4]/1024:>8.1f}{m[5]:>9.0f}")
+print()
+for t in ("guestgate", "guestgate_guest"):
+    print(f"{t}: {med[t][0]/med['nginx'][0]:.2f}x nginx req/s, {med[t][0]/med['bare'][0]:.2f}x bare proxy req/s, "
+          f"CPU/req {med[t][3]/med['nginx'][3]:.2f}x nginx, p99 +{med[t][2]-med['nginx'][2]:.0f} µs vs nginx")
+PY
+
+echo
+echo "== RSS with $IDLE_CONNS idle keep-alive connections"
+before=$(rss_kb "$GG_PID")
+python3 - "$IDLE_CONNS" <<'PY' &
+import socket, sys, time
+conns = []
+for _ in range(int(sys.argv[1])):
+    try:
+        s = socket.create_connection(("127.0.0.1", 18083))
+        conns.append(s)
+    except OSError as e:
+        print("stopped at", len(conns), "connections:", e); break
+time.sleep(4)
+PY
+HOLDER=$!
+sleep 3
+echo "guestgate RSS: $((before / 1024)) MB before, $(( $(rss_kb "$GG_PID") / 1024 )) MB with the idle connections"
+wait $HOLDER || true
