@@ -51,6 +51,8 @@ doc = {"id": "101", "type": "page", "status": "current", "title": "Release plan"
        "_links": {"webui": "/display/ENG/Release+plan", "base": "http://wiki", "self": "http://wiki/rest/api/content/101"}}
 open(sys.argv[1], "w").write(json.dumps(doc))
 PY
+# nginx workers drop root privileges: the files they serve must be world-readable.
+chmod 755 "$WORK"; chmod -R a+rX "$WORK/www"
 cat > "$WORK/up/nginx.conf" <<CONF
 worker_processes 1;
 pid $WORK/up/nginx.pid;
