@@ -65,6 +65,18 @@ pub struct HtmlPlan {
 
 type Sink = Box<dyn FnMut(&[u8]) + Send>;
 
+/// An output sink writing into a buffer the caller drains between writes.
+fn buffer_sink(capacity: usize) -> (Sink, Arc<Mutex<Vec<u8>>>) {
+    let output = Arc::new(Mutex::new(Vec::with_capacity(capacity)));
+    let sink_output = output.clone();
+    let sink: Sink = Box::new(move |chunk: &[u8]| {
+        if let Ok(mut out) = sink_output.lock() {
+            out.extend_from_slice(chunk);
+        }
+    });
+    (sink, output)
+}
+
 /// A response body rewritten as it streams through.
 pub struct HtmlRewriteBody {
     inner: Incoming,
@@ -75,13 +87,7 @@ pub struct HtmlRewriteBody {
 
 impl HtmlRewriteBody {
     pub fn new(inner: Incoming, plan: HtmlPlan) -> HtmlRewriteBody {
-        let output = Arc::new(Mutex::new(Vec::with_capacity(16 * 1024)));
-        let sink_output = output.clone();
-        let sink: Sink = Box::new(move |chunk: &[u8]| {
-            if let Ok(mut out) = sink_output.lock() {
-                out.extend_from_slice(chunk);
-            }
-        });
+        let (sink, output) = buffer_sink(16 * 1024);
         HtmlRewriteBody {
             inner,
             rewriter: Some(HtmlRewriter::new(settings_for(plan), sink)),
@@ -106,13 +112,7 @@ pub fn rewrite_buffer(
     plan: HtmlPlan,
     input: &[u8],
 ) -> Result<Vec<u8>, lol_html::errors::RewritingError> {
-    let output = Arc::new(Mutex::new(Vec::with_capacity(input.len() + 1024)));
-    let sink_output = output.clone();
-    let sink: Sink = Box::new(move |chunk: &[u8]| {
-        if let Ok(mut out) = sink_output.lock() {
-            out.extend_from_slice(chunk);
-        }
-    });
+    let (sink, output) = buffer_sink(input.len() + 1024);
     let mut rewriter = HtmlRewriter::new(settings_for(plan), sink);
     for chunk in input.chunks(16 * 1024) {
         rewriter.write(chunk)?;
