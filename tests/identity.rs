@@ -174,35 +174,6 @@ async fn user_claim_falls_back_to_sub_and_groups_come_from_the_token() {
     assert_eq!(a.status, StatusCode::FORBIDDEN);
 }
 
-struct EcKey {
-    pem: String,
-    jwk: serde_json::Value,
-}
-
-fn ec_key(kid: &str) -> EcKey {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let raw = key.public_key_raw();
-    assert_eq!(raw.len(), 65);
-    EcKey {
-        pem: key.serialize_pem(),
-        jwk: serde_json::json!({
-            "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
-            "x": B64.encode(&raw[1..33]), "y": B64.encode(&raw[33..65]),
-        }),
-    }
-}
-
-fn ed_key(kid: &str) -> EcKey {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-    EcKey {
-        pem: key.serialize_pem(),
-        jwk: serde_json::json!({
-            "kty": "OKP", "crv": "Ed25519", "kid": kid, "alg": "EdDSA",
-            "x": B64.encode(key.public_key_raw()),
-        }),
-    }
-}
-
 fn sign(
     alg: jsonwebtoken::Algorithm,
     kid: Option<&str>,
@@ -223,45 +194,31 @@ async fn jwks_keys_are_pinned_to_their_algorithm() {
     c.identity_extra = "jwks_file = \"jwks.json\"".into();
     // hs256_secret_file and jwks_file together: both kinds of key are accepted.
     let dir = tempfile::tempdir().unwrap();
-    let _ = dir;
-    let gw = {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("jwks.json"),
-            serde_json::json!({"keys": [ec.jwk, ed.jwk]}).to_string(),
-        )
-        .unwrap();
-        let path = write_config(dir.path(), &c);
-        let config = guestgate::config::Config::load(&path).unwrap();
-        let gateway = std::sync::Arc::new(guestgate::gateway::Gateway::new(config).unwrap());
-        let running = guestgate::server::start(gateway.clone()).await.unwrap();
-        TestGateway {
-            addr: running.proxy_addr,
-            admin: running.admin_addr,
-            gateway,
-            running,
-            dir,
-        }
-    };
-    let ec_enc = jsonwebtoken::EncodingKey::from_ec_pem(ec.pem.as_bytes()).unwrap();
-    let ed_enc = jsonwebtoken::EncodingKey::from_ed_pem(ed.pem.as_bytes()).unwrap();
+    std::fs::write(
+        dir.path().join("jwks.json"),
+        serde_json::json!({"keys": [ec.jwk, ed.jwk]}).to_string(),
+    )
+    .unwrap();
+    let path = write_config(dir.path(), &c);
+    let gw = start_gateway_in(dir, &path).await;
+    let (ec_enc, ed_enc) = (&ec.enc, &ed.enc);
     let good = claims("alice", &[]);
 
-    let es = sign(jsonwebtoken::Algorithm::ES256, Some("ec-1"), &ec_enc, &good);
+    let es = sign(jsonwebtoken::Algorithm::ES256, Some("ec-1"), ec_enc, &good);
     assert_eq!(status_with_auth(&gw, &bearer(&es)).await.0, StatusCode::OK);
-    let eddsa = sign(jsonwebtoken::Algorithm::EdDSA, Some("ed-1"), &ed_enc, &good);
+    let eddsa = sign(jsonwebtoken::Algorithm::EdDSA, Some("ed-1"), ed_enc, &good);
     assert_eq!(
         status_with_auth(&gw, &bearer(&eddsa)).await.0,
         StatusCode::OK
     );
-    let no_kid = sign(jsonwebtoken::Algorithm::ES256, None, &ec_enc, &good);
+    let no_kid = sign(jsonwebtoken::Algorithm::ES256, None, ec_enc, &good);
     assert_eq!(
         status_with_auth(&gw, &bearer(&no_kid)).await.0,
         StatusCode::OK
     );
 
     // A kid that names the EC key, on an EdDSA token: the key decides the algorithm.
-    let confused = sign(jsonwebtoken::Algorithm::EdDSA, Some("ec-1"), &ed_enc, &good);
+    let confused = sign(jsonwebtoken::Algorithm::EdDSA, Some("ec-1"), ed_enc, &good);
     let (status, body, _) = status_with_auth(&gw, &bearer(&confused)).await;
     assert_eq!(
         (status, body["reason"].as_str()),
@@ -280,7 +237,7 @@ async fn jwks_keys_are_pinned_to_their_algorithm() {
         (status, body["reason"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("algorithm_mismatch"))
     );
-    let unknown = sign(jsonwebtoken::Algorithm::ES256, Some("ec-9"), &ec_enc, &good);
+    let unknown = sign(jsonwebtoken::Algorithm::ES256, Some("ec-9"), ec_enc, &good);
     let (status, body, _) = status_with_auth(&gw, &bearer(&unknown)).await;
     assert_eq!(
         (status, body["reason"].as_str()),
@@ -291,7 +248,7 @@ async fn jwks_keys_are_pinned_to_their_algorithm() {
     let forged = sign(
         jsonwebtoken::Algorithm::ES256,
         Some("ec-1"),
-        &jsonwebtoken::EncodingKey::from_ec_pem(other.pem.as_bytes()).unwrap(),
+        &other.enc,
         &good,
     );
     let (status, body, _) = status_with_auth(&gw, &bearer(&forged)).await;

@@ -7,8 +7,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use http::{Response, StatusCode};
 use support::*;
 
@@ -187,22 +185,7 @@ async fn start_idp() -> Idp {
     }
 }
 
-struct EcKey {
-    enc: jsonwebtoken::EncodingKey,
-    jwk: serde_json::Value,
-}
-
-fn ec_key(kid: &str) -> EcKey {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let raw = key.public_key_raw();
-    EcKey {
-        enc: jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
-        jwk: serde_json::json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
-            "x": B64.encode(&raw[1..33]), "y": B64.encode(&raw[33..65])}),
-    }
-}
-
-fn es256(key: &EcKey, kid: &str, user: &str) -> String {
+fn es256(key: &TestKey, kid: &str, user: &str) -> String {
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some(kid.into());
     let mut c = claims(user, &[]);
@@ -286,11 +269,9 @@ async fn discovery_finds_the_jwks_and_no_keys_at_all_fails_closed() {
         .unwrap()
         .replace("hs256_secret_file = \"secret\"\n", "");
     std::fs::write(&path, text).unwrap();
-    let config = guestgate::config::Config::load(&path).unwrap();
-    let gateway = Arc::new(guestgate::gateway::Gateway::new(config).unwrap());
-    let running = guestgate::server::start(gateway.clone()).await.unwrap();
+    let gw = start_gateway_in(dir, &path).await;
     let k1 = ec_key("k1");
-    let url = format!("http://{}/display/ENG/Home", running.proxy_addr);
+    let url = gw.url("/display/ENG/Home");
     let a = get(
         &url,
         &[("authorization", &bearer(&es256(&k1, "k1", "alice")))],

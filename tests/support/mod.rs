@@ -343,7 +343,13 @@ decisions = "{decisions}"
 pub async fn start_gateway(c: TestConfig) -> TestGateway {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &c);
-    let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
+    start_gateway_in(dir, &path).await
+}
+
+/// Starts a gateway on a config already written into `dir` (for tests that prepare more
+/// files, such as a JWKS, or edit the generated config first).
+pub async fn start_gateway_in(dir: tempfile::TempDir, config_path: &Path) -> TestGateway {
+    let config = Config::load(config_path).unwrap_or_else(|e| panic!("config: {e}"));
     let gateway = Arc::new(Gateway::new(config).unwrap_or_else(|e| panic!("gateway: {e}")));
     let running = server::start(gateway.clone()).await.unwrap();
     TestGateway {
@@ -352,6 +358,45 @@ pub async fn start_gateway(c: TestConfig) -> TestGateway {
         gateway,
         running,
         dir,
+    }
+}
+
+/// An asymmetric signing key with its public JWK.
+pub struct TestKey {
+    pub enc: jsonwebtoken::EncodingKey,
+    pub jwk: serde_json::Value,
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A fresh P-256 key for ES256, named `kid`.
+pub fn ec_key(kid: &str) -> TestKey {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let raw = key.public_key_raw();
+    assert_eq!(raw.len(), 65);
+    let pem = key.serialize_pem();
+    TestKey {
+        enc: jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
+        jwk: serde_json::json!({
+            "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
+            "x": b64url(&raw[1..33]), "y": b64url(&raw[33..65]),
+        }),
+    }
+}
+
+/// A fresh Ed25519 key for EdDSA, named `kid`.
+pub fn ed_key(kid: &str) -> TestKey {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let pem = key.serialize_pem();
+    TestKey {
+        enc: jsonwebtoken::EncodingKey::from_ed_pem(pem.as_bytes()).unwrap(),
+        jwk: serde_json::json!({
+            "kty": "OKP", "crv": "Ed25519", "kid": kid, "alg": "EdDSA",
+            "x": b64url(key.public_key_raw()),
+        }),
     }
 }
 
