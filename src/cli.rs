@@ -286,12 +286,7 @@ fn check(path: &Path) -> ExitCode {
         Err(code) => return code,
     };
     let now = time::OffsetDateTime::now_utc();
-    let expired = snapshot
-        .directory
-        .expiries
-        .iter()
-        .filter(|e| **e <= now)
-        .count();
+    let expired: Vec<_> = snapshot.directory.expired_at(now).collect();
     println!("config:   {}", config.path.display());
     println!(
         "routes:   {} rules ({})",
@@ -313,8 +308,11 @@ fn check(path: &Path) -> ExitCode {
     if snapshot.verifier.key_count() == 0 {
         println!("warning:  no verification keys configured: every token will be refused");
     }
-    if expired > 0 {
-        println!("warning:  {expired} grant or user expiries are already in the past");
+    for (at, item) in &expired {
+        let at = at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        println!("warning:  {item} expired at {at} and no longer counts; remove it or extend it");
     }
     println!("revision: {}", snapshot.revision);
     println!("tests:    {passed} passed, {failed} failed");

@@ -34,13 +34,26 @@ pub struct GroupEntry {
 #[serde(deny_unknown_fields)]
 struct UserFile {
     #[serde(default)]
-    groups: Vec<String>,
+    groups: Vec<MembershipFile>,
     #[serde(default)]
     display_name: Option<String>,
     #[serde(default)]
     email: Option<String>,
     #[serde(default)]
     expires: Option<String>,
+}
+
+/// A group membership: the group's name, or `{"group": ..., "expires": ...}` for a guest
+/// group membership that ends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum MembershipFile {
+    Name(String),
+    Expiring {
+        group: String,
+        #[serde(default)]
+        expires: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -85,8 +98,13 @@ struct DataFile {
 /// A directory user.
 #[derive(Debug, Clone)]
 pub struct User {
+    /// Every group named in the directory, lapsed memberships included: a guest whose guest
+    /// group membership ends stays a guest (with fewer grants), never turns regular.
     pub groups: Vec<Arc<str>>,
+    /// Guest group memberships that end, by group.
+    pub membership_expires: BTreeMap<String, OffsetDateTime>,
     pub display_name: Option<String>,
+    pub email: Option<String>,
     pub expires: Option<OffsetDateTime>,
 }
 
@@ -121,6 +139,8 @@ pub struct Directory {
     /// Every expiry instant in the document, sorted: a cached decision must not outlive the
     /// next one.
     pub expiries: Vec<OffsetDateTime>,
+    /// Every expiry with where it stands (`spaces.ENG.guests.users.gina`), for `check`.
+    pub expiry_items: Vec<(OffsetDateTime, String)>,
     /// The document as the policy sees it under `data`.
     pub rego_data: regorus::Value,
 }
@@ -157,12 +177,32 @@ impl Directory {
         let mut users = HashMap::with_capacity(file.users.len());
         for (name, u) in &file.users {
             let expires = expiries.parse(&format!("users.{name}"), &u.expires, &mut errors);
-            let _ = &u.email;
+            let mut groups = Vec::with_capacity(u.groups.len());
+            let mut membership_expires = BTreeMap::new();
+            for m in &u.groups {
+                match m {
+                    MembershipFile::Name(g) => groups.push(Arc::from(g.as_str())),
+                    MembershipFile::Expiring { group, expires } => {
+                        let at = format!("users.{name}.groups.{group}");
+                        if !file.groups.get(group).is_some_and(|g| g.guest) {
+                            errors.push(err(format!(
+                                "{at}: only guest group memberships can expire; `{group}` is a regular group (the wiki, not guestgate, grants what regular groups reach)"
+                            )));
+                        }
+                        if let Some(t) = expiries.parse(&at, expires, &mut errors) {
+                            membership_expires.insert(group.clone(), t);
+                        }
+                        groups.push(Arc::from(group.as_str()));
+                    }
+                }
+            }
             users.insert(
                 name.clone(),
                 User {
-                    groups: u.groups.iter().map(|g| Arc::from(g.as_str())).collect(),
+                    groups,
+                    membership_expires,
                     display_name: u.display_name.clone(),
+                    email: u.email.clone(),
                     expires,
                 },
             );
@@ -217,13 +257,15 @@ impl Directory {
         }
         let rego_data: regorus::Value =
             serde_json::from_value(json).map_err(|e| vec![err(format!("data document: {e}"))])?;
-        let mut expiries = expiries.seen;
-        expiries.sort();
+        let mut expiry_items = expiries.seen;
+        expiry_items.sort();
+        let expiries = expiry_items.iter().map(|(t, _)| *t).collect();
         Ok(Directory {
             groups: file.groups,
             users,
             spaces,
             expiries,
+            expiry_items,
             rego_data,
         })
     }
@@ -256,6 +298,14 @@ impl Directory {
             .filter(|(_, g)| !g.groups.is_empty() || !g.users.is_empty())
     }
 
+    /// Expiries at or before `now`: grants, memberships and guests that no longer count.
+    pub fn expired_at(
+        &self,
+        now: OffsetDateTime,
+    ) -> impl Iterator<Item = &(OffsetDateTime, String)> {
+        self.expiry_items.iter().take_while(move |(t, _)| *t <= now)
+    }
+
     /// The first expiry strictly after `now`, if any.
     pub fn next_expiry_after(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
         let i = self.expiries.partition_point(|e| *e <= now);
@@ -283,7 +333,17 @@ impl Directory {
                 .iter()
                 .filter_map(|(k, s)| s.groups.get(name).map(|g| grant_json(k, g)))
                 .collect();
-            groups.insert(name.clone(), serde_json::json!({ "spaces": reach }));
+            let mut members: Vec<&str> = self
+                .users
+                .iter()
+                .filter(|(_, u)| u.groups.iter().any(|g| **g == **name))
+                .map(|(n, _)| n.as_str())
+                .collect();
+            members.sort_unstable();
+            groups.insert(
+                name.clone(),
+                serde_json::json!({ "members": members, "spaces": reach }),
+            );
         }
         let mut guest_names: BTreeSet<&str> = self
             .users
@@ -305,11 +365,22 @@ impl Directory {
                 .iter()
                 .filter_map(|(k, s)| s.users.get(name).map(|g| grant_json(k, g)))
                 .collect();
+            let memberships: Vec<_> = groups_of
+                .iter()
+                .map(|g| {
+                    serde_json::json!({
+                        "group": g,
+                        "expires": user.and_then(|u| fmt(&u.membership_expires.get(*g).copied())),
+                    })
+                })
+                .collect();
             users.insert(
                 name.to_string(),
                 serde_json::json!({
                     "display_name": user.and_then(|u| u.display_name.clone()),
+                    "email": user.and_then(|u| u.email.clone()),
                     "groups": groups_of,
+                    "memberships": memberships,
                     "expires": user.and_then(|u| fmt(&u.expires)),
                     "spaces": reach,
                 }),
@@ -344,7 +415,7 @@ impl Directory {
 /// Parses `expires` values, remembering every instant seen.
 struct ExpiryParser {
     file: PathBuf,
-    seen: Vec<OffsetDateTime>,
+    seen: Vec<(OffsetDateTime, String)>,
 }
 
 impl ExpiryParser {
@@ -357,7 +428,7 @@ impl ExpiryParser {
         let s = value.as_deref()?;
         match OffsetDateTime::parse(s, &Rfc3339) {
             Ok(t) => {
-                self.seen.push(t);
+                self.seen.push((t, at.to_string()));
                 Some(t)
             }
             Err(e) => {

@@ -24,11 +24,61 @@ pub struct Gateway {
     pub decision_log: DecisionLog,
     pub metrics: Metrics,
     pub remote_keys: Option<Arc<crate::pipeline::identify::RemoteKeys>>,
+    pub notifier: crate::notify::Notifier,
     /// The active bundle, reused when other files change.
     bundle: std::sync::Mutex<Option<Arc<crate::bundle::BundleContents>>>,
     ready: AtomicBool,
     /// Serialises reloads so two never race to swap.
     reload_lock: tokio::sync::Mutex<()>,
+}
+
+/// Why a change through the admin write API did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum DataChangeError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the change would make the data document invalid")]
+    Invalid(Vec<String>),
+    #[error("{0}")]
+    Storage(String),
+}
+
+/// Replaces `path` by `new` so that a crash at any point leaves either the old or the new
+/// document in place, never a torn one: the old text goes to `<path>.bak`, the new one to a
+/// temporary file in the same folder, fsynced, renamed over `path`, and the folder fsynced.
+fn write_atomically(path: &std::path::Path, old: &str, new: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data.json".into());
+    let place = |target: &std::path::Path, text: &str| -> std::io::Result<()> {
+        let tmp = folder.join(format!(".{name}.{}.tmp", std::process::id()));
+        let result = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, target)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    };
+    let backup = folder.join(format!("{name}.bak"));
+    place(&backup, old).map_err(|e| format!("cannot write {}: {e}", backup.display()))?;
+    place(path, new).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    std::fs::File::open(folder)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("cannot sync {}: {e}", folder.display()))
 }
 
 /// Why a gateway could not be started.
@@ -49,8 +99,8 @@ impl Gateway {
         if let Some(remote) = &remote_keys {
             remote.start();
         }
-        let snapshot =
-            Snapshot::build_with(&config, remote_keys.clone(), None).map_err(StartError::Load)?;
+        let snapshot = Snapshot::build_with(&config, remote_keys.clone(), None, None)
+            .map_err(StartError::Load)?;
         // With a bundle server, the local policy files only make the process startable:
         // nothing is served until the first bundle is active.
         let ready = AtomicBool::new(config.bundle.is_none());
@@ -69,7 +119,9 @@ impl Gateway {
             config.server.max_upstream_in_flight,
             config.server.retry_after,
         );
+        let notifier = crate::notify::Notifier::new(&config.notify);
         Ok(Gateway {
+            notifier,
             config: Arc::new(config),
             current: ArcSwap::from_pointee(snapshot),
             upstream,
@@ -102,19 +154,18 @@ impl Gateway {
             self.remote_keys.clone(),
             contents.clone(),
         );
-        let built =
-            tokio::task::spawn_blocking(move || Snapshot::build_with(&config, remote, Some(&b)))
-                .await
-                .map_err(|e| vec![format!("bundle task failed: {e}")])?;
+        let built = tokio::task::spawn_blocking(move || {
+            Snapshot::build_with(&config, remote, Some(&b), None)
+        })
+        .await
+        .map_err(|e| vec![format!("bundle task failed: {e}")])?;
         match built {
             Ok(snapshot) => {
-                let revision = snapshot.revision.clone();
-                self.current.store(Arc::new(snapshot));
+                let revision = self.activate(snapshot);
                 if let Ok(mut slot) = self.bundle.lock() {
                     *slot = Some(contents);
                 }
                 self.ready.store(true, Ordering::Release);
-                self.metrics.reload_succeeded(&revision);
                 Ok(revision)
             }
             Err(errors) => {
@@ -122,6 +173,76 @@ impl Gateway {
                 Err(errors.iter().map(|e| e.to_string()).collect())
             }
         }
+    }
+
+    /// Swaps a validated snapshot in, unless it is the revision already serving (a file
+    /// touched but unchanged, or the watcher seeing the write API's own write): then the
+    /// serving snapshot and its warm caches stay.
+    fn activate(&self, snapshot: Snapshot) -> Arc<str> {
+        let revision = snapshot.revision.clone();
+        if self.config.bundle.is_none() && self.current.load().revision == revision {
+            self.metrics.reload_succeeded(&revision);
+            return revision;
+        }
+        self.current.store(Arc::new(snapshot));
+        self.metrics.reload_succeeded(&revision);
+        self.notifier.revision_changed();
+        revision
+    }
+
+    /// Applies one change of the admin write API: `change` edits the data document read
+    /// from disk; the result is validated like a reload, written atomically (the previous
+    /// file kept as `<data>.bak`) and activated. Writes and reloads are serialised, and a
+    /// change that fails at any step leaves file and revision as they were.
+    pub async fn change_data<T>(
+        self: &Arc<Self>,
+        change: impl FnOnce(
+            &mut serde_json::Value,
+            &crate::directory::Directory,
+        ) -> Result<T, DataChangeError>,
+    ) -> Result<(T, Arc<Snapshot>, Arc<Snapshot>), DataChangeError> {
+        let _guard = self.reload_lock.lock().await;
+        if self.config.bundle.is_some() {
+            return Err(DataChangeError::Conflict(
+                "the data document comes from the bundle server; change it there".into(),
+            ));
+        }
+        let path = self.config.policy.data.clone();
+        let old_text = std::fs::read_to_string(&path).map_err(|e| {
+            DataChangeError::Storage(format!("cannot read {}: {e}", path.display()))
+        })?;
+        let mut doc: serde_json::Value = serde_json::from_str(&old_text).map_err(|e| {
+            DataChangeError::Conflict(format!(
+                "{} is not valid JSON ({e}); fix the file before using the write API",
+                path.display()
+            ))
+        })?;
+        let before = self.snapshot();
+        let outcome = change(&mut doc, &before.directory)?;
+        let mut new_text = serde_json::to_string_pretty(&doc)
+            .map_err(|e| DataChangeError::Storage(e.to_string()))?;
+        new_text.push('\n');
+        let (config, remote, text) = (
+            self.config.clone(),
+            self.remote_keys.clone(),
+            new_text.clone(),
+        );
+        let built = tokio::task::spawn_blocking(move || {
+            Snapshot::build_with(&config, remote, None, Some(&text))
+        })
+        .await
+        .map_err(|e| DataChangeError::Storage(format!("validation task failed: {e}")))?;
+        let snapshot = built.map_err(|errors| {
+            DataChangeError::Invalid(errors.iter().map(|e| e.to_string()).collect())
+        })?;
+        let (old, new) = (old_text, new_text);
+        tokio::task::spawn_blocking(move || write_atomically(&path, &old, &new))
+            .await
+            .map_err(|e| DataChangeError::Storage(format!("write task failed: {e}")))?
+            .map_err(DataChangeError::Storage)?;
+        let revision = self.activate(snapshot);
+        tracing::info!(revision = %revision, "data document changed through the admin API");
+        Ok((outcome, before, self.snapshot()))
     }
 
     /// The snapshot a request works with from start to end.
@@ -140,15 +261,13 @@ impl Gateway {
             return Err(vec!["no bundle has been activated yet".to_string()]);
         }
         let built = tokio::task::spawn_blocking(move || {
-            Snapshot::build_with(&config, remote, bundle.as_deref())
+            Snapshot::build_with(&config, remote, bundle.as_deref(), None)
         })
         .await
         .map_err(|e| vec![format!("reload task failed: {e}")])?;
         match built {
             Ok(snapshot) => {
-                let revision = snapshot.revision.clone();
-                self.current.store(Arc::new(snapshot));
-                self.metrics.reload_succeeded(&revision);
+                let revision = self.activate(snapshot);
                 tracing::info!(revision = %revision, "reloaded");
                 Ok(revision)
             }

@@ -1,6 +1,7 @@
 //! guestgate: a reverse proxy that brings guest access (external collaboration) to wikis
 //! that lack it. See README.md and the contract in docs/.
 
+pub mod access;
 pub mod admin;
 pub mod bundle;
 pub mod cli;
@@ -9,6 +10,7 @@ pub mod directory;
 pub mod error;
 pub mod gateway;
 pub mod http_client;
+pub mod notify;
 pub mod pipeline;
 pub mod policy;
 pub mod reload;

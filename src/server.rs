@@ -118,6 +118,7 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
         source,
     })?;
     let (shutdown, rx) = watch::channel(false);
+    crate::notify::start(&gw);
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper also runs the header timer while an idle HTTP/1.1 connection waits for its next

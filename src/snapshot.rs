@@ -73,15 +73,17 @@ impl std::fmt::Debug for Snapshot {
 impl Snapshot {
     /// Reads and validates every reloadable input named by `config`, collecting all errors.
     pub fn build(config: &Config) -> Result<Snapshot, Vec<LoadError>> {
-        Self::build_with(config, None, None)
+        Self::build_with(config, None, None, None)
     }
 
     /// As [`Snapshot::build`], with keys fetched from the identity provider (which outlive
-    /// snapshots: a reload does not refetch them).
+    /// snapshots: a reload does not refetch them), policies and data from a bundle, or a
+    /// data document proposed by the admin write API instead of the file on disk.
     pub fn build_with(
         config: &Config,
         remote_keys: Option<Arc<crate::pipeline::identify::RemoteKeys>>,
         bundle: Option<&crate::bundle::BundleContents>,
+        proposed_data: Option<&str>,
     ) -> Result<Snapshot, Vec<LoadError>> {
         let mut errors: Vec<LoadError> = Vec::new();
         let mut hasher = Vec::<u8>::new();
@@ -106,9 +108,10 @@ impl Snapshot {
             }
         };
 
-        let data_text = match bundle {
-            Some(b) => Ok(b.data.clone()),
-            None => std::fs::read_to_string(&config.policy.data),
+        let data_text = match (bundle, proposed_data) {
+            (Some(b), _) => Ok(b.data.clone()),
+            (None, Some(text)) => Ok(text.to_string()),
+            (None, None) => std::fs::read_to_string(&config.policy.data),
         };
         let directory = match &data_text {
             Ok(text) => {

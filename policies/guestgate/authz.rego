@@ -90,7 +90,7 @@ viewable_spaces contains upper(key) if {
 	guest
 	not guest_user_expired
 	some key, space in data.spaces
-	some g in input.user.groups
+	some g in active_groups
 	"view" in active_permissions(space.guests.groups[g])
 }
 
@@ -111,8 +111,8 @@ shares_space_with(other) if {
 
 shares_space_with(other) if {
 	some key in viewable_spaces
-	some g in data.users[other].groups
-	data.spaces[key].guests.groups[g]
+	some m in data.users[other].groups
+	data.spaces[key].guests.groups[membership_group(m)]
 }
 
 # A guest: at least one group, and every group a guest group. One regular group (or a group
@@ -144,13 +144,34 @@ space_grants := data.spaces[upper(input.route.space)].guests
 # Permissions granted to the user directly or through one of their own groups; grants of
 # other guest groups never count.
 granted_permissions contains p if {
-	some g in input.user.groups
+	some g in active_groups
 	some p in active_permissions(space_grants.groups[g])
 }
 
 granted_permissions contains p if {
 	some p in active_permissions(space_grants.users[input.user.name])
 }
+
+# The user's groups whose grants count now. A directory membership is a group name or
+# {"group": "...", "expires": "<RFC 3339>"}; once it has lapsed, that group's grants stop
+# counting for the user, even when the token still names the group (the directory's expiry
+# is the administrator's decision). The group still makes the user a guest: a lapsed guest
+# never becomes a regular user.
+active_groups contains g if {
+	some g in input.user.groups
+	not membership_lapsed(g)
+}
+
+membership_lapsed(g) if {
+	some m in data.users[input.user.name].groups
+	is_object(m)
+	m.group == g
+	expired(m)
+}
+
+membership_group(m) := m if is_string(m)
+
+membership_group(m) := m.group if is_object(m)
 
 # A grant is a list of permissions, or {"permissions": [...], "expires": "<RFC 3339>"}.
 active_permissions(grant) := {p | some p in grant; grantable[p]} if is_array(grant)

@@ -222,3 +222,90 @@ test_unmatched_requests_denied_for_guests if {
 	d := fx_decide(fx_input("other", null, "view", "gary", ["acme-guests"]))
 	d.allow == false
 }
+
+# ---- expiry at the boundary: the instant an expiry names is the first one it no longer
+# counts (`now >= expires`), judged from the request time.
+fx_boundary_spaces := {
+	"TMP": {"guests": {
+		"groups": {"beta-guests": ["view"]},
+		"users": {"tess": {"permissions": ["view", "edit"], "expires": "2030-06-01T12:00:00Z"}},
+	}},
+	"GRP": {"guests": {"groups": {"acme-guests": {"permissions": ["view"], "expires": "2030-06-01T12:00:00Z"}}}},
+}
+
+fx_boundary_users := {
+	"tess": {"groups": ["acme-guests"]},
+	"vera": {"groups": ["acme-guests"], "expires": "2030-06-01T12:00:00Z"},
+	"bob": {"groups": [{"group": "beta-guests", "expires": "2030-06-01T12:00:00Z"}]},
+}
+
+fx_at(inp, instant) := d if {
+	d := guestgate.decision with input as inp
+		with data.groups as fx_groups
+		with data.spaces as fx_boundary_spaces
+		with data.users as fx_boundary_users
+		with time.now_ns as time.parse_rfc3339_ns(instant)
+}
+
+fx_just_before := "2030-06-01T11:59:59.999999999Z"
+
+fx_at_expiry := "2030-06-01T12:00:00Z"
+
+test_user_grant_counts_until_its_expiry if {
+	inp := fx_input("space", "TMP", "edit", "tess", ["acme-guests"])
+	fx_at(inp, fx_just_before).allow == true
+	d := fx_at(inp, fx_at_expiry)
+	d.allow == false
+	d.reason == "space_not_granted"
+}
+
+test_group_grant_counts_until_its_expiry if {
+	inp := fx_input("space", "GRP", "view", "tess", ["acme-guests"])
+	fx_at(inp, fx_just_before).allow == true
+	fx_at(inp, fx_at_expiry).allow == false
+}
+
+test_guest_user_access_ends_at_user_expiry if {
+	inp := fx_input("space", "GRP", "view", "vera", ["acme-guests"])
+	fx_at(inp, "2030-01-01T00:00:00Z").allow == true
+	d := fx_at(inp, fx_at_expiry)
+	d.allow == false
+	d.reason == "guest_access_expired"
+}
+
+test_membership_counts_until_its_expiry if {
+	inp := fx_input("space", "TMP", "view", "bob", ["beta-guests"])
+	fx_at(inp, fx_just_before).allow == true
+	fx_at(inp, fx_at_expiry).allow == false
+}
+
+# A lapsed guest membership takes the group's grants away but never makes the user regular:
+# the people directory stays blocked.
+test_lapsed_membership_keeps_the_user_a_guest if {
+	d := fx_at(fx_input("people_directory", null, "view", "bob", ["beta-guests"]), "2031-01-01T00:00:00Z")
+	d.allow == false
+	d.guest == true
+	d.reason == "guest_blocked_family"
+}
+
+# The token naming the group again does not revive a membership the directory ended.
+test_lapsed_membership_not_revived_by_token_groups if {
+	inp := fx_input("space", "TMP", "view", "bob", ["beta-guests", "beta-guests"])
+	fx_at(inp, fx_at_expiry).allow == false
+}
+
+test_viewable_spaces_shrink_at_expiry if {
+	inp := fx_input("search", null, "view", "tess", ["acme-guests"])
+	before := guestgate.viewable_spaces with input as inp
+		with data.groups as fx_groups
+		with data.spaces as fx_boundary_spaces
+		with data.users as fx_boundary_users
+		with time.now_ns as time.parse_rfc3339_ns(fx_just_before)
+	before == {"TMP", "GRP"}
+	after := guestgate.viewable_spaces with input as inp
+		with data.groups as fx_groups
+		with data.spaces as fx_boundary_spaces
+		with data.users as fx_boundary_users
+		with time.now_ns as time.parse_rfc3339_ns(fx_at_expiry)
+	count(after) == 0
+}

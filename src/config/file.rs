@@ -15,6 +15,33 @@ pub struct FileConfig {
     pub admin: AdminFile,
     pub log: LogFile,
     pub bundle: Option<BundleFile>,
+    pub notify: NotifyFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyFile {
+    pub webhook_url: Option<String>,
+    pub authorization_env: Option<String>,
+    pub timeout_secs: u64,
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_secs: u64,
+    pub queue: usize,
+}
+
+impl Default for NotifyFile {
+    fn default() -> Self {
+        Self {
+            webhook_url: None,
+            authorization_env: None,
+            timeout_secs: 5,
+            max_attempts: 8,
+            initial_backoff_ms: 500,
+            max_backoff_secs: 60,
+            queue: 1000,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,12 +238,16 @@ impl Default for RewriteFile {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminFile {
     pub listen: String,
+    pub write: bool,
+    pub write_token_env: String,
 }
 
 impl Default for AdminFile {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9901".into(),
+            write: false,
+            write_token_env: "GUESTGATE_ADMIN_TOKEN".into(),
         }
     }
 }

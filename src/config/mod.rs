@@ -27,6 +27,28 @@ pub struct Config {
     pub log: LogConfig,
     /// Policies and data from an OPA bundle server instead of `policy.dir` / `policy.data`.
     pub bundle: Option<BundleConfig>,
+    pub notify: NotifyConfig,
+}
+
+/// Where guest-access change events go besides the log.
+#[derive(Debug, Clone)]
+pub struct NotifyConfig {
+    pub webhook: Option<WebhookConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// The `Authorization` value sent with each POST, read from the named variable.
+    pub authorization: Option<String>,
+    pub timeout: Duration,
+    /// Tries per event, the first included; then the event is dropped and logged.
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Events waiting for delivery at most; beyond it new events are dropped (and counted),
+    /// never the request path blocked.
+    pub queue: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +181,8 @@ pub struct RewriteConfig {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// The bearer token of the write API; `None` keeps the write API off.
+    pub write_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -134,9 +134,38 @@ impl Validator {
             max_body_bytes: f.rewrite.max_body_bytes,
             banner_text: f.rewrite.banner_text,
         };
+        let write_token = if f.admin.write {
+            match std::env::var(&f.admin.write_token_env) {
+                Ok(t) if t.len() >= 16 => Some(t),
+                Ok(_) => {
+                    self.error(
+                        "admin.write_token_env",
+                        format_args!(
+                            "${} must hold at least 16 characters (it guards the write API)",
+                            f.admin.write_token_env
+                        ),
+                    );
+                    None
+                }
+                Err(_) => {
+                    self.error(
+                        "admin.write",
+                        format_args!(
+                            "the write API needs a bearer token in ${} (admin.write_token_env)",
+                            f.admin.write_token_env
+                        ),
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let admin = AdminConfig {
             listen: self.socket_addr("admin.listen", &f.admin.listen),
+            write_token,
         };
+        let notify = self.notify(f.notify);
         let log = self.log(f.log);
         let bundle = f.bundle.map(|b| {
             if !(b.url.starts_with("http://") || b.url.starts_with("https://")) {
@@ -179,6 +208,54 @@ impl Validator {
             admin,
             log,
             bundle,
+            notify,
+        }
+    }
+
+    fn notify(&mut self, n: super::file::NotifyFile) -> NotifyConfig {
+        let Some(url) = n.webhook_url else {
+            return NotifyConfig { webhook: None };
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || url.parse::<http::Uri>().is_err()
+        {
+            self.error(
+                "notify.webhook_url",
+                format_args!("`{url}` must be an http:// or https:// URL"),
+            );
+        }
+        let authorization = n
+            .authorization_env
+            .as_ref()
+            .and_then(|var| match std::env::var(var) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    self.error(
+                        "notify.authorization_env",
+                        format_args!("environment variable ${var} is not set"),
+                    );
+                    None
+                }
+            });
+        if n.max_attempts == 0 {
+            self.error("notify.max_attempts", "must be at least 1");
+        }
+        if n.queue == 0 {
+            self.error("notify.queue", "must be at least 1");
+        }
+        if n.initial_backoff_ms == 0 {
+            self.error("notify.initial_backoff_ms", "must be greater than 0");
+        }
+        NotifyConfig {
+            webhook: Some(WebhookConfig {
+                url,
+                authorization,
+                timeout: self.secs("notify.timeout_secs", n.timeout_secs),
+                max_attempts: n.max_attempts,
+                initial_backoff: Duration::from_millis(n.initial_backoff_ms),
+                max_backoff: self.secs("notify.max_backoff_secs", n.max_backoff_secs),
+                queue: n.queue,
+            }),
         }
     }
 

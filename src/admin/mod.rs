@@ -1,5 +1,9 @@
-//! The admin listener (contract §7): health, readiness, metrics, reload, guest report.
+//! The admin listener (contract §7): health, readiness, metrics, reload, the guest report
+//! (JSON, or the "Guest access" page for browsers) and, when enabled, the write API.
 //! It binds to loopback by default; see docs/OPERATIONS.md for exposing it safely.
+
+mod page;
+mod write;
 
 use std::sync::Arc;
 
@@ -39,11 +43,11 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Proxy
             let revision = gw.snapshot().revision.clone();
             reply(StatusCode::OK, "text/plain", format!("ready {revision}\n"))
         }
-        (&Method::GET, "/metrics") => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            gw.metrics.render(gw.decision_log.dropped()),
-        ),
+        (&Method::GET, "/metrics") => {
+            let mut text = gw.metrics.render(gw.decision_log.dropped());
+            gw.notifier.render_metrics(&mut text);
+            reply(StatusCode::OK, "text/plain; version=0.0.4", text)
+        }
         (&Method::POST, "/reload") => match gw.reload().await {
             Ok(revision) => json(StatusCode::OK, serde_json::json!({"revision": &*revision})),
             Err(errors) => json(
@@ -58,9 +62,21 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Proxy
             let snapshot = gw.snapshot();
             let mut report = snapshot.directory.guest_report();
             report["revision"] = serde_json::Value::from(&*snapshot.revision);
-            json(StatusCode::OK, report)
+            if crate::pipeline::accept::prefers_html(req.headers()) {
+                reply(
+                    StatusCode::OK,
+                    "text/html; charset=utf-8",
+                    page::render(&report, time::OffsetDateTime::now_utc()),
+                )
+            } else {
+                json(StatusCode::OK, report)
+            }
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/reload" | "/guests") => json(
+        (&Method::POST, path) if write::Operation::from_path(path).is_some() => {
+            write::handle(gw, req).await
+        }
+        (_, "/healthz" | "/readyz" | "/metrics" | "/reload" | "/guests")
+        | (_, "/guests/invite" | "/guests/assign" | "/guests/revoke" | "/guests/remove") => json(
             StatusCode::METHOD_NOT_ALLOWED,
             serde_json::json!({"error": "method_not_allowed"}),
         ),
