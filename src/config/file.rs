@@ -240,6 +240,7 @@ pub struct AdminFile {
     pub listen: String,
     pub write: bool,
     pub write_token_env: String,
+    pub write_token_file: Option<String>,
 }
 
 impl Default for AdminFile {
@@ -248,6 +249,7 @@ impl Default for AdminFile {
             listen: "127.0.0.1:9901".into(),
             write: false,
             write_token_env: "GUESTGATE_ADMIN_TOKEN".into(),
+            write_token_file: None,
         }
     }
 }

@@ -135,26 +135,39 @@ impl Validator {
             banner_text: f.rewrite.banner_text,
         };
         let write_token = if f.admin.write {
-            match std::env::var(&f.admin.write_token_env) {
+            let (source, token) = match &f.admin.write_token_file {
+                Some(file) => {
+                    let path = self.resolve(file);
+                    (
+                        format!("admin.write_token_file ({})", path.display()),
+                        std::fs::read_to_string(&path)
+                            .map(|t| t.trim().to_string())
+                            .map_err(|e| format!("cannot read {}: {e}", path.display())),
+                    )
+                }
+                None => (
+                    format!("${} (admin.write_token_env)", f.admin.write_token_env),
+                    std::env::var(&f.admin.write_token_env).map_err(|_| {
+                        format!(
+                            "the write API needs a bearer token in ${} (admin.write_token_env) or admin.write_token_file",
+                            f.admin.write_token_env
+                        )
+                    }),
+                ),
+            };
+            match token {
                 Ok(t) if t.len() >= 16 => Some(t),
                 Ok(_) => {
                     self.error(
-                        "admin.write_token_env",
+                        "admin.write",
                         format_args!(
-                            "${} must hold at least 16 characters (it guards the write API)",
-                            f.admin.write_token_env
+                            "{source} must hold at least 16 characters (it guards the write API)"
                         ),
                     );
                     None
                 }
-                Err(_) => {
-                    self.error(
-                        "admin.write",
-                        format_args!(
-                            "the write API needs a bearer token in ${} (admin.write_token_env)",
-                            f.admin.write_token_env
-                        ),
-                    );
+                Err(e) => {
+                    self.error("admin.write", e);
                     None
                 }
             }

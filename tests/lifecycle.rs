@@ -1,0 +1,740 @@
+//! The guest lifecycle through the public interface: access that expires (and cached
+//! decisions that expire with it), the admin write API, change notifications to a webhook,
+//! and the Guest access page.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::StatusCode;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use support::*;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+const ADMIN_TOKEN: &str = "admin-token-0123456789";
+
+fn in_secs(secs: f64) -> String {
+    (OffsetDateTime::now_utc() + Duration::from_secs_f64(secs))
+        .format(&Rfc3339)
+        .unwrap()
+}
+
+/// Sleeps until `instant` (RFC 3339) has passed by a little.
+async fn sleep_past(instant: &str) {
+    let t = OffsetDateTime::parse(instant, &Rfc3339).unwrap();
+    let left = t - OffsetDateTime::now_utc();
+    if left.is_positive() {
+        tokio::time::sleep(Duration::try_from(left).unwrap() + Duration::from_millis(150)).await;
+    }
+}
+
+fn data_with(f: impl FnOnce(&mut serde_json::Value)) -> String {
+    let mut data: serde_json::Value = serde_json::from_str(TEST_DATA).unwrap();
+    f(&mut data);
+    serde_json::to_string_pretty(&data).unwrap()
+}
+
+#[tokio::test]
+async fn expiring_grants_and_memberships_end_access_even_when_cached() {
+    let up = start_upstream().await;
+    let soon = in_secs(2.0);
+    let mut c = TestConfig::new(&up.url());
+    c.policy_extra = "decision_cache_ttl_secs = 300\n".into();
+    c.data = data_with(|d| {
+        d["spaces"]["HR"] = serde_json::json!({"guests": {"users": {
+            "gary": {"permissions": ["view"], "expires": soon}}}});
+        d["users"]["gwen"] =
+            serde_json::json!({"groups": [{"group": "partner-guests", "expires": soon}]});
+    });
+    let gw = start_gateway(c).await;
+    let gary = bearer(&token("gary", &[]));
+    let gwen = bearer(&token("gwen", &[]));
+    for _ in 0..2 {
+        let a = get(&gw.url("/display/HR/Home"), &[("authorization", &gary)]).await;
+        assert_eq!(a.status, StatusCode::OK);
+        let a = get(&gw.url("/display/DOCS/Manual"), &[("authorization", &gwen)]).await;
+        assert_eq!(a.status, StatusCode::OK);
+    }
+    let m = get(&gw.admin_url("/metrics"), &[]).await.text();
+    assert!(
+        m.contains("guestgate_decision_cache_total{result=\"hit\"} 2"),
+        "the second round came from the cache: {m}"
+    );
+    sleep_past(&soon).await;
+    let a = get(&gw.url("/display/HR/Home"), &[("authorization", &gary)]).await;
+    assert_eq!(
+        a.status,
+        StatusCode::FORBIDDEN,
+        "a 300 s cache entry outlived the grant"
+    );
+    assert_eq!(a.json()["reason"], "space_not_granted");
+    let a = get(&gw.url("/display/DOCS/Manual"), &[("authorization", &gwen)]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    // A lapsed guest membership leaves a guest, not a regular user.
+    let a = get(&gw.url("/browsepeople.action"), &[("authorization", &gwen)]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert_eq!(a.json()["reason"], "guest_blocked_family");
+    // ENG stays: gary's group grant never expired.
+    let a = get(&gw.url("/display/ENG/Home"), &[("authorization", &gary)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn guests_report_and_check_show_expiries() {
+    let up = start_upstream().await;
+    let mut c = TestConfig::new(&up.url());
+    c.data = data_with(|d| {
+        d["spaces"]["OLD"] = serde_json::json!({"guests": {"groups": {
+            "acme-guests": {"permissions": ["view"], "expires": "2001-01-01T00:00:00Z"}}}});
+        d["users"]["gwen"] = serde_json::json!({"groups": [
+            {"group": "partner-guests", "expires": "2031-05-01T00:00:00Z"}],
+            "expires": "2032-01-01T00:00:00Z", "email": "gwen@partner.example"});
+    });
+    let gw = start_gateway(c).await;
+    let report = get(&gw.admin_url("/guests"), &[]).await.json();
+    assert_eq!(report["guests"]["gwen"]["expires"], "2032-01-01T00:00:00Z");
+    assert_eq!(
+        report["guests"]["gwen"]["memberships"],
+        serde_json::json!([{"group": "partner-guests", "expires": "2031-05-01T00:00:00Z"}])
+    );
+    assert_eq!(
+        report["spaces"]["OLD"]["groups"]["acme-guests"]["expires"],
+        "2001-01-01T00:00:00Z"
+    );
+    assert_eq!(
+        report["guest_groups"]["partner-guests"]["members"],
+        serde_json::json!(["gina", "gwen"])
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_guestgate"))
+        .args(["check", "--config"])
+        .arg(gw.path("guestgate.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "warning:  spaces.OLD.guests.groups.acme-guests expired at 2001-01-01T00:00:00Z"
+        ),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("expired at").count(), 1, "{stdout}");
+}
+
+#[tokio::test]
+async fn only_guest_group_memberships_can_expire() {
+    let up = start_upstream().await;
+    let gw = start_gateway(TestConfig::new(&up.url())).await;
+    let data = data_with(|d| {
+        d["users"]["alice"]["groups"] = serde_json::json!([
+            {"group": "confluence-users", "expires": "2030-01-01T00:00:00Z"}]);
+    });
+    std::fs::write(gw.path("data.json"), data).unwrap();
+    let r = request("POST", &gw.admin_url("/reload"), &[], "").await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        r.text().contains("only guest group memberships can expire"),
+        "{}",
+        r.text()
+    );
+}
+
+// ---------------------------------------------------------------- the write API
+
+async fn writable_gateway(extra: &str) -> (Upstream, TestGateway) {
+    let up = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin-token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+    let mut c = TestConfig::new(&up.url());
+    c.extra_sections = extra.to_string();
+    let path = write_config(dir.path(), &c);
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[admin]\n",
+        "[admin]\nwrite = true\nwrite_token_file = \"admin-token\"\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    (up, start_gateway_in(dir, &path).await)
+}
+
+async fn admin_post(gw: &TestGateway, path: &str, body: serde_json::Value) -> Answer {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    request(
+        "POST",
+        &gw.admin_url(path),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        &body.to_string(),
+    )
+    .await
+}
+
+fn events(a: &Answer) -> Vec<String> {
+    a.json()["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn write_api_is_off_by_default_and_guarded_by_its_token() {
+    let up = start_upstream().await;
+    let gw = start_gateway(TestConfig::new(&up.url())).await;
+    let a = admin_post(
+        &gw,
+        "/guests/invite",
+        serde_json::json!({"user": "x", "groups": ["acme-guests"]}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert_eq!(a.json()["reason"], "admin_write_disabled");
+
+    let (_up, gw) = writable_gateway("").await;
+    let body = serde_json::json!({"user": "x", "groups": ["acme-guests"]}).to_string();
+    for auth in [
+        "",
+        "Bearer wrong-token-0123456789",
+        "Basic YWRtaW46YWRtaW4=",
+    ] {
+        let mut headers = vec![("content-type", "application/json")];
+        if !auth.is_empty() {
+            headers.push(("authorization", auth));
+        }
+        let a = request("POST", &gw.admin_url("/guests/invite"), &headers, &body).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{auth}");
+        assert!(a.headers.contains_key("www-authenticate"));
+    }
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let a = request(
+        "POST",
+        &gw.admin_url("/guests/invite"),
+        &[("authorization", &auth)],
+        &body,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "JSON only");
+    let a = request(
+        "GET",
+        &gw.admin_url("/guests/invite"),
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(!gw.path("data.json.bak").exists(), "nothing was written");
+}
+
+#[tokio::test]
+async fn invite_assign_revoke_remove_round_trip() {
+    let (_up, gw) = writable_gateway("").await;
+    let first = gw.gateway.snapshot().revision.clone();
+    let original = std::fs::read_to_string(gw.path("data.json")).unwrap();
+    let gwen = bearer(&token("gwen", &[]));
+    let a = get(&gw.url("/display/ENG/Home"), &[("authorization", &gwen)]).await;
+    assert_eq!(a.status, StatusCode::OK, "unknown users are regular");
+
+    // Invite: gwen becomes a guest of acme-guests (ENG: view, comment).
+    let a = admin_post(
+        &gw,
+        "/guests/invite",
+        serde_json::json!({"user": "gwen", "groups": ["acme-guests"],
+            "display_name": "Gwen Partner", "email": "gwen@partner.example"}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
+    assert_eq!(events(&a), vec!["guest_joined_group", "guest_added"]);
+    assert_ne!(a.json()["revision"], &*first);
+    assert_eq!(a.json()["previous_revision"], &*first);
+    assert_eq!(
+        &*gw.gateway.snapshot().revision,
+        a.json()["revision"].as_str().unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(gw.path("data.json.bak")).unwrap(),
+        original,
+        "the previous document is kept as a backup"
+    );
+    let on_disk: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(gw.path("data.json")).unwrap()).unwrap();
+    assert_eq!(on_disk["users"]["gwen"]["email"], "gwen@partner.example");
+    let a = get(&gw.url("/display/HR/Home"), &[("authorization", &gwen)]).await;
+    assert_eq!(
+        a.status,
+        StatusCode::FORBIDDEN,
+        "a guest sees nothing by default"
+    );
+    let a = get(&gw.url("/display/ENG/Home"), &[("authorization", &gwen)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+
+    // Assign view-only access to HR and OPS, with an expiry.
+    let until = in_secs(3600.0);
+    let a = admin_post(
+        &gw,
+        "/guests/assign",
+        serde_json::json!({"user": "gwen", "spaces": ["hr", "OPS"], "permissions": ["view"], "expires": until}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(events(&a), vec!["access_granted", "access_granted"]);
+    assert_eq!(a.json()["changes"][0]["space"], "HR");
+    assert_eq!(a.json()["changes"][0]["expires"], until.as_str());
+    let a = get(&gw.url("/display/HR/Home"), &[("authorization", &gwen)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let a = request(
+        "POST",
+        &gw.url("/rest/api/content/201/child/comment"),
+        &[("authorization", &gwen)],
+        "{}",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "view-only");
+    assert_eq!(a.json()["reason"], "missing_permission_comment");
+
+    // Widen HR.
+    let a = admin_post(
+        &gw,
+        "/guests/assign",
+        serde_json::json!({"user": "gwen", "spaces": ["HR"], "permissions": ["view", "comment"]}),
+    )
+    .await;
+    assert_eq!(events(&a), vec!["permissions_widened"]);
+    let a = request(
+        "POST",
+        &gw.url("/rest/api/content/201/child/comment"),
+        &[("authorization", &gwen)],
+        "{}",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+
+    // Revoke HR; revoking it again finds nothing.
+    let a = admin_post(
+        &gw,
+        "/guests/revoke",
+        serde_json::json!({"user": "gwen", "spaces": ["HR"]}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(events(&a), vec!["access_revoked"]);
+    let a = get(&gw.url("/display/HR/Home"), &[("authorization", &gwen)]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = admin_post(
+        &gw,
+        "/guests/revoke",
+        serde_json::json!({"user": "gwen", "spaces": ["HR"]}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+
+    // The report shows what is left.
+    let report = get(&gw.admin_url("/guests"), &[]).await.json();
+    assert_eq!(report["guests"]["gwen"]["spaces"][0]["space"], "OPS");
+
+    // Remove the guest: the user and every grant of theirs go.
+    let a = admin_post(&gw, "/guests/remove", serde_json::json!({"user": "gwen"})).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let mut kinds = events(&a);
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        vec!["access_revoked", "guest_removed", "membership_revoked"]
+    );
+    let report = get(&gw.admin_url("/guests"), &[]).await.json();
+    assert!(report["guests"].get("gwen").is_none(), "{report}");
+    let a = admin_post(&gw, "/guests/remove", serde_json::json!({"user": "gwen"})).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn refused_writes_change_nothing() {
+    let (_up, gw) = writable_gateway("").await;
+    let revision = gw.gateway.snapshot().revision.clone();
+    let before = std::fs::read_to_string(gw.path("data.json")).unwrap();
+    let cases = [
+        (
+            "/guests/assign",
+            serde_json::json!({"group": "acme-guests", "spaces": ["HR"], "permissions": ["view", "admin"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "`admin` can never be granted",
+        ),
+        (
+            "/guests/assign",
+            serde_json::json!({"group": "confluence-users", "spaces": ["HR"], "permissions": ["view"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "is a regular group",
+        ),
+        (
+            "/guests/assign",
+            serde_json::json!({"group": "acme-guests", "spaces": ["A", "B", "C", "D", "E", "F"], "permissions": ["view"]}),
+            StatusCode::BAD_REQUEST,
+            "1 to 5 spaces",
+        ),
+        (
+            "/guests/assign",
+            serde_json::json!({"group": "acme-guests", "user": "gary", "spaces": ["HR"], "permissions": ["view"]}),
+            StatusCode::BAD_REQUEST,
+            "exactly one of",
+        ),
+        (
+            "/guests/assign",
+            serde_json::json!({"group": "acme-guests", "spaces": ["HR"], "permissions": ["view"], "expires": "2001-01-01T00:00:00Z"}),
+            StatusCode::BAD_REQUEST,
+            "already past",
+        ),
+        (
+            "/guests/assign",
+            serde_json::json!({"group": "acme-guests", "spaces": ["HR"], "permissions": ["view"], "expires": "next week"}),
+            StatusCode::BAD_REQUEST,
+            "not an RFC 3339 time",
+        ),
+        (
+            "/guests/assign",
+            serde_json::json!({"group": "acme-guests", "spaces": ["HR"], "permissions": []}),
+            StatusCode::BAD_REQUEST,
+            "at least one permission",
+        ),
+        (
+            "/guests/invite",
+            serde_json::json!({"user": "eve", "groups": ["confluence-users"]}),
+            StatusCode::BAD_REQUEST,
+            "not a guest group",
+        ),
+        (
+            "/guests/invite",
+            serde_json::json!({"user": "alice", "groups": ["acme-guests"]}),
+            StatusCode::CONFLICT,
+            "is a regular user",
+        ),
+        (
+            "/guests/invite",
+            serde_json::json!({"user": "eve", "groups": ["acme-guests"], "role": "admin"}),
+            StatusCode::BAD_REQUEST,
+            "unknown field",
+        ),
+        (
+            "/guests/remove",
+            serde_json::json!({"user": "alice"}),
+            StatusCode::CONFLICT,
+            "is a regular user",
+        ),
+        (
+            "/guests/remove",
+            serde_json::json!({"user": "nobody"}),
+            StatusCode::NOT_FOUND,
+            "no guest",
+        ),
+    ];
+    for (path, body, status, message) in cases {
+        let a = admin_post(&gw, path, body.clone()).await;
+        assert_eq!(a.status, status, "{path} {body}: {}", a.text());
+        assert!(a.text().contains(message), "{path} {body}: {}", a.text());
+    }
+    assert_eq!(
+        std::fs::read_to_string(gw.path("data.json")).unwrap(),
+        before
+    );
+    assert_eq!(gw.gateway.snapshot().revision, revision);
+    assert!(!gw.path("data.json.bak").exists());
+}
+
+#[tokio::test]
+async fn concurrent_writes_are_serialised_and_none_is_lost() {
+    let (_up, gw) = writable_gateway("").await;
+    let gw = Arc::new(gw);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let gw = gw.clone();
+        tasks.push(tokio::spawn(async move {
+            admin_post(
+                &gw,
+                "/guests/assign",
+                serde_json::json!({"group": "acme-guests", "spaces": [format!("S{i}")], "permissions": ["view"]}),
+            )
+            .await
+            .status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    let on_disk: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(gw.path("data.json")).unwrap()).unwrap();
+    for i in 0..8 {
+        assert_eq!(
+            on_disk["spaces"][format!("S{i}")]["guests"]["groups"]["acme-guests"],
+            serde_json::json!(["view"])
+        );
+    }
+    let gary = bearer(&token("gary", &[]));
+    let a = get(&gw.url("/display/S7/Home"), &[("authorization", &gary)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+}
+
+// ---------------------------------------------------------------- notifications
+
+/// A webhook receiver that refuses its first `fail_first` deliveries with 503.
+struct Receiver {
+    url: String,
+    got: Arc<Mutex<Vec<serde_json::Value>>>,
+    attempts: Arc<Mutex<usize>>,
+}
+
+async fn start_receiver(fail_first: usize) -> Receiver {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/guests", listener.local_addr().unwrap());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let attempts = Arc::new(Mutex::new(0usize));
+    let (g, a) = (got.clone(), attempts.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (g, a) = (g.clone(), a.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req: http::Request<Incoming>| {
+                    let (g, a) = (g.clone(), a.clone());
+                    async move {
+                        let auth = req.headers().get("authorization").cloned();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let n = {
+                            let mut n = a.lock().unwrap();
+                            *n += 1;
+                            *n
+                        };
+                        let status = if n <= fail_first {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        } else {
+                            let mut event: serde_json::Value =
+                                serde_json::from_slice(&body).unwrap();
+                            event["_auth"] =
+                                serde_json::json!(auth.map(|v| v.to_str().unwrap().to_string()));
+                            g.lock().unwrap().push(event);
+                            StatusCode::NO_CONTENT
+                        };
+                        Ok::<_, Infallible>(
+                            http::Response::builder()
+                                .status(status)
+                                .body(Full::new(Bytes::new()))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Receiver { url, got, attempts }
+}
+
+impl Receiver {
+    async fn wait_for(&self, n: usize) -> Vec<serde_json::Value> {
+        for _ in 0..100 {
+            let got = self.got.lock().unwrap().clone();
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("webhook got {:?}", self.got.lock().unwrap());
+    }
+}
+
+#[tokio::test]
+async fn access_changes_reach_the_webhook_with_retries() {
+    let hook = start_receiver(2).await;
+    let (_up, gw) = writable_gateway(&format!(
+        "[notify]\nwebhook_url = \"{}\"\ninitial_backoff_ms = 20\nmax_attempts = 5\n",
+        hook.url
+    ))
+    .await;
+    let a = admin_post(
+        &gw,
+        "/guests/assign",
+        serde_json::json!({"group": "acme-guests", "spaces": ["HR"], "permissions": ["view"]}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let got = hook.wait_for(1).await;
+    assert_eq!(
+        *hook.attempts.lock().unwrap(),
+        3,
+        "two refusals, then delivered"
+    );
+    let e = &got[0];
+    assert_eq!(e["event"], "access_granted");
+    assert_eq!(e["space"], "HR");
+    assert_eq!(
+        e["principal"],
+        serde_json::json!({"type": "group", "name": "acme-guests"})
+    );
+    assert_eq!(e["permissions"], serde_json::json!(["view"]));
+    assert_eq!(e["revision"], a.json()["revision"]);
+    assert_eq!(
+        e["text"],
+        "guest group acme-guests can now view in space HR"
+    );
+    assert_eq!(
+        e["id"],
+        a.json()["changes"][0]["id"],
+        "the API answer and the event agree"
+    );
+
+    // A change made by editing the file and reloading is announced too.
+    let data = data_with(|d| {
+        d["spaces"]["ENG"]["guests"]["groups"]["acme-guests"] = serde_json::json!(["view"]);
+        d["spaces"]["HR"] = serde_json::json!({"guests": {"groups": {"acme-guests": ["view"]}}});
+    });
+    std::fs::write(gw.path("data.json"), data).unwrap();
+    assert_eq!(
+        request("POST", &gw.admin_url("/reload"), &[], "")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let got = hook.wait_for(2).await;
+    assert_eq!(got[1]["event"], "permissions_narrowed");
+    assert_eq!(
+        got[1]["previous_permissions"],
+        serde_json::json!(["comment", "view"])
+    );
+
+    let m = get(&gw.admin_url("/metrics"), &[]).await.text();
+    assert!(
+        m.contains("guestgate_notifications_total{result=\"delivered\"} 2"),
+        "{m}"
+    );
+    assert!(m.contains("guestgate_access_events_total 2"), "{m}");
+}
+
+#[tokio::test]
+async fn expiry_is_announced_when_it_happens() {
+    let hook = start_receiver(0).await;
+    let up = start_upstream().await;
+    let soon = in_secs(1.5);
+    let mut c = TestConfig::new(&up.url());
+    c.extra_sections = format!(
+        "[notify]\nwebhook_url = \"{}\"\ninitial_backoff_ms = 20\nauthorization_env = \"GUESTGATE_TEST_UNSET_VARIABLE\"\n",
+        hook.url
+    );
+    // An unset variable is a config error, named with its key.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &c);
+    let err = guestgate::config::Config::load(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("notify.authorization_env"), "{err}");
+
+    c.extra_sections = format!("[notify]\nwebhook_url = \"{}\"\n", hook.url);
+    c.data = data_with(|d| {
+        d["spaces"]["HR"] = serde_json::json!({"guests": {"users": {
+            "gary": {"permissions": ["view", "edit"], "expires": soon}}}});
+    });
+    let _gw = start_gateway(c).await;
+    sleep_past(&soon).await;
+    let got = hook.wait_for(1).await;
+    assert_eq!(got[0]["event"], "access_expired");
+    assert_eq!(
+        got[0]["principal"],
+        serde_json::json!({"type": "user", "name": "gary"})
+    );
+    assert_eq!(got[0]["space"], "HR");
+    assert_eq!(got[0]["expires"], soon.as_str());
+    assert!(got[0]["_auth"].is_null());
+}
+
+#[tokio::test]
+async fn a_dead_webhook_never_slows_requests() {
+    // Nothing listens on this port: every delivery fails and is retried in the background.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", closed.local_addr().unwrap());
+    drop(closed);
+    let (_up, gw) = writable_gateway(&format!(
+        "[notify]\nwebhook_url = \"{url}\"\ninitial_backoff_ms = 5000\nqueue = 2\n"
+    ))
+    .await;
+    for i in 0..4 {
+        let a = admin_post(
+            &gw,
+            "/guests/assign",
+            serde_json::json!({"group": "acme-guests", "spaces": [format!("Q{i}")], "permissions": ["view"]}),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK);
+    }
+    let started = std::time::Instant::now();
+    let gary = bearer(&token("gary", &[]));
+    let a = get(&gw.url("/display/Q3/Home"), &[("authorization", &gary)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // One event in delivery, two queued, the rest dropped and counted.
+    let mut dropped = String::new();
+    for _ in 0..50 {
+        let m = get(&gw.admin_url("/metrics"), &[]).await.text();
+        if let Some(line) = m
+            .lines()
+            .find(|l| l.starts_with("guestgate_notifications_total{result=\"dropped\"}"))
+        {
+            dropped = line.to_string();
+            if !line.ends_with(" 0") {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        dropped,
+        "guestgate_notifications_total{result=\"dropped\"} 1"
+    );
+}
+
+// ---------------------------------------------------------------- the Guest access page
+
+#[tokio::test]
+async fn guests_page_for_browsers_escapes_everything() {
+    let up = start_upstream().await;
+    let mut c = TestConfig::new(&up.url());
+    c.data = data_with(|d| {
+        d["users"]["gary"]["display_name"] = serde_json::json!("<script>alert(1)</script>");
+        d["spaces"]["OLD"] = serde_json::json!({"guests": {"groups": {
+            "acme-guests": {"permissions": ["view"], "expires": "2001-01-01T00:00:00Z"}}}});
+    });
+    let gw = start_gateway(c).await;
+    let page = get(
+        &gw.admin_url("/guests"),
+        &[(
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        )],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    let html = page.text();
+    assert!(!html.contains("<script>"), "{html}");
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(html.contains("2001-01-01T00:00:00Z (expired)"));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external assets"
+    );
+    let json = get(&gw.admin_url("/guests"), &[("accept", "application/json")]).await;
+    assert!(json.json()["guests"].is_object());
+}
