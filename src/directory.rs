@@ -404,7 +404,7 @@ impl Directory {
                 };
                 (
                     k.clone(),
-                    serde_json::json!({"groups": side(&s.groups), "users": side(&s.users)}),
+                    serde_json::json!({"name": s.name, "groups": side(&s.groups), "users": side(&s.users)}),
                 )
             })
             .collect();

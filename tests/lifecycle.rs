@@ -738,3 +738,117 @@ async fn guests_page_for_browsers_escapes_everything() {
     let json = get(&gw.admin_url("/guests"), &[("accept", "application/json")]).await;
     assert!(json.json()["guests"].is_object());
 }
+
+/// Debian's Chromium, headless, with the flags this sandbox needs (its background
+/// networking is refused here and would only slow it down).
+fn chromium(args: &[String]) -> Option<std::process::Output> {
+    let bin = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .output()
+        .unwrap();
+    Some(out)
+}
+
+#[tokio::test]
+async fn guests_page_renders_in_chromium() {
+    let up = start_upstream().await;
+    let mut c = TestConfig::new(&up.url());
+    c.data = data_with(|d| {
+        d["users"]["gwen"] = serde_json::json!({"groups": [
+            {"group": "partner-guests", "expires": "2031-05-01T00:00:00Z"}],
+            "display_name": "Gwen Partner", "email": "gwen@partner.example"});
+        d["spaces"]["ENG"]["name"] = serde_json::json!("Engineering");
+        d["spaces"]["HR"] = serde_json::json!({"guests": {"users": {
+            "gwen": {"permissions": ["view"], "expires": "2031-01-31T18:00:00Z"}}}});
+        d["spaces"]["OLD"] = serde_json::json!({"guests": {"groups": {
+            "acme-guests": {"permissions": ["view"], "expires": "2001-01-01T00:00:00Z"}}}});
+    });
+    let gw = start_gateway(c).await;
+    let url = gw.admin_url("/guests");
+    let shots = tempfile::tempdir().unwrap();
+    let shot = std::env::var("GUESTGATE_SCREENSHOT_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| shots.path().to_path_buf())
+        .join("admin-guests.png");
+    let args_dom = vec!["--dump-dom".to_string(), url.clone()];
+    let args_shot = vec![
+        format!("--screenshot={}", shot.display()),
+        "--window-size=1100,900".to_string(),
+        url.clone(),
+    ];
+    let (dom, png) =
+        tokio::task::spawn_blocking(move || (chromium(&args_dom), chromium(&args_shot)))
+            .await
+            .unwrap();
+    let (Some(dom), Some(png)) = (dom, png) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Chromium is missing; .ci/run installs Debian's chromium"
+        );
+        eprintln!("SKIP guests_page_renders_in_chromium: no chromium (apt-get install chromium)");
+        return;
+    };
+    let dom = String::from_utf8_lossy(&dom.stdout).to_string();
+    // What the browser built, row by row: the spaces table lists each grant.
+    let rows: Vec<String> = dom
+        .split("<tr>")
+        .skip(1)
+        .map(|row| {
+            let row = row.split("</tr>").next().unwrap_or("");
+            let mut text = String::new();
+            let mut in_tag = false;
+            for ch in row.chars() {
+                match ch {
+                    '<' => in_tag = true,
+                    '>' => {
+                        in_tag = false;
+                        text.push(' ');
+                    }
+                    c if !in_tag => text.push(c),
+                    _ => {}
+                }
+            }
+            text.split_whitespace().collect::<Vec<_>>().join(" ")
+        })
+        .collect();
+    for want in [
+        "ENG Engineering acme-guests (group) view comment never",
+        "ENG Engineering gina (guest) view edit never",
+        "HR gwen (guest) view 2031-01-31T18:00:00Z",
+        "OLD acme-guests (group) view 2001-01-01T00:00:00Z (expired)",
+        "gwen GUEST Gwen Partner gwen@partner.example partner-guests until 2031-05-01T00:00:00Z HR view until 2031-01-31T18:00:00Z never",
+        "partner-guests gina, gwen DOCS view",
+    ] {
+        assert!(
+            rows.iter().any(|r| r == want),
+            "no row {want:?} in {rows:#?}"
+        );
+    }
+    assert!(dom.contains("<h1>Guest access</h1>"), "{dom}");
+    assert!(
+        png.status.success(),
+        "{}",
+        String::from_utf8_lossy(&png.stderr)
+    );
+    let bytes = std::fs::read(&shot).unwrap();
+    assert!(
+        bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000,
+        "a real screenshot"
+    );
+}

@@ -62,7 +62,10 @@ pub fn render(report: &Value, now: OffsetDateTime) -> String {
          <title>Guest access · guestgate</title><style>{STYLE}</style></head><body>\
          <h1>Guest access</h1><p class=\"meta\">Revision <code>{}</code> · generated {}</p>",
         text(&report["revision"]),
-        now.format(&Rfc3339).unwrap_or_default()
+        now.replace_nanosecond(0)
+            .unwrap_or(now)
+            .format(&Rfc3339)
+            .unwrap_or_default()
     );
 
     out.push_str(
@@ -76,8 +79,12 @@ pub fn render(report: &Value, now: OffsetDateTime) -> String {
                 any = true;
                 let _ = write!(
                     out,
-                    "<tr><td>{}</td><td>{} <span class=\"meta\">({label})</span></td><td>{}</td><td>{}</td></tr>",
+                    "<tr><td>{}{}</td><td>{} <span class=\"meta\">({label})</span></td><td>{}</td><td>{}</td></tr>",
                     html_escape(key),
+                    space["name"]
+                        .as_str()
+                        .map(|n| format!(" <span class=\"meta\">{}</span>", html_escape(n)))
+                        .unwrap_or_default(),
                     html_escape(name),
                     permissions(&grant["permissions"]),
                     expiry(&grant["expires"], now)
