@@ -852,3 +852,36 @@ async fn guests_page_renders_in_chromium() {
         "a real screenshot"
     );
 }
+
+#[tokio::test]
+async fn a_write_that_cannot_be_stored_changes_nothing() {
+    let (_up, gw) = writable_gateway("").await;
+    let revision = gw.gateway.snapshot().revision.clone();
+    let before = std::fs::read_to_string(gw.path("data.json")).unwrap();
+    // The backup cannot be written where a folder stands in its way.
+    std::fs::create_dir(gw.path("data.json.bak")).unwrap();
+    std::fs::write(gw.path("data.json.bak").join("keep"), "x").unwrap();
+    let a = admin_post(
+        &gw,
+        "/guests/assign",
+        serde_json::json!({"group": "acme-guests", "spaces": ["HR"], "permissions": ["view"]}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", a.text());
+    assert_eq!(a.json()["reason"], "data_not_written");
+    assert_eq!(
+        std::fs::read_to_string(gw.path("data.json")).unwrap(),
+        before
+    );
+    assert_eq!(gw.gateway.snapshot().revision, revision);
+    let gary = bearer(&token("gary", &[]));
+    let a = get(&gw.url("/display/HR/Home"), &[("authorization", &gary)]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let leftovers: Vec<_> = std::fs::read_dir(gw.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
