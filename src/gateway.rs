@@ -24,6 +24,8 @@ pub struct Gateway {
     pub decision_log: DecisionLog,
     pub metrics: Metrics,
     pub remote_keys: Option<Arc<crate::pipeline::identify::RemoteKeys>>,
+    /// Browser sign-in (`[identity.oidc]`); like remote keys, it outlives snapshots.
+    pub signin: Option<Arc<crate::pipeline::signin::SignIn>>,
     /// The active bundle, reused when other files change.
     bundle: std::sync::Mutex<Option<Arc<crate::bundle::BundleContents>>>,
     ready: AtomicBool,
@@ -40,6 +42,8 @@ pub enum StartError {
     Upstream(#[from] UpstreamError),
     #[error("decision log: {0}")]
     DecisionLog(std::io::Error),
+    #[error("{0}")]
+    SignIn(String),
 }
 
 impl Gateway {
@@ -51,6 +55,8 @@ impl Gateway {
         }
         let snapshot =
             Snapshot::build_with(&config, remote_keys.clone(), None).map_err(StartError::Load)?;
+        let signin =
+            crate::pipeline::signin::SignIn::new(&config.identity).map_err(StartError::SignIn)?;
         // With a bundle server, the local policy files only make the process startable:
         // nothing is served until the first bundle is active.
         let ready = AtomicBool::new(config.bundle.is_none());
@@ -78,6 +84,7 @@ impl Gateway {
             decision_log,
             metrics,
             remote_keys,
+            signin,
             bundle: std::sync::Mutex::new(None),
             ready,
             reload_lock: tokio::sync::Mutex::new(()),
