@@ -8,6 +8,7 @@
 //   CLIENT_SECRET      the secret of client `guestgate` (default: test-client-secret)
 //   ACCESS_TTL_SECS    access token lifetime (default 300)
 //   ID_TOKEN_TTL_SECS  ID token lifetime (default 300)
+//   CLAIMS_IN_ID_TOKEN 0: profile and groups only at userinfo, not in the ID token
 //
 // Test-only endpoints (never part of a real IdP):
 //   POST /__test/rotate   replaces the signing key; prints nothing, answers the new kid
@@ -20,6 +21,7 @@ import Provider from 'oidc-provider';
 const CLIENT_SECRET = process.env.CLIENT_SECRET || 'test-client-secret';
 const ACCESS_TTL = Number(process.env.ACCESS_TTL_SECS || 300);
 const ID_TOKEN_TTL = Number(process.env.ID_TOKEN_TTL_SECS || 300);
+const CLAIMS_IN_ID_TOKEN = process.env.CLAIMS_IN_ID_TOKEN !== '0';
 
 // Matches guestgate's test data document: alice is a regular user, gary a guest.
 const USERS = {
@@ -56,9 +58,9 @@ function build(issuer, key) {
       groups: ['groups'],
     },
     scopes: ['openid', 'offline_access', 'profile', 'email', 'groups'],
-    // Scope claims go into the ID token itself (as Keycloak, Okta and Entra ID can be set
-    // up to do), not only into userinfo.
-    conformIdTokenClaims: false,
+    // By default scope claims go into the ID token itself (as Keycloak, Okta and Entra ID
+    // can be set up to do); with CLAIMS_IN_ID_TOKEN=0 only userinfo has them.
+    conformIdTokenClaims: !CLAIMS_IN_ID_TOKEN,
     features: {
       devInteractions: { enabled: false },
       rpInitiatedLogout: { enabled: true },
