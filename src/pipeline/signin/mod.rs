@@ -260,6 +260,15 @@ impl SignIn {
         })))
     }
 
+    /// Reads and checks the client secret and the session keys without contacting the
+    /// provider (for `guestgate check`). `Ok` tells how many session keys there are.
+    pub fn check_secrets(config: &OidcConfig) -> Result<usize, String> {
+        config.client_secret.read("identity.oidc.client_secret")?;
+        let sealer = Sealer::from_text(&config.session_keys.read("identity.oidc.session_keys")?)
+            .map_err(|e| format!("identity.oidc.session_keys: {e}"))?;
+        Ok(sealer.key_count())
+    }
+
     /// Cookies get `Secure` when the browser reaches the gateway over TLS (directly, or
     /// through a TLS front whose `external_url` says https).
     fn secure(&self, tls: bool) -> bool {

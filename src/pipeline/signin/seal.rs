@@ -56,6 +56,10 @@ impl Sealer {
         Ok(Sealer { keys })
     }
 
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
     /// Seals `plaintext` for `purpose` with the first key: base64url of
     /// `version ‖ nonce ‖ ciphertext ‖ tag`.
     pub fn seal(&self, purpose: &str, plaintext: &[u8]) -> Result<String, String> {
