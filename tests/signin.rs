@@ -666,3 +666,43 @@ async fn without_sign_in_configured_the_namespace_is_404_and_browsers_get_401() 
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert!(up.requests().is_empty());
 }
+
+#[tokio::test]
+async fn behind_tls_cookies_are_secure_and_the_redirect_uri_is_the_public_one() {
+    need_node_modules!();
+    let (_idp, _up, gw) = setup(&[], "external_url = \"https://wiki.example.com\"").await;
+    let mut b = Browser::default();
+    let a = b.get(&gw.url("/display/ENG/Home")).await;
+    assert_eq!(a.status, StatusCode::FOUND);
+    let auth = a.header("location").unwrap();
+    assert_eq!(
+        query_param(auth, "redirect_uri").as_deref(),
+        Some("https://wiki.example.com/_guestgate/callback")
+    );
+    let state = a
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|v| v.starts_with("guestgate_state_"))
+        .unwrap();
+    assert!(state.ends_with("; Secure"), "{state}");
+    let a = b.get(&gw.url("/_guestgate/logout")).await;
+    let cleared = set_cookie(&a, "guestgate_session").unwrap();
+    assert!(cleared.contains("Secure"), "{cleared}");
+}
+
+#[tokio::test]
+async fn a_sign_in_that_takes_too_long_is_refused() {
+    need_node_modules!();
+    let (idp, _up, gw) = setup(&[], "state_ttl_secs = 1").await;
+    let mut b = Browser::default();
+    let auth = start(&mut b, &gw, "/display/ENG/Home").await;
+    let callback = idp_login(&mut b, &idp, &auth, "gary").await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    // The browser would have dropped the cookie by now; one that still sends it is refused.
+    let a = b.get(&callback).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.text().contains("state_expired"), "{}", a.text());
+    assert!(set_cookie(&a, "guestgate_session").is_none());
+}

@@ -2,7 +2,8 @@
 //!
 //! [`handle`] is the one place a request's path can be read top to bottom. Each stage is a
 //! plain function in its own module; an error from any stage becomes a response in
-//! `GatewayError::into_response` and nowhere else.
+//! `GatewayError::into_response` and nowhere else. Requests under `/_guestgate/` (browser
+//! sign-in, [`signin`]) leave the line right after accept: the gateway answers them itself.
 
 pub mod accept;
 pub mod canonical;
@@ -149,6 +150,7 @@ async fn handle_inner(
         // browser is sent to sign in instead.
         if decided.decision.status == http::StatusCode::UNAUTHORIZED
             && decided.user.is_none()
+            && !gw.config.policy.dry_run
             && let Some(s) = &gw.signin
             && signin::should_redirect(
                 &accepted.method,
