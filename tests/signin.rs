@@ -472,6 +472,17 @@ async fn sessions_are_refreshed_with_the_refresh_token() {
     .await;
     assert_eq!(a.status, StatusCode::OK);
     assert!(idp.stats().await["refresh"].as_u64().unwrap() <= 2);
+
+    let metrics = get(&gw.admin_url("/metrics"), &[]).await.text();
+    let count = |line: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{line} in {metrics}"))
+    };
+    assert!(count("guestgate_session_refreshes_total{result=\"ok\"}") >= 1);
+    assert!(count("guestgate_sign_ins_total{result=\"ok\"}") >= 1);
 }
 
 #[tokio::test]

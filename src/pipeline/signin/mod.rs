@@ -333,7 +333,16 @@ impl SignIn {
         if refresh_due {
             let outcome = self
                 .refreshes
-                .get_with(hash, async { Arc::new(self.refresh(s).await) })
+                .get_with(hash, async {
+                    let outcome = self.refresh(s).await;
+                    let slot = match outcome {
+                        Refresh::Done { .. } => 0,
+                        Refresh::Revoked => 1,
+                        Refresh::Failed => 2,
+                    };
+                    crate::telemetry::count(&crate::telemetry::SESSION_REFRESHES, slot);
+                    Arc::new(outcome)
+                })
                 .await;
             match &*outcome {
                 Refresh::Done { open, cookie } => {
@@ -893,7 +902,10 @@ pub async fn endpoint(
         ));
     }
     if accepted.method == Method::GET && path == s.config.redirect_path {
-        return s.callback(headers, uri, tls, accepted).await;
+        let result = s.callback(headers, uri, tls, accepted).await;
+        let slot = usize::from(result.is_err());
+        crate::telemetry::count(&crate::telemetry::SIGN_INS, slot);
+        return result;
     }
     Err(SignInError::UnknownEndpoint.into())
 }
