@@ -403,6 +403,10 @@ async fn expired_forged_and_foreign_sessions_are_not_accepted() {
         "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
         session(now() + 300, now() + 3600),
     );
+    // Due for refresh (within refresh_before_secs), and the provider refuses the token.
+    let mut revoked = session(now() + 30, now() + 3600);
+    revoked["rt"] = serde_json::json!("a-refresh-token-the-provider-never-issued");
+    let revoked = seal_session(SESSION_KEY_B64, revoked);
     let mut tampered = live.clone().into_bytes();
     let mid = tampered.len() / 2;
     tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
@@ -424,6 +428,7 @@ async fn expired_forged_and_foreign_sessions_are_not_accepted() {
     for (cookie, reason) in [
         (&expired, "session_expired"),
         (&past_max, "session_expired"),
+        (&revoked, "session_expired"),
         (&other_key, "invalid_session"),
         (&tampered, "invalid_session"),
     ] {
@@ -716,4 +721,39 @@ async fn a_sign_in_that_takes_too_long_is_refused() {
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert!(a.text().contains("state_expired"), "{}", a.text());
     assert!(set_cookie(&a, "guestgate_session").is_none());
+}
+
+#[tokio::test]
+async fn a_provider_outage_keeps_sessions_until_they_expire() {
+    need_node_modules!();
+    let (idp, up, gw) = setup(&[], "").await;
+    drop(idp); // the provider is gone before the gateway ever talked to it
+    let mut due = serde_json::json!({"sub": "gary", "u": "gary", "g": ["acme-guests"],
+        "exp": now() + 30, "max": now() + 3600, "rt": "some-refresh-token"});
+    let cookie = format!(
+        "guestgate_session={}",
+        seal_session(SESSION_KEY_B64, due.clone())
+    );
+    let a = get(&gw.url("/display/ENG/Home"), &[("cookie", &cookie)]).await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "kept while still valid: {}",
+        a.text()
+    );
+    assert!(a.header("set-cookie").is_none());
+    assert_eq!(up.forwarded().len(), 1);
+    due["exp"] = serde_json::json!(now() - 1);
+    let cookie = format!("guestgate_session={}", seal_session(SESSION_KEY_B64, due));
+    let a = get(&gw.url("/display/ENG/Home"), &[("cookie", &cookie)]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(a.json()["reason"], "session_expired");
+    // A browser is sent to sign in, but the provider cannot be reached: a 502 page.
+    let a = get(
+        &gw.url("/display/ENG/Home"),
+        &[("cookie", &cookie), ("accept", "text/html")],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    assert!(a.text().contains("idp_unavailable"), "{}", a.text());
 }

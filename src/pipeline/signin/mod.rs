@@ -337,7 +337,11 @@ impl SignIn {
                     let outcome = self.refresh(s).await;
                     let slot = match outcome {
                         Refresh::Done { .. } => 0,
-                        Refresh::Revoked => 1,
+                        Refresh::Revoked => {
+                            // The provider ended it: refuse this cookie without asking again.
+                            self.revoked.insert(hash, ());
+                            1
+                        }
                         Refresh::Failed => 2,
                     };
                     crate::telemetry::count(&crate::telemetry::SESSION_REFRESHES, slot);
