@@ -305,7 +305,19 @@ fn check(path: &Path) -> ExitCode {
         snapshot.directory.shared_spaces().count()
     );
     println!("keys:     {}", snapshot.verifier.key_count());
-    if snapshot.verifier.key_count() == 0 {
+    if let Some(oidc) = &config.identity.oidc {
+        match crate::pipeline::signin::SignIn::check_secrets(oidc) {
+            Ok(n) => println!(
+                "sign-in:  OpenID Connect at {} as client {} ({n} session keys)",
+                oidc.issuer, oidc.client_id
+            ),
+            Err(e) => {
+                eprintln!("{}: {e}", config.path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if snapshot.verifier.key_count() == 0 && config.identity.oidc.is_none() {
         println!("warning:  no verification keys configured: every token will be refused");
     }
     for (at, item) in &expired {

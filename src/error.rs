@@ -11,6 +11,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
 use crate::pipeline::identify::IdentityError;
+use crate::pipeline::signin::SignInError;
 use crate::policy::PolicyError;
 
 /// Body type of every response the gateway sends: either a small body of its own or the
@@ -62,6 +63,9 @@ pub enum GatewayError {
     Unfilterable(&'static str),
     #[error("gateway not ready: {0}")]
     NotReady(&'static str),
+    /// A step of browser sign-in failed (or a `/_guestgate/` path that does not exist).
+    #[error("sign-in: {0}")]
+    SignIn(#[from] SignInError),
 }
 
 impl GatewayError {
@@ -79,6 +83,7 @@ impl GatewayError {
             Self::UpstreamUnavailable(_) | Self::Unfilterable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::SignIn(e) => e.status(),
         }
     }
 
@@ -99,6 +104,7 @@ impl GatewayError {
             Self::ContentUnresolved { .. } => "space_unresolved",
             Self::UpstreamUnavailable(_) => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::SignIn(e) => e.reason(),
         }
     }
 
@@ -117,8 +123,14 @@ impl GatewayError {
         if let Self::Overloaded { retry_after_secs } = &self {
             builder = builder.header(header::RETRY_AFTER, *retry_after_secs);
         }
+        // A failed sign-in says so in words and offers the way back in.
+        let sign_in_hint = match &self {
+            Self::SignIn(e) if e.offers_sign_in() => Some(e.to_string()),
+            _ => None,
+        };
         let (content_type, body) = if wants_html {
-            ("text/html; charset=utf-8", html_page(status, word, reason))
+            let page = html_page(status, word, reason, sign_in_hint.as_deref());
+            ("text/html; charset=utf-8", page)
         } else {
             let body = serde_json::json!({"error": word, "reason": reason});
             ("application/json", body.to_string())
@@ -171,14 +183,22 @@ fn error_word(status: StatusCode) -> &'static str {
     }
 }
 
-fn html_page(status: StatusCode, word: &str, reason: &str) -> String {
+fn html_page(status: StatusCode, word: &str, reason: &str, sign_in: Option<&str>) -> String {
     // `reason` comes from the policy; escape it like any untrusted text.
     let reason = html_escape(reason);
     let title = status.canonical_reason().unwrap_or(word);
+    let extra = match sign_in {
+        Some(what) => format!(
+            "<p>Sign-in failed: {}.</p><p><a href=\"{}\">Sign in again</a></p>",
+            html_escape(what),
+            crate::pipeline::signin::LOGIN_PATH
+        ),
+        None => String::new(),
+    };
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{code} {title}</title></head>\
          <body style=\"font-family:sans-serif;margin:3em\"><h1>{code} {title}</h1>\
-         <p>guestgate refused this request: <code>{reason}</code>.</p></body></html>\n",
+         <p>guestgate refused this request: <code>{reason}</code>.</p>{extra}</body></html>\n",
         code = status.as_u16(),
     )
 }

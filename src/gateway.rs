@@ -25,6 +25,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     pub remote_keys: Option<Arc<crate::pipeline::identify::RemoteKeys>>,
     pub notifier: crate::notify::Notifier,
+    /// Browser sign-in (`[identity.oidc]`); like remote keys, it outlives snapshots.
+    pub signin: Option<Arc<crate::pipeline::signin::SignIn>>,
     /// The active bundle, reused when other files change.
     bundle: std::sync::Mutex<Option<Arc<crate::bundle::BundleContents>>>,
     ready: AtomicBool,
@@ -90,6 +92,8 @@ pub enum StartError {
     Upstream(#[from] UpstreamError),
     #[error("decision log: {0}")]
     DecisionLog(std::io::Error),
+    #[error("{0}")]
+    SignIn(String),
 }
 
 impl Gateway {
@@ -101,6 +105,8 @@ impl Gateway {
         }
         let snapshot = Snapshot::build_with(&config, remote_keys.clone(), None, None)
             .map_err(StartError::Load)?;
+        let signin =
+            crate::pipeline::signin::SignIn::new(&config.identity).map_err(StartError::SignIn)?;
         // With a bundle server, the local policy files only make the process startable:
         // nothing is served until the first bundle is active.
         let ready = AtomicBool::new(config.bundle.is_none());
@@ -130,6 +136,7 @@ impl Gateway {
             decision_log,
             metrics,
             remote_keys,
+            signin,
             bundle: std::sync::Mutex::new(None),
             ready,
             reload_lock: tokio::sync::Mutex::new(()),

@@ -127,8 +127,14 @@ impl DecisionLog {
 pub static TOKEN_CACHE: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 pub static CONTENT_LOOKUPS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 pub static UPSTREAM_ERRORS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+/// Browser sign-ins completed (0) and refused at the callback (1).
+pub static SIGN_INS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+/// Session refreshes: done (0), refused by the provider so the session ended (1), provider
+/// not reachable so the session was kept (2).
+pub static SESSION_REFRESHES: [AtomicU64; 3] =
+    [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
 
-pub fn count(counter: &[AtomicU64; 2], index: usize) {
+pub fn count<const N: usize>(counter: &[AtomicU64; N], index: usize) {
     counter[index].fetch_add(1, Ordering::Relaxed);
 }
 
@@ -270,6 +276,11 @@ impl Metrics {
                 &UPSTREAM_ERRORS,
                 ["kind=\"unavailable\"", "kind=\"timeout\""],
             ),
+            (
+                "guestgate_sign_ins_total",
+                &SIGN_INS,
+                ["result=\"ok\"", "result=\"refused\""],
+            ),
         ] {
             let _ = writeln!(out, "# TYPE {name} counter");
             for (i, label) in labels.iter().enumerate() {
@@ -279,6 +290,14 @@ impl Metrics {
                     counter[i].load(Ordering::Relaxed)
                 );
             }
+        }
+        let _ = writeln!(out, "# TYPE guestgate_session_refreshes_total counter");
+        for (i, word) in ["ok", "refused", "failed"].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "guestgate_session_refreshes_total{{result=\"{word}\"}} {}",
+                SESSION_REFRESHES[i].load(Ordering::Relaxed)
+            );
         }
         self.request_latency
             .render("guestgate_request_duration_seconds", &mut out);

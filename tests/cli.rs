@@ -260,3 +260,67 @@ fn serve_runs_until_sigterm() {
     let status = child.0.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn check_validates_browser_sign_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = TestConfig::new("http://127.0.0.1:9");
+    c.extra_sections = r#"
+[identity.oidc]
+issuer = "http://idp.example.com"
+client_id = ""
+client_secret_env = "GUESTGATE_TEST_NOT_SET"
+client_secret_file = "client_secret"
+scopes = ["profile"]
+redirect_path = "/callback"
+external_url = "https://wiki.example.com/sub"
+"#
+    .into();
+    let path = write_config(dir.path(), &c);
+    let (code, _, err) = guestgate(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    for expected in [
+        "identity.oidc.issuer: `http://idp.example.com` is http: use https, or set allow_http_issuer = true",
+        "identity.oidc.client_id: must not be empty",
+        "identity.oidc.client_secret: set either the _env or the _file key, not both",
+        "identity.oidc.session_keys: is required",
+        "identity.oidc.scopes: must include `openid`",
+        "identity.oidc.redirect_path: `/callback` must be a canonical path under /_guestgate/",
+        "identity.oidc.external_url: `https://wiki.example.com/sub` must be an origin",
+    ] {
+        assert!(err.contains(expected), "{expected}\n{err}");
+    }
+
+    let good = |keys: &str| {
+        std::fs::write(dir.path().join("client_secret"), "s3cret").unwrap();
+        std::fs::write(dir.path().join("session_keys"), keys).unwrap();
+        let mut c = TestConfig::new("http://127.0.0.1:9");
+        c.extra_sections = r#"
+[identity.oidc]
+issuer = "http://127.0.0.1:5556/realms/wiki"
+client_id = "guestgate"
+client_secret_file = "client_secret"
+session_keys_file = "session_keys"
+"#
+        .into();
+        write_config(dir.path(), &c)
+    };
+    let path = good(&format!("{SESSION_KEY_B64}\n{SESSION_KEY_B64}\n"));
+    let (code, out, err) = guestgate(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("sign-in:  OpenID Connect at http://127.0.0.1:5556/realms/wiki as client guestgate (2 session keys)"),
+        "{out}"
+    );
+    let path = good("dG9vIHNob3J0");
+    let (code, _, err) = guestgate(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("identity.oidc.session_keys: session key #1 is 9 bytes"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("dG9vIHNob3J0"),
+        "keys are never echoed: {err}"
+    );
+}

@@ -146,6 +146,64 @@ pub struct IdentityFile {
     pub groups_claim: String,
     pub anonymous: String,
     pub token_cache_max_entries: u64,
+    /// Browser sign-in (`[identity.oidc]`).
+    pub oidc: Option<OidcFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcFile {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret_env: Option<String>,
+    pub client_secret_file: Option<String>,
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+    #[serde(default = "default_redirect_path")]
+    pub redirect_path: String,
+    pub external_url: Option<String>,
+    pub session_keys_env: Option<String>,
+    pub session_keys_file: Option<String>,
+    #[serde(default = "default_session_lifetime")]
+    pub session_lifetime_secs: u64,
+    #[serde(default = "default_refresh_before")]
+    pub refresh_before_secs: u64,
+    #[serde(default = "default_state_ttl")]
+    pub state_ttl_secs: u64,
+    #[serde(default = "default_true")]
+    pub userinfo_groups: bool,
+    #[serde(default = "default_client_auth")]
+    pub client_auth: String,
+    #[serde(default)]
+    pub allow_http_issuer: bool,
+}
+
+fn default_oidc_scopes() -> Vec<String> {
+    vec!["openid".into(), "profile".into(), "email".into()]
+}
+
+fn default_redirect_path() -> String {
+    "/_guestgate/callback".into()
+}
+
+fn default_session_lifetime() -> u64 {
+    8 * 3600
+}
+
+fn default_refresh_before() -> u64 {
+    60
+}
+
+fn default_state_ttl() -> u64 {
+    600
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_client_auth() -> String {
+    "client_secret_basic".into()
 }
 
 impl Default for IdentityFile {
@@ -166,6 +224,7 @@ impl Default for IdentityFile {
             groups_claim: "groups".into(),
             anonymous: "deny".into(),
             token_cache_max_entries: 100_000,
+            oidc: None,
         }
     }
 }

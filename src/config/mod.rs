@@ -146,6 +146,63 @@ pub struct IdentityConfig {
     pub groups_claim: String,
     pub anonymous: AnonymousMode,
     pub token_cache_max_entries: u64,
+    /// Browser sign-in with OpenID Connect; `None` when not configured.
+    pub oidc: Option<OidcConfig>,
+}
+
+/// Where a secret comes from: an environment variable or a (mounted) file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Env(String),
+    File(PathBuf),
+}
+
+impl SecretSource {
+    /// Reads the secret now; the message names the config key and where it looked.
+    pub fn read(&self, key: &str) -> Result<String, String> {
+        match self {
+            Self::Env(var) => std::env::var(var)
+                .map_err(|_| format!("{key}: environment variable ${var} is not set")),
+            Self::File(path) => std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| format!("{key}: {}: {e}", path.display())),
+        }
+    }
+}
+
+/// How the gateway authenticates itself at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// HTTP Basic with the form-encoded id and secret (RFC 6749 §2.3.1).
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    Post,
+}
+
+/// `[identity.oidc]`: the authorization code flow with PKCE for browsers.
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// Exactly as the provider's ID tokens carry it in `iss`.
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: SecretSource,
+    /// Always includes `openid`.
+    pub scopes: Vec<String>,
+    /// Under `/_guestgate/`; the callback's path.
+    pub redirect_path: String,
+    /// The public origin (`https://wiki.example.com`); without it, the request's `Host`.
+    pub external_url: Option<String>,
+    /// One or more base64 keys of 32 bytes: the first seals, every one opens.
+    pub session_keys: SecretSource,
+    /// A session ends this long after sign-in, refreshed or not.
+    pub session_lifetime: Duration,
+    /// A session with a refresh token is refreshed this long before it expires.
+    pub refresh_before: Duration,
+    /// How long a started sign-in may take to come back.
+    pub state_ttl: Duration,
+    /// Ask the userinfo endpoint for the groups when the ID token has no groups claim.
+    pub userinfo_groups: bool,
+    pub client_auth: ClientAuth,
 }
 
 #[derive(Debug, Clone)]

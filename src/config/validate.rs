@@ -464,7 +464,9 @@ impl Validator {
                 "set either hs256_secret_env or hs256_secret_file, not both",
             );
         }
+        let oidc = i.oidc.map(|o| self.oidc(o));
         IdentityConfig {
+            oidc,
             token_sources,
             issuer: i.issuer,
             audience: i.audience,
@@ -480,6 +482,153 @@ impl Validator {
             groups_claim: i.groups_claim,
             anonymous,
             token_cache_max_entries: i.token_cache_max_entries,
+        }
+    }
+
+    fn secret_source(
+        &mut self,
+        key: &str,
+        env: Option<String>,
+        file: Option<String>,
+    ) -> SecretSource {
+        match (env, file) {
+            (Some(var), None) => SecretSource::Env(var),
+            (None, Some(path)) => SecretSource::File(self.resolve(&path)),
+            (Some(var), Some(_)) => {
+                self.error(key, "set either the _env or the _file key, not both");
+                SecretSource::Env(var)
+            }
+            (None, None) => {
+                self.error(key, "is required (as an _env or a _file key)");
+                SecretSource::Env(String::new())
+            }
+        }
+    }
+
+    fn oidc(&mut self, o: super::file::OidcFile) -> OidcConfig {
+        match o.issuer.parse::<http::Uri>() {
+            Ok(uri) => {
+                let loopback = uri.host().is_some_and(is_loopback_host);
+                match uri.scheme_str() {
+                    Some("https") => {}
+                    // Codes, tokens and the client secret would cross the network in clear:
+                    // only a provider on this machine, or an explicit opt-in, may use http.
+                    Some("http") if loopback || o.allow_http_issuer => {}
+                    Some("http") => self.error(
+                        "identity.oidc.issuer",
+                        format_args!(
+                            "`{}` is http: use https, or set allow_http_issuer = true",
+                            o.issuer
+                        ),
+                    ),
+                    _ => self.error(
+                        "identity.oidc.issuer",
+                        format_args!("`{}` must be an https:// URL", o.issuer),
+                    ),
+                }
+                if uri.host().is_none() || uri.query().is_some() {
+                    self.error(
+                        "identity.oidc.issuer",
+                        format_args!("`{}` needs a host and no query", o.issuer),
+                    );
+                }
+            }
+            Err(e) => self.error(
+                "identity.oidc.issuer",
+                format_args!("`{}` is not a URL ({e})", o.issuer),
+            ),
+        }
+        if o.client_id.is_empty() {
+            self.error("identity.oidc.client_id", "must not be empty");
+        }
+        let client_secret = self.secret_source(
+            "identity.oidc.client_secret",
+            o.client_secret_env,
+            o.client_secret_file,
+        );
+        let session_keys = self.secret_source(
+            "identity.oidc.session_keys",
+            o.session_keys_env,
+            o.session_keys_file,
+        );
+        if !o.scopes.iter().any(|s| s == "openid") {
+            self.error("identity.oidc.scopes", "must include `openid`");
+        }
+        if let Some(bad) = o
+            .scopes
+            .iter()
+            .find(|s| s.is_empty() || s.chars().any(|c| c == ' ' || c.is_control()))
+        {
+            self.error(
+                "identity.oidc.scopes",
+                format_args!("`{bad}` is not a scope token"),
+            );
+        }
+        let reserved = [
+            "/_guestgate/login",
+            "/_guestgate/logout",
+            "/_guestgate/signed-out",
+        ];
+        let path_ok = o.redirect_path.starts_with("/_guestgate/")
+            && o.redirect_path.len() > "/_guestgate/".len()
+            && crate::pipeline::canonical::canonicalize(&o.redirect_path)
+                .ok()
+                .as_deref()
+                == Some(o.redirect_path.as_str())
+            && !reserved.contains(&o.redirect_path.as_str());
+        if !path_ok {
+            self.error(
+                "identity.oidc.redirect_path",
+                format_args!(
+                    "`{}` must be a canonical path under /_guestgate/ other than login, logout and signed-out",
+                    o.redirect_path
+                ),
+            );
+        }
+        let external_url = o.external_url.map(|url| {
+            let ok = url
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|u| matches!(u.scheme_str(), Some("http" | "https")))
+                .filter(|u| u.authority().is_some_and(|a| !a.as_str().contains('@')))
+                .filter(|u| matches!(u.path(), "" | "/") && u.query().is_none());
+            if ok.is_none() {
+                self.error(
+                    "identity.oidc.external_url",
+                    format_args!("`{url}` must be an origin such as https://wiki.example.com"),
+                );
+            }
+            url.trim_end_matches('/').to_string()
+        });
+        let client_auth = match o.client_auth.as_str() {
+            "client_secret_basic" => ClientAuth::Basic,
+            "client_secret_post" => ClientAuth::Post,
+            other => {
+                self.error(
+                    "identity.oidc.client_auth",
+                    format_args!("`{other}` is not `client_secret_basic` or `client_secret_post`"),
+                );
+                ClientAuth::Basic
+            }
+        };
+        let session_lifetime = self.secs(
+            "identity.oidc.session_lifetime_secs",
+            o.session_lifetime_secs,
+        );
+        let state_ttl = self.secs("identity.oidc.state_ttl_secs", o.state_ttl_secs);
+        OidcConfig {
+            issuer: o.issuer,
+            client_id: o.client_id,
+            client_secret,
+            scopes: o.scopes,
+            redirect_path: o.redirect_path,
+            external_url,
+            session_keys,
+            session_lifetime,
+            refresh_before: Duration::from_secs(o.refresh_before_secs),
+            state_ttl,
+            userinfo_groups: o.userinfo_groups,
+            client_auth,
         }
     }
 
@@ -543,6 +692,15 @@ fn is_rule_path(query: &str) -> bool {
                 !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             })
     })
+}
+
+/// `localhost`, 127.0.0.0/8 or ::1.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Headers the gateway sets itself towards the upstream; a client (or an operator's

@@ -203,6 +203,8 @@ pub async fn forward(
     if let Some(h) = &upstream.user_header {
         headers.remove(h);
     }
+    // The browser session and sign-in state are the gateway's; the wiki never sees them.
+    super::signin::cookies::strip_gateway_cookies(headers);
     headers.remove(header::HOST);
     let client_ip = conn.remote.ip().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {

@@ -21,7 +21,7 @@ pub use super::jwks::RemoteKeys;
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// A verified token is cached at most this long (and never past its `exp`).
-const MAX_TOKEN_CACHE: Duration = Duration::from_secs(600);
+pub(crate) const MAX_TOKEN_CACHE: Duration = Duration::from_secs(600);
 
 /// Why a token was not accepted; each is the `reason` of a 401.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +58,12 @@ pub enum IdentityError {
     MissingSubject,
     #[error("no verification keys configured")]
     NoKeys,
+    /// A browser session (sign-in) that ended and could not be refreshed.
+    #[error("session expired")]
+    SessionExpired,
+    /// A session cookie that does not open with any of the gateway's session keys.
+    #[error("session invalid")]
+    SessionInvalid,
 }
 
 impl IdentityError {
@@ -79,6 +85,8 @@ impl IdentityError {
             Self::InvalidClaims => "invalid_claims",
             Self::MissingSubject => "missing_subject",
             Self::NoKeys => "no_keys",
+            Self::SessionExpired => "session_expired",
+            Self::SessionInvalid => "invalid_session",
         }
     }
 
@@ -153,7 +161,7 @@ impl std::fmt::Debug for Verifier {
 #[error("{0}")]
 pub struct KeyError(pub String);
 
-struct UntilExp;
+pub(crate) struct UntilExp;
 
 impl moka::Expiry<[u8; 32], Arc<Identity>> for UntilExp {
     fn expire_after_create(
@@ -329,85 +337,21 @@ impl Verifier {
     fn verify_uncached(&self, token: &str, hash: [u8; 32]) -> Result<Identity, IdentityError> {
         let remote = self.remote.as_ref().map(|r| r.keys.load());
         let remote_keys: &[VerifyKey] = remote.as_deref().map_or(&[], |k| k.as_slice());
-        if self.keys.is_empty() && remote_keys.is_empty() {
-            return Err(IdentityError::NoKeys);
-        }
-        let all = || self.keys.iter().chain(remote_keys.iter());
-        let header = parse_header(token)?;
-        // The algorithm is pinned by the key: a token never chooses how it is checked.
-        let key = match &header.kid {
-            Some(kid) => {
-                let key = all()
-                    .find(|k| k.kid.as_deref() == Some(kid.as_str()))
-                    .or_else(|| all().find(|k| k.kid.is_none() && k.alg == header.alg))
-                    .ok_or(IdentityError::UnknownKey)?;
-                if key.alg != header.alg {
-                    return Err(IdentityError::AlgorithmMismatch);
-                }
-                key
-            }
-            None => all()
-                .find(|k| k.alg == header.alg)
-                .ok_or(IdentityError::UnsupportedAlgorithm)?,
-        };
-        let mut validation = Validation::new(key.alg);
-        validation.leeway = self.leeway;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
-        match &self.issuer {
-            Some(iss) => validation.set_issuer(&[iss]),
-            None => validation.iss = None,
-        }
-        match &self.audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
-        }
-        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+        let claims = decode_claims(
             token,
-            &key.key,
-            &validation,
-        )
-        .map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind as K;
-            match e.kind() {
-                K::ExpiredSignature => IdentityError::Expired,
-                K::ImmatureSignature => IdentityError::NotYetValid,
-                K::InvalidIssuer => IdentityError::InvalidIssuer,
-                K::InvalidAudience => IdentityError::InvalidAudience,
-                K::InvalidSignature => IdentityError::InvalidSignature,
-                K::InvalidAlgorithm => IdentityError::AlgorithmMismatch,
-                K::MissingRequiredClaim(_) | K::InvalidClaimFormat(_) => {
-                    IdentityError::InvalidClaims
-                }
-                _ => IdentityError::Malformed,
-            }
-        })?;
-        let claims = data.claims;
+            &self.keys,
+            remote_keys,
+            &ClaimRules {
+                issuer: self.issuer.as_deref(),
+                audience: self.audience.as_deref(),
+                leeway: self.leeway,
+            },
+        )?;
         let expires_at = claims
             .get("exp")
             .and_then(serde_json::Value::as_u64)
             .ok_or(IdentityError::InvalidClaims)?;
-        let name = claims
-            .get(&self.user_claim)
-            .and_then(serde_json::Value::as_str)
-            .or_else(|| claims.get("sub").and_then(serde_json::Value::as_str))
-            .filter(|n| !n.is_empty())
-            .ok_or(IdentityError::MissingSubject)?;
-        let token_groups = match claims.get(&self.groups_claim) {
-            None | Some(serde_json::Value::Null) => Vec::new(),
-            Some(serde_json::Value::String(g)) => vec![Arc::from(g.as_str())],
-            Some(serde_json::Value::Array(gs)) => gs
-                .iter()
-                .map(|g| {
-                    g.as_str()
-                        .map(Arc::from)
-                        .ok_or(IdentityError::InvalidClaims)
-                })
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err(IdentityError::InvalidClaims),
-        };
-        let name = Arc::from(name);
+        let (name, token_groups) = name_and_groups(&claims, &self.user_claim, &self.groups_claim)?;
         let claims: regorus::Value = serde_json::from_value(serde_json::Value::Object(claims))
             .map_err(|_| IdentityError::InvalidClaims)?;
         Ok(Identity {
@@ -417,6 +361,115 @@ impl Verifier {
             token_hash: hash,
             expires_at,
         })
+    }
+}
+
+/// What a token's registered claims must say, besides a valid `exp`.
+pub(crate) struct ClaimRules<'a> {
+    pub issuer: Option<&'a str>,
+    pub audience: Option<&'a str>,
+    pub leeway: u64,
+}
+
+/// Checks a compact JWS against `keys` then `remote_keys` and returns its claims: the
+/// header first (see [`parse_header`]), then the key its `kid` names — whose algorithm is
+/// the only one accepted — then signature, `exp`, `nbf`, issuer and audience. Used for
+/// bearer tokens and for the ID tokens of browser sign-in alike.
+pub(crate) fn decode_claims(
+    token: &str,
+    keys: &[VerifyKey],
+    remote_keys: &[VerifyKey],
+    rules: &ClaimRules<'_>,
+) -> Result<serde_json::Map<String, serde_json::Value>, IdentityError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(IdentityError::TooLarge);
+    }
+    if keys.is_empty() && remote_keys.is_empty() {
+        return Err(IdentityError::NoKeys);
+    }
+    let all = || keys.iter().chain(remote_keys.iter());
+    let header = parse_header(token)?;
+    // The algorithm is pinned by the key: a token never chooses how it is checked.
+    let key = match &header.kid {
+        Some(kid) => {
+            let key = all()
+                .find(|k| k.kid.as_deref() == Some(kid.as_str()))
+                .or_else(|| all().find(|k| k.kid.is_none() && k.alg == header.alg))
+                .ok_or(IdentityError::UnknownKey)?;
+            if key.alg != header.alg {
+                return Err(IdentityError::AlgorithmMismatch);
+            }
+            key
+        }
+        None => all()
+            .find(|k| k.alg == header.alg)
+            .ok_or(IdentityError::UnsupportedAlgorithm)?,
+    };
+    let mut validation = Validation::new(key.alg);
+    validation.leeway = rules.leeway;
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp"]);
+    match rules.issuer {
+        Some(iss) => validation.set_issuer(&[iss]),
+        None => validation.iss = None,
+    }
+    match rules.audience {
+        Some(aud) => validation.set_audience(&[aud]),
+        None => validation.validate_aud = false,
+    }
+    let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+        token,
+        &key.key,
+        &validation,
+    )
+    .map_err(|e| {
+        use jsonwebtoken::errors::ErrorKind as K;
+        match e.kind() {
+            K::ExpiredSignature => IdentityError::Expired,
+            K::ImmatureSignature => IdentityError::NotYetValid,
+            K::InvalidIssuer => IdentityError::InvalidIssuer,
+            K::InvalidAudience => IdentityError::InvalidAudience,
+            K::InvalidSignature => IdentityError::InvalidSignature,
+            K::InvalidAlgorithm => IdentityError::AlgorithmMismatch,
+            K::MissingRequiredClaim(_) | K::InvalidClaimFormat(_) => IdentityError::InvalidClaims,
+            _ => IdentityError::Malformed,
+        }
+    })?;
+    Ok(data.claims)
+}
+
+/// The user name (`user_claim`, falling back to `sub`) and the groups (`groups_claim`: a
+/// string or an array of strings) of a set of claims.
+pub(crate) fn name_and_groups(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    user_claim: &str,
+    groups_claim: &str,
+) -> Result<(Arc<str>, Vec<Arc<str>>), IdentityError> {
+    let name = claims
+        .get(user_claim)
+        .and_then(serde_json::Value::as_str)
+        .or_else(|| claims.get("sub").and_then(serde_json::Value::as_str))
+        .filter(|n| !n.is_empty())
+        .ok_or(IdentityError::MissingSubject)?;
+    let groups = groups_of(claims.get(groups_claim))?;
+    Ok((Arc::from(name), groups))
+}
+
+/// A groups claim: absent or null (none), one string, or an array of strings.
+pub(crate) fn groups_of(value: Option<&serde_json::Value>) -> Result<Vec<Arc<str>>, IdentityError> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(serde_json::Value::String(g)) => Ok(vec![Arc::from(g.as_str())]),
+        Some(serde_json::Value::Array(gs)) => gs
+            .iter()
+            .map(|g| {
+                g.as_str()
+                    .map(Arc::from)
+                    .ok_or(IdentityError::InvalidClaims)
+            })
+            .collect(),
+        Some(_) => Err(IdentityError::InvalidClaims),
     }
 }
 

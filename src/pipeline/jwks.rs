@@ -61,6 +61,23 @@ impl RemoteKeys {
         })))
     }
 
+    /// Keys found through `{issuer}/.well-known/openid-configuration` (browser sign-in's ID
+    /// tokens), refreshed like `identity.jwks_url`.
+    pub fn from_discovery(
+        issuer: &str,
+        refresh_every: Duration,
+        min_refetch: Duration,
+    ) -> Result<Arc<RemoteKeys>, KeyError> {
+        Ok(Arc::new(RemoteKeys {
+            source: Source::Discovery(issuer.trim_end_matches('/').to_string()),
+            keys: ArcSwap::from_pointee(Vec::new()),
+            client: crate::http_client::build(None, Duration::from_secs(5)).map_err(KeyError)?,
+            last_fetch: tokio::sync::Mutex::new(None),
+            refresh_every,
+            min_refetch,
+        }))
+    }
+
     pub fn key_count(&self) -> usize {
         self.keys.load().len()
     }

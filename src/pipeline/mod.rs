@@ -2,7 +2,8 @@
 //!
 //! [`handle`] is the one place a request's path can be read top to bottom. Each stage is a
 //! plain function in its own module; an error from any stage becomes a response in
-//! `GatewayError::into_response` and nowhere else.
+//! `GatewayError::into_response` and nowhere else. Requests under `/_guestgate/` (browser
+//! sign-in, [`signin`]) leave the line right after accept: the gateway answers them itself.
 
 pub mod accept;
 pub mod canonical;
@@ -13,6 +14,7 @@ pub mod identify;
 pub mod jwks;
 pub mod limits;
 pub mod rewrite;
+pub mod signin;
 
 use std::sync::Arc;
 
@@ -23,14 +25,25 @@ use crate::error::{GatewayError, ProxyBody};
 use crate::gateway::Gateway;
 use crate::snapshot::Snapshot;
 use forward::{ConnInfo, ForwardIdentity};
+use identify::Caller;
+
+/// Where a browser sent to sign in comes back to: the canonical path and the query it
+/// asked for (same origin by construction).
+fn return_path(accepted: &accept::Accepted) -> String {
+    match &accepted.query {
+        Some(q) => format!("{}?{q}", accepted.path),
+        None => accepted.path.clone(),
+    }
+}
 
 /// Handles one request end to end. Never fails: refusals are responses.
 pub async fn handle(gw: &Gateway, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
     let snapshot = gw.snapshot();
     let wants_html = accept::prefers_html(req.headers());
     let started = std::time::Instant::now();
-    let result = handle_inner(gw, &snapshot, req, conn).await;
-    let response = match result {
+    let mut refreshed_session = None;
+    let result = handle_inner(gw, &snapshot, req, conn, &mut refreshed_session).await;
+    let mut response = match result {
         Ok(response) => response,
         Err(error) => {
             if matches!(
@@ -44,6 +57,13 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, conn: ConnInfo) -> Res
             error.into_response(wants_html)
         }
     };
+    // A session refreshed on the way in is handed back whatever the answer, so the
+    // browser does not refresh it again on its next request.
+    if let Some(cookie) = refreshed_session {
+        response
+            .headers_mut()
+            .append(http::header::SET_COOKIE, cookie);
+    }
     gw.metrics
         .observe_request(response.status(), started.elapsed());
     response
@@ -54,6 +74,7 @@ async fn handle_inner(
     snapshot: &Arc<Snapshot>,
     req: Request<Incoming>,
     conn: ConnInfo,
+    refreshed_session: &mut Option<http::HeaderValue>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     if let Some(answer) = accept::asterisk_options(&req) {
         return Ok(answer);
@@ -62,10 +83,39 @@ async fn handle_inner(
         return Err(GatewayError::NotReady("policy_not_loaded"));
     }
     let accepted = accept::accept(&req, &gw.config.server, &snapshot.routes)?;
-    let caller = snapshot.verifier.identify(req.headers()).await;
+    // `/_guestgate/` is the gateway's own namespace (sign-in): answered here, never
+    // classified by the route profile, never forwarded.
+    if signin::is_gateway_path(&accepted.path) {
+        return signin::endpoint(
+            gw.signin.as_deref(),
+            req.headers(),
+            req.uri(),
+            conn.tls,
+            &accepted,
+        )
+        .await;
+    }
+    let mut caller = snapshot.verifier.identify(req.headers()).await;
+    // A token, when one is sent, decides who the caller is; a browser's session cookie
+    // only speaks when there is none.
+    if let (Caller::Anonymous, Some(signin)) = (&caller, &gw.signin) {
+        (caller, *refreshed_session) = signin.session_caller(req.headers(), conn.tls).await;
+    }
     let mut route = classify::classify(&snapshot.routes, &accepted, gw.config.rewrite.json);
     let body_limit = limits::body_limit(&req, &route, &gw.config.server)?;
-    let principal = decide::principal(snapshot, &route, &caller, gw.config.identity.anonymous)?;
+    let principal = match decide::principal(snapshot, &route, &caller, gw.config.identity.anonymous)
+    {
+        Err(GatewayError::Unauthorized(e)) => {
+            return match &gw.signin {
+                Some(s) if signin::should_redirect(&accepted.method, accepted.wants_html, &e) => {
+                    s.start(req.headers(), req.uri(), conn.tls, &return_path(&accepted))
+                        .await
+                }
+                _ => Err(GatewayError::Unauthorized(e)),
+            };
+        }
+        other => other?,
+    };
     // A content id's space is needed where the wiki itself will not stop the user — for
     // guests, and a failed lookup denies them — and for the banner every viewer sees, where
     // a failed lookup only means no banner. Regular users otherwise pass straight through.
@@ -96,6 +146,22 @@ async fn handle_inner(
         .record(&snapshot.revision, &decided, gw.config.policy.dry_run);
     gw.metrics.observe_decision(&route, &decided);
     if !decided.decision.allow {
+        // `anonymous = "policy"`: a policy that wants a signed-in user answers 401; a
+        // browser is sent to sign in instead.
+        if decided.decision.status == http::StatusCode::UNAUTHORIZED
+            && decided.user.is_none()
+            && !gw.config.policy.dry_run
+            && let Some(s) = &gw.signin
+            && signin::should_redirect(
+                &accepted.method,
+                accepted.wants_html,
+                &identify::IdentityError::Missing,
+            )
+        {
+            return s
+                .start(req.headers(), req.uri(), conn.tls, &return_path(&accepted))
+                .await;
+        }
         if gw.config.policy.dry_run {
             // Dry run (OPA-Envoy's `dry-run`): the denial is logged and counted, never enforced.
             tracing::info!(

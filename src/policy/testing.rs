@@ -21,13 +21,18 @@ pub struct TestOutcome {
     pub detail: Option<String>,
 }
 
+/// A test rule may walk many cases in one evaluation (every family, every boundary), on a
+/// busy CI machine, in a debug build: it gets this long however tight the request-path
+/// `policy.eval_timeout_ms` is, so a slow machine never fails a correct test.
+const TEST_EVAL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Runs every `test_*` rule of `files` against `data`.
 pub fn run_tests(
     files: &[(PathBuf, String)],
     data: &Value,
     eval_timeout: Duration,
 ) -> Result<Vec<TestOutcome>, PolicyError> {
-    let engine = engine_with(files, data, eval_timeout)?;
+    let engine = engine_with(files, data, eval_timeout.max(TEST_EVAL_TIMEOUT))?;
     let mut outcomes = Vec::new();
     for (file, text) in files {
         let Some(package) = package_of(text) else {

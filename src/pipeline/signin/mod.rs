@@ -1,0 +1,980 @@
+//! Browser sign-in: the OpenID Connect authorization code flow with PKCE, and the sealed
+//! session cookie it ends in.
+//!
+//! Two places in the pipeline reach this module:
+//! - **identify**: when no token was sent, [`SignIn::session_caller`] opens the
+//!   `guestgate_session` cookie (refreshing it first when it is due) into the same
+//!   [`Identity`] a bearer token gives, so decide treats both alike.
+//! - **the `/_guestgate/` namespace**: requests under [`PREFIX`] are the gateway's own
+//!   (login, callback, logout, signed-out). They are answered by [`endpoint`], never
+//!   classified by the route profile and never forwarded to the wiki.
+//!
+//! A browser (`Accept: text/html`, `GET`/`HEAD`) that has no valid session where one is
+//! needed is sent to the provider by [`SignIn::start`] instead of getting a 401.
+
+pub mod cookies;
+mod provider;
+pub mod seal;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, header};
+
+use super::accept::Accepted;
+use super::identify::{
+    Caller, ClaimRules, Identity, IdentityError, RemoteKeys, decode_claims, groups_of,
+    name_and_groups, sha256, unix_now,
+};
+use crate::config::{IdentityConfig, OidcConfig};
+use crate::error::{GatewayError, ProxyBody, full_body, html_escape};
+use provider::IdpClient;
+use seal::{Sealer, random_token};
+
+/// Paths under this prefix belong to the gateway.
+pub const PREFIX: &str = "/_guestgate/";
+pub const LOGIN_PATH: &str = "/_guestgate/login";
+pub const LOGOUT_PATH: &str = "/_guestgate/logout";
+pub const SIGNED_OUT_PATH: &str = "/_guestgate/signed-out";
+
+/// Browsers keep cookies up to 4096 bytes (name, value and attributes together).
+const MAX_COOKIE_VALUE: usize = 3800;
+/// A return path longer than this is replaced by `/` (it rides in the state cookie).
+const MAX_RETURN_PATH: usize = 1024;
+/// How long a refresh's result is shared by the requests that carry the old cookie.
+const REFRESH_SHARED_FOR: Duration = Duration::from_secs(30);
+
+/// True for a path the gateway answers itself.
+pub fn is_gateway_path(path: &str) -> bool {
+    path.starts_with(PREFIX) || path == "/_guestgate"
+}
+
+/// Why a sign-in step was refused. Mapped to a response in `error.rs`.
+#[derive(Debug, thiserror::Error)]
+pub enum SignInError {
+    #[error("browser sign-in is not configured")]
+    NotConfigured,
+    #[error("no such gateway endpoint")]
+    UnknownEndpoint,
+    #[error("the callback carries no state")]
+    StateMissing,
+    /// No sign-in started in this browser matches the callback's state: a tampered or
+    /// forged callback, another browser's callback, or cookies refused.
+    #[error("no sign-in in progress in this browser matches the callback's state")]
+    StateMismatch,
+    #[error("the sign-in took too long")]
+    StateExpired,
+    #[error("this sign-in has already been completed")]
+    StateReused,
+    #[error("the callback names another issuer")]
+    IssuerMismatch,
+    #[error("the identity provider refused the sign-in: {0}")]
+    IdpRefused(String),
+    #[error("the callback carries no code")]
+    CodeMissing,
+    #[error("the identity provider refused the code: {error}")]
+    TokenRejected { error: String },
+    #[error("the token response has no ID token")]
+    NoIdToken,
+    #[error("the ID token is not valid: {0}")]
+    IdToken(#[source] IdentityError),
+    #[error("the ID token's nonce is not the one this sign-in sent")]
+    NonceMismatch,
+    #[error("userinfo: {0}")]
+    Userinfo(String),
+    #[error("identity provider unavailable: {0}")]
+    IdpUnavailable(String),
+    #[error("the session does not fit in a cookie")]
+    SessionTooLarge,
+    #[error("the request names no host")]
+    NoHost,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl SignInError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotConfigured | Self::UnknownEndpoint => StatusCode::NOT_FOUND,
+            Self::StateMissing
+            | Self::StateMismatch
+            | Self::StateExpired
+            | Self::StateReused
+            | Self::IssuerMismatch
+            | Self::CodeMissing
+            | Self::TokenRejected { .. }
+            | Self::NoHost => StatusCode::BAD_REQUEST,
+            Self::IdpRefused(_) => StatusCode::FORBIDDEN,
+            Self::NoIdToken | Self::IdToken(_) | Self::NonceMismatch => StatusCode::UNAUTHORIZED,
+            Self::Userinfo(_) | Self::IdpUnavailable(_) => StatusCode::BAD_GATEWAY,
+            Self::SessionTooLarge | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotConfigured | Self::UnknownEndpoint => "not_found",
+            Self::StateMissing => "state_missing",
+            Self::StateMismatch => "state_mismatch",
+            Self::StateExpired => "state_expired",
+            Self::StateReused => "state_reused",
+            Self::IssuerMismatch => "issuer_mismatch",
+            Self::IdpRefused(_) => "sign_in_refused",
+            Self::CodeMissing => "code_missing",
+            Self::TokenRejected { .. } => "code_rejected",
+            Self::NoIdToken => "no_id_token",
+            Self::IdToken(_) => "invalid_id_token",
+            Self::NonceMismatch => "nonce_mismatch",
+            Self::Userinfo(_) => "userinfo_failed",
+            Self::IdpUnavailable(_) => "idp_unavailable",
+            Self::SessionTooLarge => "session_too_large",
+            Self::NoHost => "missing_host",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    /// Whether a person can fix this by signing in again (the error page offers it).
+    pub fn offers_sign_in(&self) -> bool {
+        !matches!(self, Self::NotConfigured | Self::UnknownEndpoint)
+    }
+}
+
+/// One sign-in in progress, sealed in its `guestgate_state_…` cookie. The return path
+/// lives here, not in the round trip through the provider, so nobody can change it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LoginState {
+    state: String,
+    nonce: String,
+    verifier: String,
+    /// A same-origin path (with query) to come back to.
+    rd: String,
+    exp: u64,
+}
+
+/// A signed-in browser, sealed in `guestgate_session`. Short field names: it is a cookie.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Session {
+    sub: String,
+    /// The user name (`identity.user_claim`, else `sub`).
+    u: String,
+    /// Groups from the ID token or userinfo (`identity.groups_claim`).
+    g: Vec<String>,
+    /// Valid until (the provider's token lifetime); refreshed before it where possible.
+    exp: u64,
+    /// The absolute end: sign-in time + `session_lifetime_secs`.
+    max: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rt: Option<String>,
+    /// Kept only for RP-initiated logout's `id_token_hint`, and only when it fits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idt: Option<String>,
+}
+
+struct OpenSession {
+    session: Session,
+    identity: Arc<Identity>,
+}
+
+enum Refresh {
+    Done {
+        open: Arc<OpenSession>,
+        cookie: String,
+    },
+    /// The provider refused the refresh token (revoked, expired, user gone): the session
+    /// ends now.
+    Revoked,
+    /// The provider could not be asked: keep the session until it expires.
+    Failed,
+}
+
+pub struct SignIn {
+    config: OidcConfig,
+    user_claim: String,
+    groups_claim: String,
+    leeway: u64,
+    sealer: Sealer,
+    idp: IdpClient,
+    keys: Arc<RemoteKeys>,
+    /// Hashes of `state` values already completed (single use within this process).
+    used_states: moka::sync::Cache<[u8; 32], ()>,
+    /// Hashes of session cookies ended by logout in this process.
+    revoked: moka::sync::Cache<[u8; 32], ()>,
+    /// Opened session cookies, by hash, so a request does not re-open and re-parse.
+    opened: moka::sync::Cache<[u8; 32], Arc<OpenSession>>,
+    /// Refreshes by the hash of the cookie they replace; concurrent requests share one.
+    refreshes: moka::future::Cache<[u8; 32], Arc<Refresh>>,
+}
+
+impl std::fmt::Debug for SignIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignIn")
+            .field("issuer", &self.config.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SignIn {
+    /// Reads the client secret and session keys. `Ok(None)` when `[identity.oidc]` is not
+    /// configured. Must run inside a tokio runtime: it starts fetching the provider's keys.
+    pub fn new(identity: &IdentityConfig) -> Result<Option<Arc<SignIn>>, String> {
+        let Some(config) = &identity.oidc else {
+            return Ok(None);
+        };
+        let secret = config.client_secret.read("identity.oidc.client_secret")?;
+        let sealer = Sealer::from_text(&config.session_keys.read("identity.oidc.session_keys")?)
+            .map_err(|e| format!("identity.oidc.session_keys: {e}"))?;
+        let keys = RemoteKeys::from_discovery(
+            &config.issuer,
+            identity.jwks_refresh,
+            identity.jwks_min_refetch,
+        )
+        .map_err(|e| e.0)?;
+        keys.start();
+        let lifetime = config.session_lifetime;
+        Ok(Some(Arc::new(SignIn {
+            idp: IdpClient::new(config, secret)?,
+            keys,
+            sealer,
+            user_claim: identity.user_claim.clone(),
+            groups_claim: identity.groups_claim.clone(),
+            leeway: identity.leeway_secs,
+            used_states: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(config.state_ttl + Duration::from_secs(60))
+                .build(),
+            revoked: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(lifetime)
+                .build(),
+            opened: moka::sync::Cache::builder()
+                .max_capacity(identity.token_cache_max_entries)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+            refreshes: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(REFRESH_SHARED_FOR)
+                .build(),
+            config: config.clone(),
+        })))
+    }
+
+    /// Reads and checks the client secret and the session keys without contacting the
+    /// provider (for `guestgate check`). `Ok` tells how many session keys there are.
+    pub fn check_secrets(config: &OidcConfig) -> Result<usize, String> {
+        config.client_secret.read("identity.oidc.client_secret")?;
+        let sealer = Sealer::from_text(&config.session_keys.read("identity.oidc.session_keys")?)
+            .map_err(|e| format!("identity.oidc.session_keys: {e}"))?;
+        Ok(sealer.key_count())
+    }
+
+    /// Cookies get `Secure` when the browser reaches the gateway over TLS (directly, or
+    /// through a TLS front whose `external_url` says https).
+    fn secure(&self, tls: bool) -> bool {
+        tls || self
+            .config
+            .external_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"))
+    }
+
+    /// The origin browsers use: `external_url`, else the request's own scheme and `Host`
+    /// (checked by accept). The provider only redirects to registered URIs, so a forged
+    /// `Host` cannot send a code elsewhere.
+    fn origin(&self, headers: &HeaderMap, uri: &Uri, tls: bool) -> Result<String, SignInError> {
+        if let Some(url) = &self.config.external_url {
+            return Ok(url.clone());
+        }
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| !h.is_empty())
+            .or_else(|| uri.authority().map(|a| a.as_str()))
+            .ok_or(SignInError::NoHost)?;
+        Ok(format!("{}://{host}", if tls { "https" } else { "http" }))
+    }
+
+    // ---- identify ---------------------------------------------------------------------
+
+    /// The caller a session cookie stands for, and the `Set-Cookie` of a refreshed session
+    /// for the response. No cookie: `Anonymous`. A cookie that does not open:
+    /// `Rejected(SessionInvalid)`. An ended session: `Rejected(SessionExpired)`.
+    pub async fn session_caller(
+        &self,
+        headers: &HeaderMap,
+        tls: bool,
+    ) -> (Caller, Option<HeaderValue>) {
+        let Some(value) = cookies::get(headers, cookies::SESSION) else {
+            return (Caller::Anonymous, None);
+        };
+        let hash = sha256(value.as_bytes());
+        if self.revoked.contains_key(&hash) {
+            return (Caller::Rejected(IdentityError::SessionExpired), None);
+        }
+        let open = match self.opened.get(&hash) {
+            Some(open) => open,
+            None => match self.open_session(value, hash) {
+                Some(open) => {
+                    let open = Arc::new(open);
+                    self.opened.insert(hash, open.clone());
+                    open
+                }
+                None => return (Caller::Rejected(IdentityError::SessionInvalid), None),
+            },
+        };
+        let now = unix_now();
+        let s = &open.session;
+        if now >= s.max {
+            return (Caller::Rejected(IdentityError::SessionExpired), None);
+        }
+        let refresh_due =
+            s.rt.is_some() && s.exp.saturating_sub(now) <= self.config.refresh_before.as_secs();
+        if refresh_due {
+            let outcome = self
+                .refreshes
+                .get_with(hash, async {
+                    let outcome = self.refresh(s).await;
+                    let slot = match outcome {
+                        Refresh::Done { .. } => 0,
+                        Refresh::Revoked => {
+                            // The provider ended it: refuse this cookie without asking again.
+                            self.revoked.insert(hash, ());
+                            1
+                        }
+                        Refresh::Failed => 2,
+                    };
+                    crate::telemetry::count(&crate::telemetry::SESSION_REFRESHES, slot);
+                    Arc::new(outcome)
+                })
+                .await;
+            match &*outcome {
+                Refresh::Done { open, cookie } => {
+                    let max_age = open.session.max.saturating_sub(now);
+                    let set =
+                        cookies::set(cookies::SESSION, cookie, "/", max_age, self.secure(tls));
+                    return (Caller::Authenticated(open.identity.clone()), Some(set));
+                }
+                Refresh::Revoked => {
+                    return (Caller::Rejected(IdentityError::SessionExpired), None);
+                }
+                Refresh::Failed => {}
+            }
+        }
+        if now >= s.exp {
+            return (Caller::Rejected(IdentityError::SessionExpired), None);
+        }
+        (Caller::Authenticated(open.identity.clone()), None)
+    }
+
+    fn open_session(&self, value: &str, hash: [u8; 32]) -> Option<OpenSession> {
+        let plain = self.sealer.open(cookies::SESSION, value)?;
+        let session: Session = serde_json::from_slice(&plain).ok()?;
+        let identity = self.identity_of(&session, hash)?;
+        Some(OpenSession {
+            session,
+            identity: Arc::new(identity),
+        })
+    }
+
+    /// What decide sees: the same shape as a bearer token's identity. The claims the policy
+    /// gets are the session's own (issuer, subject, user, groups), not the whole ID token.
+    fn identity_of(&self, s: &Session, hash: [u8; 32]) -> Option<Identity> {
+        let mut claims = serde_json::Map::new();
+        claims.insert("iss".into(), self.config.issuer.clone().into());
+        claims.insert("sub".into(), s.sub.clone().into());
+        claims.insert(self.user_claim.clone(), s.u.clone().into());
+        claims.insert(self.groups_claim.clone(), s.g.clone().into());
+        let claims = serde_json::from_value(serde_json::Value::Object(claims)).ok()?;
+        Some(Identity {
+            name: Arc::from(s.u.as_str()),
+            token_groups: s.g.iter().map(|g| Arc::from(g.as_str())).collect(),
+            claims,
+            token_hash: hash,
+            expires_at: s.exp,
+        })
+    }
+
+    async fn refresh(&self, old: &Session) -> Refresh {
+        let Some(rt) = &old.rt else {
+            return Refresh::Failed;
+        };
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", rt.as_str()),
+        ];
+        let tokens = match self.idp.token(&form).await {
+            Ok(t) => t,
+            Err(SignInError::TokenRejected { error }) => {
+                tracing::info!(user = %old.u, error = %error, "refresh token refused; session ends");
+                return Refresh::Revoked;
+            }
+            Err(e) => {
+                tracing::warn!(user = %old.u, error = %e, "cannot refresh a session; keeping it until it expires");
+                return Refresh::Failed;
+            }
+        };
+        let now = unix_now();
+        let mut new = old.clone();
+        let mut id_exp = None;
+        match &tokens.id_token {
+            Some(idt) => match self.verify_id_token(idt, None).await {
+                // OIDC Core §12.2: a refreshed ID token must be about the same subject.
+                Ok(claims) if claims.get("sub").and_then(|v| v.as_str()) == Some(&old.sub) => {
+                    match self
+                        .groups_for(&claims, tokens.access_token.as_deref())
+                        .await
+                    {
+                        Ok(Some(groups)) => new.g = groups,
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "refresh: groups unavailable; keeping the previous ones")
+                        }
+                    }
+                    id_exp = claims.get("exp").and_then(|v| v.as_u64());
+                    new.idt = Some(idt.clone());
+                }
+                Ok(_) => {
+                    tracing::warn!(user = %old.u, "refreshed ID token names another subject; session ends");
+                    return Refresh::Revoked;
+                }
+                Err(e) => {
+                    tracing::warn!(user = %old.u, error = %e, "refreshed ID token invalid; session ends");
+                    return Refresh::Revoked;
+                }
+            },
+            None => {
+                if let Some(at) = tokens.access_token.as_deref()
+                    && self.config.userinfo_groups
+                {
+                    match self.userinfo_groups(at, &old.sub).await {
+                        Ok(Some(groups)) => new.g = groups,
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "refresh: groups unavailable; keeping the previous ones")
+                        }
+                    }
+                }
+            }
+        }
+        new.exp = session_exp(tokens.expires_in, id_exp, now).min(new.max);
+        if let Some(rt) = tokens.refresh_token {
+            new.rt = Some(rt);
+        }
+        let cookie = match self.seal_session(&mut new) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "refreshed session cannot be sealed");
+                return Refresh::Failed;
+            }
+        };
+        let hash = sha256(cookie.as_bytes());
+        let Some(identity) = self.identity_of(&new, hash) else {
+            return Refresh::Failed;
+        };
+        let open = Arc::new(OpenSession {
+            session: new,
+            identity: Arc::new(identity),
+        });
+        self.opened.insert(hash, open.clone());
+        Refresh::Done { open, cookie }
+    }
+
+    /// Seals a session into a cookie value that fits: without the ID token (only used as
+    /// logout's hint) if need be, refused if even that is too large (huge group lists).
+    fn seal_session(&self, s: &mut Session) -> Result<String, SignInError> {
+        let seal = |s: &Session| -> Result<String, SignInError> {
+            let json = serde_json::to_vec(s).map_err(|e| SignInError::Internal(e.to_string()))?;
+            self.sealer
+                .seal(cookies::SESSION, &json)
+                .map_err(SignInError::Internal)
+        };
+        let sealed = seal(s)?;
+        if sealed.len() <= MAX_COOKIE_VALUE {
+            return Ok(sealed);
+        }
+        s.idt = None;
+        let sealed = seal(s)?;
+        if sealed.len() <= MAX_COOKIE_VALUE {
+            Ok(sealed)
+        } else {
+            Err(SignInError::SessionTooLarge)
+        }
+    }
+
+    // ---- the flow ---------------------------------------------------------------------
+
+    /// Sends the browser to the provider: `state` (bound to this browser by its sealed
+    /// cookie), `nonce` and a PKCE S256 challenge; `return_to` must be a same-origin path.
+    pub async fn start(
+        &self,
+        headers: &HeaderMap,
+        uri: &Uri,
+        tls: bool,
+        return_to: &str,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        let meta = self.idp.metadata().await?;
+        let origin = self.origin(headers, uri, tls)?;
+        let random = || random_token(32).map_err(SignInError::Internal);
+        let (state, nonce, verifier) = (random()?, random()?, random()?);
+        let challenge = URL_SAFE_NO_PAD.encode(sha256(verifier.as_bytes()));
+        let mut url = meta.authorization_endpoint.clone();
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str(
+            &form_urlencoded::Serializer::new(String::new())
+                .append_pair("response_type", "code")
+                .append_pair("client_id", &self.config.client_id)
+                .append_pair(
+                    "redirect_uri",
+                    &format!("{origin}{}", self.config.redirect_path),
+                )
+                .append_pair("scope", &self.config.scopes.join(" "))
+                .append_pair("state", &state)
+                .append_pair("nonce", &nonce)
+                .append_pair("code_challenge", &challenge)
+                .append_pair("code_challenge_method", "S256")
+                .finish(),
+        );
+        let ttl = self.config.state_ttl.as_secs();
+        let login = LoginState {
+            rd: safe_return_path(return_to),
+            exp: unix_now() + ttl,
+            state,
+            nonce,
+            verifier,
+        };
+        let sealed = serde_json::to_vec(&login)
+            .map_err(|e| SignInError::Internal(e.to_string()))
+            .and_then(|json| {
+                self.sealer
+                    .seal(cookies::STATE_PREFIX, &json)
+                    .map_err(SignInError::Internal)
+            })?;
+        let cookie = cookies::set(
+            &state_cookie_name(&login.state),
+            &sealed,
+            &self.config.redirect_path,
+            ttl,
+            self.secure(tls),
+        );
+        Ok(redirect(&url, [cookie]))
+    }
+
+    /// The provider's redirect back: state checked against this browser's cookie (once),
+    /// code exchanged with the PKCE verifier, ID token verified (signature from the
+    /// provider's JWKS, issuer, audience, nonce), session cookie set.
+    async fn callback(
+        &self,
+        headers: &HeaderMap,
+        uri: &Uri,
+        tls: bool,
+        accepted: &Accepted,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        let param = |name: &str| {
+            accepted
+                .params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let state = param("state")
+            .filter(|s| !s.is_empty())
+            .ok_or(SignInError::StateMissing)?;
+        let name = state_cookie_name(state);
+        let login: LoginState = cookies::get(headers, &name)
+            .and_then(|sealed| self.sealer.open(cookies::STATE_PREFIX, sealed))
+            .and_then(|json| serde_json::from_slice(&json).ok())
+            .ok_or(SignInError::StateMismatch)?;
+        if !constant_eq(login.state.as_bytes(), state.as_bytes()) {
+            return Err(SignInError::StateMismatch.into());
+        }
+        if unix_now() >= login.exp {
+            return Err(SignInError::StateExpired.into());
+        }
+        let first_use = self
+            .used_states
+            .entry(sha256(state.as_bytes()))
+            .or_insert(())
+            .is_fresh();
+        if !first_use {
+            return Err(SignInError::StateReused.into());
+        }
+        // RFC 9207: a provider that names itself in the response must be the one asked.
+        if let Some(iss) = param("iss")
+            && iss != self.config.issuer
+        {
+            return Err(SignInError::IssuerMismatch.into());
+        }
+        if let Some(error) = param("error") {
+            let error: String = error
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(64)
+                .collect();
+            return Err(SignInError::IdpRefused(error).into());
+        }
+        let code = param("code")
+            .filter(|c| !c.is_empty())
+            .ok_or(SignInError::CodeMissing)?;
+        let redirect_uri = format!(
+            "{}{}",
+            self.origin(headers, uri, tls)?,
+            self.config.redirect_path
+        );
+        let tokens = self
+            .idp
+            .token(&[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", &redirect_uri),
+                ("code_verifier", &login.verifier),
+            ])
+            .await?;
+        let id_token = tokens.id_token.as_deref().ok_or(SignInError::NoIdToken)?;
+        let claims = self.verify_id_token(id_token, Some(&login.nonce)).await?;
+        let (user, _) = name_and_groups(&claims, &self.user_claim, &self.groups_claim)
+            .map_err(SignInError::IdToken)?;
+        let sub = claims
+            .get("sub")
+            .and_then(|v| v.as_str())
+            .ok_or(SignInError::IdToken(IdentityError::MissingSubject))?;
+        let groups = self
+            .groups_for(&claims, tokens.access_token.as_deref())
+            .await?
+            .unwrap_or_default();
+        let now = unix_now();
+        let max = now + self.config.session_lifetime.as_secs();
+        let id_exp = claims.get("exp").and_then(|v| v.as_u64());
+        let ends_at_idp = self.idp.metadata().await?.end_session_endpoint.is_some();
+        let mut session = Session {
+            sub: sub.to_string(),
+            u: user.to_string(),
+            g: groups,
+            exp: session_exp(tokens.expires_in, id_exp, now).min(max),
+            max,
+            rt: tokens.refresh_token,
+            idt: ends_at_idp.then(|| id_token.to_string()),
+        };
+        let sealed = self.seal_session(&mut session)?;
+        tracing::info!(user = %session.u, "signed in");
+        let secure = self.secure(tls);
+        Ok(redirect(
+            &login.rd,
+            [
+                cookies::set(cookies::SESSION, &sealed, "/", max - now, secure),
+                cookies::clear(&name, &self.config.redirect_path, secure),
+            ],
+        ))
+    }
+
+    /// Verifies an ID token with the provider's keys (refetched once for an unknown `kid`,
+    /// as after a key rotation): issuer, audience = client id, `azp` when present, and —
+    /// after a sign-in, not after a refresh — the nonce.
+    async fn verify_id_token(
+        &self,
+        token: &str,
+        nonce: Option<&str>,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, SignInError> {
+        let rules = ClaimRules {
+            issuer: Some(&self.config.issuer),
+            audience: Some(&self.config.client_id),
+            leeway: self.leeway,
+        };
+        let check = || decode_claims(token, &[], &self.keys.keys.load(), &rules);
+        let mut result = check();
+        if matches!(
+            result,
+            Err(IdentityError::UnknownKey | IdentityError::NoKeys)
+        ) && self.keys.refresh_for_unknown_key().await
+        {
+            result = check();
+        }
+        let claims = result.map_err(SignInError::IdToken)?;
+        if let Some(azp) = claims.get("azp")
+            && azp.as_str() != Some(self.config.client_id.as_str())
+        {
+            return Err(SignInError::IdToken(IdentityError::InvalidAudience));
+        }
+        if let Some(expected) = nonce {
+            let got = claims.get("nonce").and_then(|v| v.as_str()).unwrap_or("");
+            if !constant_eq(got.as_bytes(), expected.as_bytes()) {
+                return Err(SignInError::NonceMismatch);
+            }
+        }
+        Ok(claims)
+    }
+
+    /// Groups from the ID token's groups claim; when it has none, from userinfo (if
+    /// `userinfo_groups`). `None` when neither says anything.
+    async fn groups_for(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+        access_token: Option<&str>,
+    ) -> Result<Option<Vec<String>>, SignInError> {
+        if claims.contains_key(&self.groups_claim) {
+            let groups = groups_of(claims.get(&self.groups_claim)).map_err(SignInError::IdToken)?;
+            return Ok(Some(groups.iter().map(|g| g.to_string()).collect()));
+        }
+        let sub = claims.get("sub").and_then(|v| v.as_str()).unwrap_or("");
+        match access_token {
+            Some(at) if self.config.userinfo_groups => self.userinfo_groups(at, sub).await,
+            _ => Ok(None),
+        }
+    }
+
+    async fn userinfo_groups(
+        &self,
+        access_token: &str,
+        sub: &str,
+    ) -> Result<Option<Vec<String>>, SignInError> {
+        let Some(info) = self.idp.userinfo(access_token).await? else {
+            return Ok(None);
+        };
+        // OIDC Core §5.3.2: userinfo about anyone else must not be used.
+        if info.get("sub").and_then(|v| v.as_str()) != Some(sub) {
+            return Err(SignInError::Userinfo(
+                "userinfo names another subject".into(),
+            ));
+        }
+        if !info.contains_key(&self.groups_claim) {
+            return Ok(None);
+        }
+        let groups = groups_of(info.get(&self.groups_claim))
+            .map_err(|_| SignInError::Userinfo("groups claim is not a list of strings".into()))?;
+        Ok(Some(groups.iter().map(|g| g.to_string()).collect()))
+    }
+
+    /// Ends the session: the cookie is cleared, the refresh token revoked where the
+    /// provider offers it, this cookie refused from now on by this process, and — when the
+    /// provider offers RP-initiated logout — the browser sent there to end the provider's
+    /// session too.
+    async fn logout(
+        &self,
+        headers: &HeaderMap,
+        uri: &Uri,
+        tls: bool,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        let secure = self.secure(tls);
+        let session = cookies::get(headers, cookies::SESSION).and_then(|value| {
+            let hash = sha256(value.as_bytes());
+            let open = self.open_session(value, hash)?;
+            self.revoked.insert(hash, ());
+            self.opened.invalidate(&hash);
+            Some(open.session)
+        });
+        if let Some(rt) = session.as_ref().and_then(|s| s.rt.as_deref()) {
+            self.idp.revoke(rt).await;
+        }
+        if let Some(s) = &session {
+            tracing::info!(user = %s.u, "signed out");
+        }
+        let end_session = match self.idp.metadata().await {
+            Ok(meta) => meta.end_session_endpoint.clone(),
+            Err(_) => None,
+        };
+        let location = match end_session {
+            Some(endpoint) => {
+                let mut q = form_urlencoded::Serializer::new(String::new());
+                if let Some(idt) = session.as_ref().and_then(|s| s.idt.as_deref()) {
+                    q.append_pair("id_token_hint", idt);
+                }
+                q.append_pair("client_id", &self.config.client_id);
+                q.append_pair(
+                    "post_logout_redirect_uri",
+                    &format!("{}{SIGNED_OUT_PATH}", self.origin(headers, uri, tls)?),
+                );
+                let sep = if endpoint.contains('?') { '&' } else { '?' };
+                format!("{endpoint}{sep}{}", q.finish())
+            }
+            None => SIGNED_OUT_PATH.to_string(),
+        };
+        Ok(redirect(
+            &location,
+            [cookies::clear(cookies::SESSION, "/", secure)],
+        ))
+    }
+}
+
+/// Session validity: the access token's lifetime when the provider gives one, else the ID
+/// token's `exp`, else five minutes.
+fn session_exp(expires_in: Option<u64>, id_exp: Option<u64>, now: u64) -> u64 {
+    match (expires_in, id_exp) {
+        (Some(secs), _) => now + secs,
+        (None, Some(exp)) => exp,
+        (None, None) => now + 300,
+    }
+}
+
+/// The state cookie's name: derived from the state, so each sign-in has its own.
+fn state_cookie_name(state: &str) -> String {
+    let digest = sha256(state.as_bytes());
+    let mut name = String::from(cookies::STATE_PREFIX);
+    for b in &digest[..6] {
+        name.push_str(&format!("{b:02x}"));
+    }
+    name
+}
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A return target that can only stay on this origin: a path starting with one `/` (not
+/// `//` or `/\`, which browsers read as another host), no backslash or control character,
+/// not the gateway's own endpoints, not absurdly long. Anything else becomes `/`.
+pub fn safe_return_path(p: &str) -> String {
+    let ok = p.starts_with('/')
+        && !p.starts_with("//")
+        && !p.contains('\\')
+        && !p.chars().any(|c| c.is_control() || c == ' ')
+        && !is_gateway_path(p.split(['?', '#']).next().unwrap_or(""))
+        && p.len() <= MAX_RETURN_PATH;
+    if ok { p.to_string() } else { "/".to_string() }
+}
+
+/// Whether an unauthenticated request should be sent to sign in rather than answered
+/// 401: a browser's navigation (prefers HTML, `GET`/`HEAD`) without usable credentials.
+/// A rejected bearer token stays a 401: that client is not a person at a browser.
+pub fn should_redirect(method: &Method, wants_html: bool, error: &IdentityError) -> bool {
+    wants_html
+        && (method == Method::GET || method == Method::HEAD)
+        && matches!(
+            error,
+            IdentityError::Missing | IdentityError::SessionExpired | IdentityError::SessionInvalid
+        )
+}
+
+fn redirect<const N: usize>(location: &str, cookies: [HeaderValue; N]) -> Response<ProxyBody> {
+    let mut response = Response::new(full_body(bytes::Bytes::new()));
+    *response.status_mut() = StatusCode::FOUND;
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        h.insert(header::LOCATION, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    cookies::append_all(h, cookies);
+    response
+}
+
+fn page(title: &str, body_html: &str) -> Response<ProxyBody> {
+    let html = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title></head>\
+         <body style=\"font-family:sans-serif;margin:3em\"><h1>{t}</h1>{body_html}</body></html>\n",
+        t = html_escape(title)
+    );
+    let mut response = Response::new(full_body(html));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Answers a request under [`PREFIX`]. Runs right after accept; nothing here is classified
+/// by the route profile or forwarded.
+pub async fn endpoint(
+    signin: Option<&SignIn>,
+    headers: &HeaderMap,
+    uri: &Uri,
+    tls: bool,
+    accepted: &Accepted,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    let Some(s) = signin else {
+        return Err(SignInError::NotConfigured.into());
+    };
+    let path = accepted.path.as_str();
+    let read = accepted.method == Method::GET || accepted.method == Method::HEAD;
+    if read && path == LOGIN_PATH {
+        let rd = accepted
+            .params
+            .iter()
+            .find(|(k, _)| k == "rd")
+            .map_or("/", |(_, v)| v.as_str());
+        return s.start(headers, uri, tls, rd).await;
+    }
+    if (read || accepted.method == Method::POST) && path == LOGOUT_PATH {
+        return s.logout(headers, uri, tls).await;
+    }
+    if read && path == SIGNED_OUT_PATH {
+        return Ok(page(
+            "Signed out",
+            &format!(
+                "<p>You have signed out.</p><p><a href=\"{LOGIN_PATH}\">Sign in again</a></p>"
+            ),
+        ));
+    }
+    if accepted.method == Method::GET && path == s.config.redirect_path {
+        let result = s.callback(headers, uri, tls, accepted).await;
+        let slot = usize::from(result.is_err());
+        crate::telemetry::count(&crate::telemetry::SIGN_INS, slot);
+        return result;
+    }
+    Err(SignInError::UnknownEndpoint.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_paths_stay_on_this_origin() {
+        for ok in [
+            "/",
+            "/display/ENG/Home",
+            "/pages/viewpage.action?pageId=1&x=%2F%2F",
+        ] {
+            assert_eq!(safe_return_path(ok), ok);
+        }
+        for bad in [
+            "//evil.example/x",
+            "/\\evil.example",
+            "https://evil.example/",
+            "evil",
+            "",
+            "/a\\b",
+            "/a\tb",
+            "/_guestgate/logout",
+            "/_guestgate",
+            "/_guestgate?x",
+        ] {
+            assert_eq!(safe_return_path(bad), "/", "{bad:?}");
+        }
+        assert_eq!(safe_return_path(&format!("/{}", "a".repeat(2000))), "/");
+    }
+
+    #[test]
+    fn only_browser_navigations_without_credentials_are_redirected() {
+        use IdentityError::*;
+        assert!(should_redirect(&Method::GET, true, &Missing));
+        assert!(should_redirect(&Method::HEAD, true, &SessionExpired));
+        assert!(should_redirect(&Method::GET, true, &SessionInvalid));
+        assert!(
+            !should_redirect(&Method::GET, false, &Missing),
+            "API client"
+        );
+        assert!(
+            !should_redirect(&Method::POST, true, &Missing),
+            "a body would be lost"
+        );
+        assert!(
+            !should_redirect(&Method::GET, true, &InvalidSignature),
+            "bad bearer token"
+        );
+    }
+
+    #[test]
+    fn state_cookie_names_differ_per_state() {
+        let a = state_cookie_name("a");
+        assert!(
+            a.starts_with(cookies::STATE_PREFIX) && a.len() == cookies::STATE_PREFIX.len() + 12
+        );
+        assert_ne!(a, state_cookie_name("b"));
+        assert!(
+            constant_eq(b"abc", b"abc")
+                && !constant_eq(b"abc", b"abd")
+                && !constant_eq(b"a", b"ab")
+        );
+    }
+}

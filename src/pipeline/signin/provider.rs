@@ -1,0 +1,285 @@
+//! The identity provider as the gateway talks to it: its discovery document, its token
+//! endpoint (code exchange, refresh), userinfo and revocation — over the shared rustls
+//! client, with bounded bodies and timeouts.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, Limited};
+
+use super::SignInError;
+use crate::config::{ClientAuth, OidcConfig};
+
+const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// A failed discovery is retried by the next sign-in at most this often.
+const REDISCOVER_AFTER: Duration = Duration::from_secs(5);
+
+/// The parts of the discovery document the gateway uses.
+#[derive(Debug)]
+pub struct Metadata {
+    pub authorization_endpoint: String,
+    pub token_endpoint: Uri,
+    pub userinfo_endpoint: Option<Uri>,
+    pub end_session_endpoint: Option<String>,
+    pub revocation_endpoint: Option<Uri>,
+}
+
+/// A token endpoint's success answer (RFC 6749 §5.1, OIDC Core §3.1.3.3).
+#[derive(Debug, serde::Deserialize)]
+pub struct TokenResponse {
+    #[serde(default)]
+    pub access_token: Option<String>,
+    #[serde(default)]
+    pub id_token: Option<String>,
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+}
+
+pub struct IdpClient {
+    issuer: String,
+    client_id: String,
+    client_secret: String,
+    client_auth: ClientAuth,
+    client: crate::http_client::HttpsClient<Full<Bytes>>,
+    metadata: ArcSwapOption<Metadata>,
+    /// Held while discovering; remembers when the last attempt started.
+    discovering: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl IdpClient {
+    pub fn new(config: &OidcConfig, client_secret: String) -> Result<IdpClient, String> {
+        Ok(IdpClient {
+            issuer: config.issuer.clone(),
+            client_id: config.client_id.clone(),
+            client_secret,
+            client_auth: config.client_auth,
+            client: crate::http_client::build(None, Duration::from_secs(5))?,
+            metadata: ArcSwapOption::empty(),
+            discovering: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The discovery document, fetched on first use and kept (a provider's endpoints do
+    /// not move while it runs; a restart or reload of the gateway rediscovers).
+    pub async fn metadata(&self) -> Result<Arc<Metadata>, SignInError> {
+        if let Some(m) = self.metadata.load_full() {
+            return Ok(m);
+        }
+        let mut last = self.discovering.lock().await;
+        if let Some(m) = self.metadata.load_full() {
+            return Ok(m);
+        }
+        if let Some(at) = *last
+            && at.elapsed() < REDISCOVER_AFTER
+        {
+            return Err(SignInError::IdpUnavailable(
+                "discovery failed moments ago".into(),
+            ));
+        }
+        *last = Some(Instant::now());
+        let m = Arc::new(self.discover().await.map_err(SignInError::IdpUnavailable)?);
+        self.metadata.store(Some(m.clone()));
+        Ok(m)
+    }
+
+    async fn discover(&self) -> Result<Metadata, String> {
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.issuer.trim_end_matches('/')
+        );
+        let req = Request::get(&url)
+            .header(header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| format!("{url}: {e}"))?;
+        let (status, doc) = self.json(req).await?;
+        if status != StatusCode::OK {
+            return Err(format!("{url}: answered {status}"));
+        }
+        // OIDC Discovery §4.3: the document must name exactly the issuer it was asked for,
+        // or a compromised document could point the gateway at another provider.
+        if doc.get("issuer").and_then(|v| v.as_str()) != Some(self.issuer.as_str()) {
+            return Err(format!("{url}: `issuer` is not `{}`", self.issuer));
+        }
+        let https_issuer = self.issuer.starts_with("https://");
+        let endpoint = |name: &str| -> Result<Option<String>, String> {
+            match doc.get(name).and_then(|v| v.as_str()) {
+                None => Ok(None),
+                Some(e) if https_issuer && !e.starts_with("https://") => {
+                    Err(format!("{url}: `{name}` is not https"))
+                }
+                Some(e) => Ok(Some(e.to_string())),
+            }
+        };
+        let uri = |name: &str| -> Result<Option<Uri>, String> {
+            endpoint(name)?
+                .map(|e| {
+                    e.parse::<Uri>()
+                        .map_err(|err| format!("{url}: `{name}`: {err}"))
+                })
+                .transpose()
+        };
+        if let Some(methods) = doc
+            .get("code_challenge_methods_supported")
+            .and_then(|v| v.as_array())
+            && !methods.iter().any(|m| m.as_str() == Some("S256"))
+        {
+            return Err(format!(
+                "{url}: the provider does not support PKCE with S256"
+            ));
+        }
+        Ok(Metadata {
+            authorization_endpoint: endpoint("authorization_endpoint")?
+                .ok_or_else(|| format!("{url}: no authorization_endpoint"))?,
+            token_endpoint: uri("token_endpoint")?
+                .ok_or_else(|| format!("{url}: no token_endpoint"))?,
+            userinfo_endpoint: uri("userinfo_endpoint")?,
+            end_session_endpoint: endpoint("end_session_endpoint")?,
+            revocation_endpoint: uri("revocation_endpoint")?,
+        })
+    }
+
+    async fn json(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, serde_json::Value), String> {
+        let uri = req.uri().clone();
+        let resp = tokio::time::timeout(TIMEOUT, self.client.request(req))
+            .await
+            .map_err(|_| format!("{uri}: timed out"))?
+            .map_err(|e| format!("{uri}: {e}"))?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_DOCUMENT_BYTES)
+            .collect()
+            .await
+            .map_err(|e| format!("{uri}: {e}"))?
+            .to_bytes();
+        let value = if body.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&body).map_err(|e| format!("{uri}: {e}"))?
+        };
+        Ok((status, value))
+    }
+
+    /// A form POST authenticated as the client.
+    fn client_post(
+        &self,
+        uri: &Uri,
+        form: &[(&str, &str)],
+    ) -> Result<Request<Full<Bytes>>, String> {
+        let mut body = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in form {
+            body.append_pair(k, v);
+        }
+        let mut builder = Request::post(uri.clone())
+            .header(header::ACCEPT, "application/json")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        match self.client_auth {
+            ClientAuth::Basic => {
+                use base64::Engine as _;
+                // RFC 6749 §2.3.1: id and secret are form-encoded before Basic encoding.
+                let enc =
+                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let creds = base64::engine::general_purpose::STANDARD.encode(format!(
+                    "{}:{}",
+                    enc(&self.client_id),
+                    enc(&self.client_secret)
+                ));
+                let mut value = http::HeaderValue::from_str(&format!("Basic {creds}"))
+                    .map_err(|e| e.to_string())?;
+                value.set_sensitive(true);
+                builder = builder.header(header::AUTHORIZATION, value);
+            }
+            ClientAuth::Post => {
+                body.append_pair("client_id", &self.client_id);
+                body.append_pair("client_secret", &self.client_secret);
+            }
+        }
+        builder
+            .body(Full::new(Bytes::from(body.finish())))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Calls the token endpoint. A refusal (4xx with an OAuth error, e.g. `invalid_grant`
+    /// for a replayed code or a revoked refresh token) is [`SignInError::TokenRejected`];
+    /// anything else that goes wrong is [`SignInError::IdpUnavailable`].
+    pub async fn token(&self, form: &[(&str, &str)]) -> Result<TokenResponse, SignInError> {
+        let meta = self.metadata().await?;
+        let req = self
+            .client_post(&meta.token_endpoint, form)
+            .map_err(SignInError::IdpUnavailable)?;
+        let (status, doc) = self.json(req).await.map_err(SignInError::IdpUnavailable)?;
+        if status.is_client_error() {
+            let error = doc
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("unknown")
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(64)
+                .collect();
+            return Err(SignInError::TokenRejected { error });
+        }
+        if status != StatusCode::OK {
+            return Err(SignInError::IdpUnavailable(format!(
+                "token endpoint answered {status}"
+            )));
+        }
+        serde_json::from_value(doc)
+            .map_err(|e| SignInError::IdpUnavailable(format!("token response: {e}")))
+    }
+
+    /// The userinfo claims for an access token.
+    pub async fn userinfo(
+        &self,
+        access_token: &str,
+    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, SignInError> {
+        let meta = self.metadata().await?;
+        let Some(endpoint) = &meta.userinfo_endpoint else {
+            return Ok(None);
+        };
+        let req = Request::get(endpoint.clone())
+            .header(header::ACCEPT, "application/json")
+            .header(header::AUTHORIZATION, format!("Bearer {access_token}"))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| SignInError::Userinfo(e.to_string()))?;
+        let (status, doc) = self.json(req).await.map_err(SignInError::Userinfo)?;
+        if status != StatusCode::OK {
+            return Err(SignInError::Userinfo(format!("answered {status}")));
+        }
+        match doc {
+            serde_json::Value::Object(map) => Ok(Some(map)),
+            _ => Err(SignInError::Userinfo(
+                "not a JSON object (signed userinfo is not supported)".into(),
+            )),
+        }
+    }
+
+    /// Revokes a refresh token (RFC 7009), best effort: logout goes on whatever happens.
+    pub async fn revoke(&self, refresh_token: &str) {
+        let Ok(meta) = self.metadata().await else {
+            return;
+        };
+        let Some(endpoint) = &meta.revocation_endpoint else {
+            return;
+        };
+        let form = [
+            ("token", refresh_token),
+            ("token_type_hint", "refresh_token"),
+        ];
+        match self.client_post(endpoint, &form) {
+            Ok(req) => match self.json(req).await {
+                Ok((status, _)) if status.is_success() => {}
+                Ok((status, _)) => tracing::warn!(%status, "refresh token revocation refused"),
+                Err(e) => tracing::warn!(error = %e, "refresh token revocation failed"),
+            },
+            Err(e) => tracing::warn!(error = %e, "refresh token revocation failed"),
+        }
+    }
+}
