@@ -5,6 +5,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+// The allocator the binary uses (src/main.rs), so the figures are the production ones.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use guestgate::config::Config;
 use guestgate::pipeline::identify::{Caller, Identity};
@@ -140,6 +144,27 @@ fn bench_decisions(c: &mut Criterion) {
                 decide::decide(&snap, &accepted, &route, p, false).expect("decided")
             })
         });
+        // The policy alone: what regorus costs, without cache key, cache or input building.
+        let input = {
+            let p = decide::principal(&snap, &route, &guest, config.identity.anonymous)
+                .expect("principal");
+            guestgate::policy::input::build(
+                accepted.method.as_str(),
+                &accepted.path,
+                &accepted.params,
+                &route,
+                &guestgate::policy::input::UserInput {
+                    name: p.user.as_deref(),
+                    groups: &p.groups,
+                    authenticated: true,
+                    claims: &regorus::Value::new_object(),
+                },
+            )
+        };
+        c.bench_function(
+            &format!("policy evaluation only, guest ({users} users, {spaces} spaces)"),
+            |b| b.iter(|| snap.policy.evaluate(input.clone()).expect("evaluated")),
+        );
         c.bench_function(
             &format!("decision uncached, guest ({users} users, {spaces} spaces)"),
             |b| {

@@ -49,40 +49,45 @@ decision := allow("public_route") if {
 	input.route.public == true
 } else := deny("unauthenticated", 401) if {
 	input.user.authenticated != true
-} else := allow("regular_user") if {
+} else := {"allow": true, "reason": "regular_user", "guest": false, "status": 200} if {
 	not guest
-} else := deny("guest_access_expired", 403) if {
+} else := guest_decision
+
+# A guest's request is judged by the kind of family it touches; dispatching once on the
+# family keeps an evaluation to the few rules of that kind (regorus walks an else chain
+# branch by branch, and most guest requests are space reads).
+guest_decision := guest_deny("guest_access_expired", 403) if {
 	guest_user_expired
-} else := deny("guest_blocked_family", 403) if {
+} else := space_decision if {
+	space_families[input.route.family]
+} else := guest_deny("guest_blocked_family", 403) if {
 	guest_blocked_families[input.route.family]
-} else := allow("guest_filtered_listing") if {
-	# Cross-space listings only where the gateway cuts them down to viewable_spaces.
+} else := listing_decision if {
 	input.route.family == "search"
-	input.route.filtered == true
-} else := deny("guest_unfiltered_listing", 403) if {
-	input.route.family == "search"
-} else := allow("guest_ui") if {
+} else := guest_allow("guest_ui") if {
 	guest_ui_families[input.route.family]
-} else := allow("own_profile") if {
+} else := profile_decision if {
 	input.route.family == "user_profile"
+} else := guest_deny("guest_default_deny", 403)
+
+# Cross-space listings only where the gateway cuts them down to viewable_spaces.
+listing_decision := guest_allow("guest_filtered_listing") if {
+	input.route.filtered == true
+} else := guest_deny("guest_unfiltered_listing", 403)
+
+profile_decision := guest_allow("own_profile") if {
 	lower(input.route.user) == lower(input.user.name)
-} else := allow("shared_space_profile") if {
-	input.route.family == "user_profile"
+} else := guest_allow("shared_space_profile") if {
 	shares_space_with(input.route.user)
-} else := deny("profile_not_shared", 403) if {
-	input.route.family == "user_profile"
-} else := deny("space_unresolved", 403) if {
-	space_families[input.route.family]
+} else := guest_deny("profile_not_shared", 403)
+
+space_decision := guest_deny("space_unresolved", 403) if {
 	not is_string(input.route.space)
-} else := deny("space_not_granted", 403) if {
-	space_families[input.route.family]
+} else := guest_deny("space_not_granted", 403) if {
 	count(granted_permissions) == 0
-} else := deny(concat("", ["missing_permission_", input.route.action]), 403) if {
-	space_families[input.route.family]
+} else := guest_deny(concat("", ["missing_permission_", input.route.action]), 403) if {
 	not granted_permissions[input.route.action]
-} else := allow("guest_space_permission") if {
-	space_families[input.route.family]
-} else := deny("guest_default_deny", 403)
+} else := guest_allow("guest_space_permission")
 
 # Spaces whose items a guest's listings keep (the filter_spaces rewrite asks this rule,
 # `policy.listing_query`): those where the guest holds `view`.
@@ -132,6 +137,12 @@ allow(reason) := {"allow": true, "reason": reason, "guest": guest_flag, "status"
 
 deny(reason, status) := {"allow": false, "reason": reason, "guest": guest_flag, "status": status}
 
+# Past the `not guest` branch the caller is known to be a guest: no need to evaluate
+# guest_flag's else chain again.
+guest_allow(reason) := {"allow": true, "reason": reason, "guest": true, "status": 200}
+
+guest_deny(reason, status) := {"allow": false, "reason": reason, "guest": true, "status": status}
+
 guest_user_expired if {
 	expires := data.users[input.user.name].expires
 	time.now_ns() >= time.parse_rfc3339_ns(expires)
@@ -144,8 +155,10 @@ space_grants := data.spaces[upper(input.route.space)].guests
 # Permissions granted to the user directly or through one of their own groups; grants of
 # other guest groups never count.
 granted_permissions contains p if {
-	some g in active_groups
-	some p in active_permissions(space_grants.groups[g])
+	some g in input.user.groups
+	grant := space_grants.groups[g]
+	not membership_lapsed(g)
+	some p in active_permissions(grant)
 }
 
 granted_permissions contains p if {

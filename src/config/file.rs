@@ -251,7 +251,7 @@ impl Default for PolicyFile {
             query: "data.guestgate.decision".into(),
             decision_cache_ttl_secs: 30,
             decision_cache_max_entries: 100_000,
-            eval_timeout_ms: 100,
+            eval_timeout_ms: 1000,
             listing_query: "data.guestgate.viewable_spaces".into(),
             dry_run: false,
             watch: true,
