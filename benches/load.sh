@@ -26,6 +26,8 @@ echo "== building release binaries"
 cargo build --release --quiet --bin guestgate
 BARE=$(cargo bench --no-run --bench bare_proxy 2>&1 | sed -n 's/.*Executable .*(\(.*bare_proxy-[^)]*\)).*/\1/p' | tail -1)
 [ -x "$BARE" ] || { echo "cannot find the bare_proxy bench binary" >&2; exit 1; }
+FIXED=$(cargo bench --no-run --bench fixed_rate 2>&1 | sed -n 's/.*Executable .*(\(.*fixed_rate-[^)]*\)).*/\1/p' | tail -1)
+[ -x "$FIXED" ] || { echo "cannot find the fixed_rate bench binary" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/guestgate-load.XXXXXX)
 PIDS=()
@@ -169,21 +171,67 @@ for t in ("guestgate", "guestgate_guest"):
           f"CPU/req {med[t][3]/med['nginx'][3]:.2f}x nginx, p99 +{med[t][2]-med['nginx'][2]:.0f} µs vs nginx")
 PY
 
+# Latency at half load: every target at the same fixed rate, half the lowest peak measured
+# above (so each runs at or below half of its own peak), open loop (fixed_rate.rs).
+HALF=$(python3 - "$WORK/results" <<'PY'
+import statistics, sys, collections
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    rows[line.split()[0]].append(float(line.split()[1]))
+print(int(min(statistics.median(v) for v in rows.values()) / 2))
+PY
+)
+echo
+echo "== latency at a fixed $HALF req/s (half the lowest peak), $ROUNDS interleaved rounds of ${DURATION}s, 32 connections"
+for round in $(seq "$ROUNDS"); do
+  for t in "${TARGETS[@]}"; do
+    header=()
+    [ -n "${AUTH[$t]}" ] && header=(--header "Authorization: Bearer ${AUTH[$t]}")
+    before=$(ticks "${PID[$t]}")
+    out=$("$FIXED" --url "http://127.0.0.1:${PORT[$t]}$PATH_UNDER_TEST" --rate "$HALF" --duration "$DURATION" --connections 32 "${header[@]}")
+    after=$(ticks "${PID[$t]}")
+    echo "$t $out $((after - before))" >> "$WORK/half"
+    echo "round $round  $t: $out"
+  done
+done
+python3 - "$WORK/half" "$HZ" <<'PY'
+import json, statistics, sys, collections
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    t, rest = line.split(" ", 1)
+    js, ticks = rest.rsplit(" ", 1)
+    d = json.loads(js)
+    rows[t].append((d["p50_us"], d["p99_us"], d["p999_us"], d["errors"], int(ticks) / int(sys.argv[2]) * 1e6 / max(d["ok"], 1)))
+med = {t: [statistics.median(c) for c in zip(*v)] for t, v in rows.items()}
+print(f"{'target':<16}{'p50 µs':>9}{'p99 µs':>9}{'p99.9 µs':>10}{'errors':>8}{'CPU µs/req':>12}")
+for t, m in med.items():
+    print(f"{t:<16}{m[0]:>9.0f}{m[1]:>9.0f}{m[2]:>10.0f}{m[3]:>8.0f}{m[4]:>12.1f}")
+for t in ("guestgate", "guestgate_guest"):
+    print(f"{t}: added p99 {med[t][1]-med['nginx'][1]:+.0f} µs vs nginx, {med[t][1]-med['bare'][1]:+.0f} µs vs the bare proxy")
+PY
+
 echo
 echo "== RSS with $IDLE_CONNS idle keep-alive connections"
 before=$(rss_kb "$GG_PID")
-python3 - "$IDLE_CONNS" <<'PY' &
+python3 - "$IDLE_CONNS" "$WORK/idle-ready" <<'PY' &
 import socket, sys, time
 conns = []
+# Each connection serves one request (a health-check-like 401) and then stays open, idle,
+# as a browser's or a pooling client's keep-alive connection would.
 for _ in range(int(sys.argv[1])):
     try:
         s = socket.create_connection(("127.0.0.1", 18083))
+        s.sendall(b"GET /display/ENG/Home HTTP/1.1\r\nHost: wiki\r\n\r\n")
         conns.append(s)
     except OSError as e:
         print("stopped at", len(conns), "connections:", e); break
-time.sleep(4)
+answered = sum(1 for s in conns if s.recv(4096).startswith(b"HTTP/1.1 401"))
+print(f"{len(conns)} connections open, {answered} answered and idle")
+open(sys.argv[2], "w").close()
+time.sleep(6)
 PY
 HOLDER=$!
-sleep 3
+for _ in $(seq 600); do [ -e "$WORK/idle-ready" ] && break; sleep 0.1; done
+sleep 1
 echo "guestgate RSS: $((before / 1024)) MB before, $(( $(rss_kb "$GG_PID") / 1024 )) MB with the idle connections"
 wait $HOLDER || true
