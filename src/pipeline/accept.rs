@@ -130,6 +130,28 @@ fn check_host<B>(req: &Request<B>) -> Result<(), GatewayError> {
     }
 }
 
+/// The name under which PHP's `$_GET` files a query parameter (`query_names = "php"`):
+/// leading spaces dropped, `.` and space turned into `_`, and `name[...]` filed under `name`
+/// (an array, which a PHP wiki reads instead of — or besides — a plain `name`). Matching
+/// and the repeated-parameter check then see what the wiki will see: `ti.tle` is not
+/// `title`, `title[]` is.
+fn php_param_name(raw: &str) -> String {
+    let trimmed = raw.trim_start_matches(' ');
+    let (base, bracketed) = match trimmed.find('[') {
+        Some(i) if trimmed[i..].contains(']') => (&trimmed[..i], true),
+        _ => (trimmed, false),
+    };
+    let mut name: String = base
+        .chars()
+        .map(|c| if c == '.' || c == ' ' { '_' } else { c })
+        .collect();
+    if !bracketed {
+        // An unmatched `[` becomes `_` too.
+        name = name.replace('[', "_");
+    }
+    name
+}
+
 fn parse_query(
     query: Option<&str>,
     profile: &RouteProfile,
@@ -143,6 +165,11 @@ fn parse_query(
         if k.contains('\u{FFFD}') || v.contains('\u{FFFD}') {
             return Err(GatewayError::BadRequest("invalid_query_encoding"));
         }
+        let k = if profile.php_query_names {
+            std::borrow::Cow::Owned(php_param_name(&k))
+        } else {
+            k
+        };
         if v.chars().any(|c| c.is_control()) && profile.captured_query_params.contains(&*k) {
             return Err(GatewayError::BadRequest("control_character"));
         }
@@ -152,4 +179,23 @@ fn parse_query(
         params.push((k.into_owned(), v.into_owned()));
     }
     Ok(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::php_param_name;
+
+    #[test]
+    fn php_reads_parameter_names_its_own_way() {
+        for (raw, php) in [
+            ("title", "title"),
+            ("title[]", "title"),
+            ("title[x][y]", "title"),
+            ("ti.tle", "ti_tle"),
+            ("  ti tle", "ti_tle"),
+            ("title[", "title_"),
+        ] {
+            assert_eq!(php_param_name(raw), php, "{raw}");
+        }
+    }
 }
