@@ -166,7 +166,13 @@ fn parse_query(
             return Err(GatewayError::BadRequest("invalid_query_encoding"));
         }
         let k = if profile.php_query_names {
-            std::borrow::Cow::Owned(php_param_name(&k))
+            let name = php_param_name(&k);
+            // `curid[]=5` is an array to PHP, which the wiki then ignores (or reads as 0)
+            // while the gateway would read 5: refused rather than guessed at.
+            if k.contains('[') && profile.captured_query_params.contains(&name) {
+                return Err(GatewayError::BadRequest("array_query_parameter"));
+            }
+            std::borrow::Cow::Owned(name)
         } else {
             k
         };
