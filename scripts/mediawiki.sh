@@ -101,6 +101,7 @@ start() {
 \$wgCacheDirectory = '$MW_DIR/cache';
 \$wgTmpDirectory = '$MW_DIR/tmp';
 \$wgEnableUploads = false;
+\$wgLogos = [ '1x' => '/resources/assets/mediawiki.png' ];
 \$wgJobRunRate = 0;
 \$wgShowExceptionDetails = true;
 \$wgRCFeeds = [];
@@ -115,17 +116,19 @@ define( 'NS_OPS', 3004 ); define( 'NS_OPS_TALK', 3005 );
 \$wgExtraNamespaces[NS_OPS] = 'OPS'; \$wgExtraNamespaces[NS_OPS_TALK] = 'OPS_talk';
 \$wgNamespacesToBeSearchedDefault = [ NS_MAIN => true, NS_ENG => true, NS_HR => true, NS_OPS => true ];
 
-# Who is who comes from guestgate (header login); nobody reads anonymously.
+# Who is who comes from guestgate (header login). Anonymous reads stay on: guestgate's
+# content lookups (api.php?pageids=, ?revids=) ask anonymously, and guestgate itself forwards
+# no anonymous request but to the profile's public routes (static files). Anyone who can
+# reach this loopback listener directly could send X-Remote-User anyway.
 require_once '$ROOT/examples/mediawiki/GuestgateHeaderSessionProvider.php';
 \$wgSessionProviders[GuestgateHeaderSessionProvider::class] = [
   'class' => GuestgateHeaderSessionProvider::class,
   'args' => [ [ 'header' => 'X-Remote-User' ] ],
 ];
-\$wgGroupPermissions['*']['read'] = false;
+\$wgGroupPermissions['*']['read'] = true;
 \$wgGroupPermissions['*']['edit'] = false;
 \$wgGroupPermissions['*']['createaccount'] = false;
 \$wgGroupPermissions['*']['autocreateaccount'] = true;
-\$wgWhitelistRead = [ 'Special:UserLogin' ];
 PHP
 
   log "seeding users and pages"
