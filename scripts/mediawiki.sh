@@ -3,6 +3,7 @@
 # with namespaces as spaces (ENG, HR, OPS), regular and guest users, and pages that mention
 # users — for guestgate's end-to-end tests and for trying guestgate with a real wiki.
 #
+#   scripts/mediawiki.sh install # only the packages (apt), as .ci/run does
 #   scripts/mediawiki.sh start   # installs (apt) if needed, installs the wiki, serves it
 #   scripts/mediawiki.sh stop    # stops the wiki's own processes (by PID), removes its folder
 #   scripts/mediawiki.sh status
@@ -32,7 +33,7 @@ have_packages() {
 }
 
 install_packages() {
-  have_packages && return 0
+  have_packages && command -v curl >/dev/null 2>&1 && return 0
   if [ "${MW_NO_APT:-}" = 1 ] || ! command -v apt-get >/dev/null 2>&1; then
     log "MediaWiki is not installed and apt-get is unavailable"
     return 3
@@ -45,7 +46,7 @@ install_packages() {
   # dependency on some PHP SAPI.
   { $sudo apt-get update -qq &&
     $sudo apt-get install -y -qq --no-install-recommends php8.2-cgi &&
-    $sudo apt-get install -y -qq --no-install-recommends mediawiki php-cli php-sqlite3; } >&2 || {
+    $sudo apt-get install -y -qq --no-install-recommends mediawiki php-cli php-sqlite3 curl; } >&2 || {
     log "apt-get could not install MediaWiki"
     return 3
   }
@@ -182,8 +183,9 @@ stop() {
 }
 
 case "${1:-}" in
+  install) install_packages ;;
   start) start ;;
   stop) stop ;;
   status) if running; then echo "running pid=$(cat "$PIDFILE") url=http://127.0.0.1:$MW_PORT"; else echo "stopped"; exit 1; fi ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
 esac
