@@ -115,6 +115,10 @@ define( 'NS_OPS', 3004 ); define( 'NS_OPS_TALK', 3005 );
 \$wgExtraNamespaces[NS_ENG] = 'ENG'; \$wgExtraNamespaces[NS_ENG_TALK] = 'ENG_talk';
 \$wgExtraNamespaces[NS_HR] = 'HR';   \$wgExtraNamespaces[NS_HR_TALK] = 'HR_talk';
 \$wgExtraNamespaces[NS_OPS] = 'OPS'; \$wgExtraNamespaces[NS_OPS_TALK] = 'OPS_talk';
+# No transclusion of other namespaces or special pages; guests do not follow redirects
+# into other namespaces (docs/MEDIAWIKI.md).
+require_once '$ROOT/examples/mediawiki/GuestgateHardening.php';
+GuestgateHardening::apply( [ NS_ENG, NS_HR, NS_OPS ] );
 \$wgNamespacesToBeSearchedDefault = [ NS_MAIN => true, NS_ENG => true, NS_HR => true, NS_OPS => true ];
 
 # Who is who comes from guestgate (header login). Anonymous reads stay on: guestgate's

@@ -551,6 +551,44 @@ async fn mediawiki_behind_guestgate() {
             rev["query"]["pages"][0]["revisions"][0]["user"]
         ),
     );
+    // A guest who may edit ENG cannot pull another namespace in through the wiki itself:
+    // transclusion and cross-namespace redirects (examples/mediawiki/GuestgateHardening.php).
+    for (title, source) in [
+        (
+            "ENG:Include",
+            "Before {{:HR:Salaries}} {{HR:Salaries}} {{Special:ListUsers}} after",
+        ),
+        ("ENG:Shortcut", "#REDIRECT [[HR:Salaries]]"),
+    ] {
+        let create = serde_json::json!({"source": source, "comment": "guest page", "token": csrf})
+            .to_string();
+        let path = format!("/rest.php/v1/page/{title}");
+        let a = gina
+            .send(
+                "PUT",
+                &gw.url(&path),
+                &[("content-type", "application/json")],
+                &create,
+            )
+            .await;
+        r.check(
+            a.status == 200 || a.status == 201,
+            format!("Gina PUT {path}: {} {}", a.status, a.text()),
+        );
+        let view = format!("/index.php?title={title}");
+        let a = gary.get(&gw.url(&view)).await;
+        r.status("Gary", &view, &a, 200);
+        r.check(
+            !a.text().contains("salarybands") && !a.text().contains("mw-userlink"),
+            format!("Gary GET {view}: another namespace's content came through"),
+        );
+    }
+    let a = alice.get(&gw.url("/index.php?title=ENG:Shortcut")).await;
+    r.check(
+        a.text().contains("salarybands"),
+        "the redirect does not work for regular users (so the guest check above proves nothing)",
+    );
+
     // Guests without `edit`, or outside their namespace, or through api.php: refused.
     for (name, method, path, body) in [
         ("Gary", "PUT", "/rest.php/v1/page/ENG:Roadmap", put.as_str()),
