@@ -24,6 +24,7 @@ MW_DIR="${MW_DIR:-/tmp/guestgate-mediawiki}"
 MW_HOME=/usr/share/mediawiki
 PIDFILE="$MW_DIR/php.pid"
 PASSWORD="guestgate-demo-password-1"
+MARKER=".made-by-guestgate-mediawiki-sh"
 
 log() { echo "mediawiki.sh: $*" >&2; }
 
@@ -59,10 +60,10 @@ running() {
 
 wait_ready() {
   for _ in $(seq 1 100); do
-    if curl -fsS -o /dev/null "http://127.0.0.1:$MW_PORT/api.php?action=query&meta=siteinfo&format=json" 2>/dev/null; then
-      return 0
-    fi
     running || { log "php -S exited; see $MW_DIR/php.log"; tail -20 "$MW_DIR/php.log" >&2 || true; return 1; }
+    if curl -fsS -o /dev/null "http://127.0.0.1:$MW_PORT/api.php?action=query&meta=siteinfo&format=json" 2>/dev/null; then
+      running && return 0
+    fi
     sleep 0.2
   done
   log "the wiki did not answer on 127.0.0.1:$MW_PORT"
@@ -83,8 +84,17 @@ start() {
   fi
   install_packages || exit 3
   command -v curl >/dev/null 2>&1 || { log "curl is required"; exit 3; }
+  if curl -s -o /dev/null "http://127.0.0.1:$MW_PORT/" 2>/dev/null; then
+    log "something already listens on 127.0.0.1:$MW_PORT (set MW_PORT)"
+    exit 1
+  fi
+  if [ -e "$MW_DIR" ] && [ ! -e "$MW_DIR/$MARKER" ]; then
+    log "$MW_DIR exists and was not made by this script; refusing to reuse it"
+    exit 1
+  fi
   rm -rf "$MW_DIR"
   mkdir -p "$MW_DIR/data" "$MW_DIR/cache" "$MW_DIR/tmp"
+  touch "$MW_DIR/$MARKER"
   log "installing the wiki into $MW_DIR"
   php "$MW_HOME/maintenance/install.php" --quiet \
     --dbtype=sqlite --dbpath="$MW_DIR/data" --dbname=wiki \
@@ -180,10 +190,10 @@ stop() {
     kill -9 "$pid" $kids 2>/dev/null || true
     log "stopped (pid $pid)"
   fi
-  case "$MW_DIR" in
-    /tmp/*|"$TMPDIR"/*) rm -rf "$MW_DIR" ;;
-    *) rm -f "$PIDFILE" ;;
-  esac
+  # The folder is throw-away, but only ever removed when this script made it.
+  if [ -e "$MW_DIR/$MARKER" ]; then
+    rm -rf "$MW_DIR"
+  fi
 }
 
 case "${1:-}" in
