@@ -1,7 +1,7 @@
 //! End to end against a real MediaWiki 1.39 (Debian's package, SQLite, `php -S` on loopback,
 //! installed and seeded by `scripts/mediawiki.sh`), with guestgate in front of it running
 //! `config/routes/mediawiki.toml` and `examples/mediawiki/data.json`: Gary is a guest with
-//! view + comment on ENG, Gina a guest with view + edit on ENG, Alice a regular user. HR
+//! view + comment on ENG, Gina a guest with view + edit + comment on ENG, Alice a regular user. HR
 //! and OPS are shared with no guest.
 //!
 //! When MediaWiki cannot be installed here (no apt, not root), each test prints `SKIP` and
@@ -551,6 +551,34 @@ async fn mediawiki_behind_guestgate() {
             rev["query"]["pages"][0]["revisions"][0]["user"]
         ),
     );
+    // A guest with `comment` writes on ENG's talk pages, as himself.
+    let csrf_gary = gary.get(&gw.url(tokens)).await.json()["query"]["tokens"]["csrftoken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let talk = serde_json::json!({"source": "A question from Gary.", "comment": "guest comment", "token": csrf_gary})
+        .to_string();
+    let a = gary
+        .send(
+            "PUT",
+            &gw.url("/rest.php/v1/page/ENG_talk:Roadmap"),
+            &[("content-type", "application/json")],
+            &talk,
+        )
+        .await;
+    r.check(
+        a.status == 200 || a.status == 201,
+        format!("Gary PUT ENG_talk:Roadmap: {} {}", a.status, a.text()),
+    );
+    let rev = alice.get(&gw.url(&last("ENG_talk:Roadmap"))).await.json();
+    r.check(
+        rev["query"]["pages"][0]["revisions"][0]["user"] == "Gary",
+        format!(
+            "ENG_talk:Roadmap last edited by {}",
+            rev["query"]["pages"][0]["revisions"][0]["user"]
+        ),
+    );
+
     // A guest who may edit ENG cannot pull another namespace in through the wiki itself:
     // transclusion and cross-namespace redirects (examples/mediawiki/GuestgateHardening.php).
     for (title, source) in [
