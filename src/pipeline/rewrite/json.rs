@@ -69,9 +69,6 @@ pub struct JsonPlan<'a> {
     pub listings: &'a [Vec<String>],
 }
 
-/// The default listing: a top-level `results` array.
-const RESULTS: &[&str] = &["results"];
-
 #[derive(Debug)]
 enum Seg<'s> {
     /// A key as raw bytes (decoded only when it had escapes).
@@ -117,27 +114,22 @@ struct Scanner<'s, 'p> {
 }
 
 impl Scanner<'_, '_> {
-    /// Whether the value under `key` in the current object is a listing to filter.
+    /// Whether the value under `key` in the current object is one of the profile's listing
+    /// arrays: the keys from the root to here, then `key`, are one of `listing_paths`.
     fn is_listing(&self, key: &[u8]) -> bool {
         if self.extractors.is_none() || self.in_item {
             return false;
         }
-        let matches = |path: &mut dyn Iterator<Item = &[u8]>, len: usize| {
-            len == self.outer.len() + 1
+        self.listing_paths.iter().any(|p| {
+            p.len() == self.outer.len() + 1
                 && self
                     .outer
                     .iter()
                     .map(|seg| seg.as_deref())
                     .chain(std::iter::once(Some(key)))
-                    .zip(path)
-                    .all(|(seg, want)| seg == Some(want))
-        };
-        if self.listing_paths.is_empty() {
-            return matches(&mut RESULTS.iter().map(|k| k.as_bytes()), RESULTS.len());
-        }
-        self.listing_paths
-            .iter()
-            .any(|p| matches(&mut p.iter().map(|k| k.as_bytes()), p.len()))
+                    .zip(p)
+                    .all(|(seg, want)| seg == Some(want.as_bytes()))
+        })
     }
 
     /// Whether `outer` must be kept: only when filtering by explicit paths (the default
