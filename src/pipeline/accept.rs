@@ -131,11 +131,14 @@ fn check_host<B>(req: &Request<B>) -> Result<(), GatewayError> {
 }
 
 /// The name under which PHP's `$_GET` files a query parameter (`query_names = "php"`):
-/// leading spaces dropped, `.` and space turned into `_`, and `name[...]` filed under `name`
+/// cut at a NUL byte, leading spaces dropped, `.` and space turned into `_`, and
+/// `name[...]` filed under `name`
 /// (an array, which a PHP wiki reads instead of — or besides — a plain `name`). Matching
 /// and the repeated-parameter check then see what the wiki will see: `ti.tle` is not
 /// `title`, `title[]` is.
 fn php_param_name(raw: &str) -> String {
+    // PHP handles names as C strings: `title%00x` is `title`.
+    let raw = raw.split('\0').next().unwrap_or("");
     let trimmed = raw.trim_start_matches(' ');
     let (base, bracketed) = match trimmed.find('[') {
         Some(i) if trimmed[i..].contains(']') => (&trimmed[..i], true),
@@ -200,6 +203,11 @@ mod tests {
             ("ti.tle", "ti_tle"),
             ("  ti tle", "ti_tle"),
             ("title[", "title_"),
+            ("f[x", "f_x"),
+            ("l]", "l]"),
+            ("m[a]b", "m"),
+            ("title\0x", "title"),
+            ("\0title", ""),
         ] {
             assert_eq!(php_param_name(raw), php, "{raw}");
         }
