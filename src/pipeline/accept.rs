@@ -130,6 +130,10 @@ fn check_host<B>(req: &Request<B>) -> Result<(), GatewayError> {
     }
 }
 
+/// Most query parameters a request to a PHP wiki may carry (`query_names = "php"`), well
+/// below PHP's default `max_input_vars` of 1000.
+const PHP_MAX_QUERY_PARAMS: usize = 500;
+
 /// The name under which PHP's `$_GET` files a query parameter (`query_names = "php"`):
 /// cut at a NUL byte, leading spaces dropped, `.` and space turned into `_`, and
 /// `name[...]` filed under `name`
@@ -169,6 +173,11 @@ fn parse_query(
             return Err(GatewayError::BadRequest("invalid_query_encoding"));
         }
         let k = if profile.php_query_names {
+            // PHP keeps only the first `max_input_vars` (1000 by default) parameters: one the
+            // gateway judged could be dropped before the wiki reads it.
+            if params.len() >= PHP_MAX_QUERY_PARAMS {
+                return Err(GatewayError::BadRequest("too_many_query_parameters"));
+            }
             let name = php_param_name(&k);
             // `curid[]=5` is an array to PHP, which the wiki then ignores (or reads as 0)
             // while the gateway would read 5: refused rather than guessed at.
