@@ -10,7 +10,8 @@
 #
 # Environment: MW_PORT (default 8091), MW_DIR (default /tmp/guestgate-mediawiki: the
 # throw-away folder with LocalSettings.php, the SQLite files, the PID file and the log),
-# MW_NO_APT=1 to never install packages. `start` prints `url=...` and `dir=...` last.
+# MW_NO_APT=1 to never install packages, MW_HOME (default /usr/share/mediawiki) where
+# MediaWiki is installed. `start` prints `url=...` and `dir=...` last.
 # It exits 3 when MediaWiki cannot be installed here (no apt, no packages), so callers
 # can tell "not available" from "broken".
 #
@@ -21,7 +22,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 MW_PORT="${MW_PORT:-8091}"
 MW_DIR="${MW_DIR:-/tmp/guestgate-mediawiki}"
-MW_HOME=/usr/share/mediawiki
+MW_HOME="${MW_HOME:-/usr/share/mediawiki}"
 PIDFILE="$MW_DIR/php.pid"
 PASSWORD="guestgate-demo-password-1"
 MARKER=".made-by-guestgate-mediawiki-sh"
@@ -36,7 +37,7 @@ have_packages() {
 install_packages() {
   have_packages && command -v curl >/dev/null 2>&1 && return 0
   if [ "${MW_NO_APT:-}" = 1 ] || ! command -v apt-get >/dev/null 2>&1; then
-    log "MediaWiki is not installed and apt-get is unavailable"
+    log "MediaWiki is not installed at $MW_HOME, and apt-get is unavailable or MW_NO_APT=1"
     return 3
   fi
   local sudo=""
