@@ -30,8 +30,11 @@ MARKER=".made-by-guestgate-mediawiki-sh"
 log() { echo "mediawiki.sh: $*" >&2; }
 
 have_packages() {
-  command -v php >/dev/null 2>&1 && [ -f "$MW_HOME/maintenance/install.php" ] &&
-    php -m 2>/dev/null | grep -qi '^pdo_sqlite$'
+  command -v php >/dev/null 2>&1 && [ -f "$MW_HOME/maintenance/install.php" ] || return 1
+  # Read php -m whole (grep -q in a pipe could stop early, and pipefail would then fail).
+  local modules
+  modules="$(php -m 2>/dev/null)" || return 1
+  grep -qi '^pdo_sqlite$' <<<"$modules"
 }
 
 install_packages() {
@@ -42,6 +45,12 @@ install_packages() {
   fi
   local sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo -n"
+  # Tests start wikis in parallel: one installs, the others wait for it.
+  if command -v flock >/dev/null 2>&1; then
+    exec 9>"${TMPDIR:-/tmp}/guestgate-mediawiki-apt.lock"
+    flock 9
+    have_packages && command -v curl >/dev/null 2>&1 && return 0
+  fi
   log "installing php8.2-cgi, mediawiki, php-cli, php-sqlite3 (apt)"
   export DEBIAN_FRONTEND=noninteractive
   # php8.2-cgi first: otherwise `mediawiki` pulls in Apache's PHP module through its
