@@ -73,6 +73,8 @@ fn bench_json(c: &mut Criterion) {
             let plan = JsonPlan {
                 tag_users: Some(f),
                 filter: None,
+                user_keys: &[],
+                listings: &[],
             };
             b.iter(|| json::rewrite(&body, &plan).expect("valid"))
         });
@@ -80,6 +82,8 @@ fn bench_json(c: &mut Criterion) {
             let plan = JsonPlan {
                 tag_users: Some(f),
                 filter: Some((&extractors, &visible)),
+                user_keys: &[],
+                listings: &[],
             };
             b.iter(|| json::rewrite(&body, &plan).expect("valid"))
         });
@@ -108,6 +112,7 @@ fn bench_html(c: &mut Criterion) {
                             .expect("selector"),
                         is_guest,
                     )),
+                    user_names: Arc::from(Vec::new()),
                     banner: Some(html::banner_html("This space is shared with guests.")),
                     encoding: encoding_rs::UTF_8,
                 };

@@ -160,16 +160,44 @@ pub struct Rewrites {
 /// How the space of a content id is found (contract §6).
 #[derive(Debug, Clone)]
 pub struct ContentLookup {
+    /// `None` for the profile's `[content_lookup]`; the name of a `[lookup.NAME]` otherwise
+    /// (it keeps the ids of different lookups apart in the cache).
+    pub name: Option<Arc<str>>,
     /// Path and query with `{content}` where the id goes.
     pub path_template: String,
     /// JSON pointer to the space key in the lookup's answer.
     pub space_pointer: String,
+    /// Optional regex on the pointed value: its `space` capture (or whole match) is the
+    /// key, as for `[listing]` (MediaWiki answers a title, `ENG:Home`, not a key). No
+    /// match: unresolved, which denies guests.
+    pub space_pattern: Option<Regex>,
     pub cache_ttl: Duration,
 }
 
 impl ContentLookup {
     pub fn path_for(&self, content: &str) -> String {
         self.path_template.replace("{content}", content)
+    }
+
+    /// The cache key of an id: the id itself for `[content_lookup]`, prefixed with the
+    /// lookup's name otherwise (a page id and a revision id may be the same number).
+    pub fn cache_key(&self, content: &str) -> Box<str> {
+        match &self.name {
+            None => content.into(),
+            Some(name) => format!("{name}\u{0}{content}").into_boxed_str(),
+        }
+    }
+
+    /// The space key named by the value at `space_pointer`, upper-cased.
+    pub fn space_of(&self, value: &str) -> Option<String> {
+        let key = match &self.space_pattern {
+            None => value,
+            Some(re) => {
+                let caps = re.captures(value)?;
+                caps.name("space").or_else(|| caps.get(0))?.as_str()
+            }
+        };
+        (!key.is_empty()).then(|| key.to_uppercase())
     }
 }
 
@@ -186,6 +214,8 @@ pub struct RouteRule {
     pub rewrites: Rewrites,
     /// Largest request body this rule accepts; `None`: `server.max_body_bytes`.
     pub max_body_bytes: Option<usize>,
+    /// Index into [`RouteProfile::lookups`] of the rule's `lookup`; `None`: `[content_lookup]`.
+    pub lookup: Option<usize>,
 }
 
 /// The route of one request: what the profile says it touches.
@@ -205,6 +235,9 @@ pub struct Route {
     /// Guests' listings on this route will be filtered to their spaces (the route asks for
     /// `filter_spaces` and JSON rewriting is on). The policy may allow search only then.
     pub filtered: bool,
+    /// Which lookup resolves `content` (index into [`RouteProfile::lookups`]); `None`: the
+    /// profile's `[content_lookup]`.
+    pub lookup: Option<usize>,
 }
 
 /// A compiled route profile.
@@ -217,10 +250,23 @@ pub struct RouteProfile {
     /// the gateway and the wiki could each pick a different occurrence.
     pub captured_query_params: BTreeSet<String>,
     pub content_lookup: Option<ContentLookup>,
+    /// Named lookups (`[lookup.NAME]`), for routes whose ids another endpoint resolves.
+    pub lookups: Vec<ContentLookup>,
     /// The elements of HTML pages that link to a user (tag_users).
     pub user_links: Option<lol_html::Selector>,
+    /// Where a user link names its user when neither `data-username` nor a Confluence
+    /// profile URL does (`user_link_name`), tried in order.
+    pub user_link_names: Arc<[crate::pipeline::rewrite::html::UserNameSource]>,
+    /// Object keys whose string value names a user (`json_user_keys`): such an object gets
+    /// `isExternalCollaborator` like a Confluence user object.
+    pub json_user_keys: Vec<String>,
+    /// Query parameter names are read as PHP reads them (`query_names = "php"`).
+    pub php_query_names: bool,
     /// How a listing item names its space (filter_spaces), tried in order.
     pub listing_space: Vec<crate::pipeline::rewrite::json::SpaceExtractor>,
+    /// Where listings are (`[listing] arrays`), each a path of object keys; empty: the
+    /// top-level `results` array.
+    pub listing_arrays: Vec<Vec<String>>,
     unmatched_name: Arc<str>,
 }
 
@@ -238,7 +284,15 @@ struct ProfileFile {
     #[serde(default)]
     user_link_selector: Option<String>,
     #[serde(default)]
+    user_link_name: Vec<UserNameSourceFile>,
+    #[serde(default)]
+    json_user_keys: Vec<String>,
+    #[serde(default)]
+    query_names: Option<String>,
+    #[serde(default)]
     content_lookup: Option<ContentLookupFile>,
+    #[serde(default)]
+    lookup: std::collections::BTreeMap<String, NamedLookupFile>,
     #[serde(default)]
     listing: Option<ListingFile>,
     #[serde(default)]
@@ -249,6 +303,9 @@ struct ProfileFile {
 #[serde(deny_unknown_fields)]
 struct ListingFile {
     space: Vec<SpaceSourceFile>,
+    /// JSON pointers of the arrays to filter (default: `/results`).
+    #[serde(default)]
+    arrays: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -264,8 +321,27 @@ struct SpaceSourceFile {
 struct ContentLookupFile {
     path: String,
     space_pointer: String,
+    #[serde(default)]
+    space_pattern: Option<String>,
     #[serde(default = "default_lookup_ttl")]
     cache_ttl_secs: u64,
+}
+
+/// `[lookup.NAME]`: like `[content_lookup]`, sharing its cache (and TTL).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamedLookupFile {
+    path: String,
+    space_pointer: String,
+    #[serde(default)]
+    space_pattern: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserNameSourceFile {
+    attribute: String,
+    pattern: String,
 }
 
 fn default_lookup_ttl() -> u64 {
@@ -290,6 +366,8 @@ struct RouteFile {
     rewrite: Vec<String>,
     #[serde(default)]
     max_body_bytes: Option<u64>,
+    #[serde(default)]
+    lookup: Option<String>,
 }
 
 const CAPTURE_NAMES: [&str; 3] = ["space", "content", "user"];
@@ -313,6 +391,24 @@ impl RouteProfile {
         let file: ProfileFile =
             toml::from_str(text).map_err(|e| vec![err(e.to_string().trim_end().to_string())])?;
         let mut errors = Vec::new();
+        let ttl = Duration::from_secs(
+            file.content_lookup
+                .as_ref()
+                .map_or(default_lookup_ttl(), |c| c.cache_ttl_secs),
+        );
+        let mut lookups = Vec::with_capacity(file.lookup.len());
+        for (name, l) in &file.lookup {
+            lookups.push(build_lookup(
+                &format!("lookup.{name}"),
+                Some(Arc::from(name.as_str())),
+                &l.path,
+                &l.space_pointer,
+                l.space_pattern.as_deref(),
+                ttl,
+                &mut errors,
+                &err,
+            ));
+        }
         let mut rules = Vec::with_capacity(file.route.len());
         let mut captured_query_params = BTreeSet::new();
         for (i, r) in file.route.into_iter().enumerate() {
@@ -373,6 +469,18 @@ impl RouteProfile {
                 }
                 n
             });
+            let lookup = r.lookup.as_deref().and_then(|name| {
+                let found = file.lookup.keys().position(|k| k == name);
+                if found.is_none() {
+                    errors.push(err(format!("{at}: no [lookup.{name}] section")));
+                }
+                found
+            });
+            if lookup.is_some() && family != Family::Content {
+                errors.push(err(format!(
+                    "{at}: `lookup` is for routes of family `content`"
+                )));
+            }
             rules.push(RouteRule {
                 name: Arc::from(r.name.as_str()),
                 family,
@@ -383,33 +491,56 @@ impl RouteProfile {
                 public: r.public,
                 rewrites,
                 max_body_bytes,
+                lookup,
             });
         }
         let content_lookup = file.content_lookup.map(|c| {
-            if !c.path.starts_with('/') || !c.path.contains("{content}") {
-                errors.push(err(
-                    "content_lookup.path: must start with `/` and contain `{content}`".into(),
-                ));
-            }
-            if !c.space_pointer.starts_with('/') {
-                errors.push(err(
-                    "content_lookup.space_pointer: must be a JSON pointer like `/space/key`".into(),
-                ));
-            }
-            ContentLookup {
-                path_template: c.path,
-                space_pointer: c.space_pointer,
-                cache_ttl: Duration::from_secs(c.cache_ttl_secs),
-            }
+            build_lookup(
+                "content_lookup",
+                None,
+                &c.path,
+                &c.space_pointer,
+                c.space_pattern.as_deref(),
+                ttl,
+                &mut errors,
+                &err,
+            )
         });
+        let mut user_link_names = Vec::new();
+        for (i, source) in file.user_link_name.iter().enumerate() {
+            match Regex::new(&source.pattern) {
+                Ok(re) => user_link_names.push(crate::pipeline::rewrite::html::UserNameSource {
+                    attribute: source.attribute.clone(),
+                    pattern: re,
+                }),
+                Err(e) => errors.push(err(format!("user_link_name #{}: pattern: {e}", i + 1))),
+            }
+        }
+        let php_query_names = match file.query_names.as_deref() {
+            None | Some("plain") => false,
+            Some("php") => true,
+            Some(other) => {
+                errors.push(err(format!(
+                    "query_names: `{other}` is neither `plain` nor `php`"
+                )));
+                false
+            }
+        };
         let mut listing_space = Vec::new();
-        for (i, source) in file
+        let (listing_sources, listing_pointers) = file
             .listing
-            .map(|l| l.space)
-            .unwrap_or_default()
-            .into_iter()
-            .enumerate()
-        {
+            .map(|l| (l.space, l.arrays))
+            .unwrap_or_default();
+        let mut listing_arrays = Vec::new();
+        for pointer in listing_pointers {
+            match crate::pipeline::rewrite::json::SpaceExtractor::new(&pointer, None) {
+                Some(x) if !pointer.ends_with('/') => listing_arrays.push(x.pointer),
+                _ => errors.push(err(format!(
+                    "listing.arrays: `{pointer}` is not a JSON pointer like `/query/search`"
+                ))),
+            }
+        }
+        for (i, source) in listing_sources.into_iter().enumerate() {
             let at = format!("listing.space #{}", i + 1);
             let pattern = match source.pattern.as_deref().map(Regex::new).transpose() {
                 Ok(p) => p,
@@ -443,7 +574,11 @@ impl RouteProfile {
             }
             None => None,
         };
-        if content_lookup.is_none() && rules.iter().any(|r| r.family == Family::Content) {
+        if content_lookup.is_none()
+            && rules
+                .iter()
+                .any(|r| r.family == Family::Content && r.lookup.is_none())
+        {
             errors.push(err(
                 "routes of family `content` need a [content_lookup] section".into(),
             ));
@@ -464,8 +599,13 @@ impl RouteProfile {
             path_set,
             captured_query_params,
             content_lookup,
+            lookups,
             user_links,
+            user_link_names: Arc::from(user_link_names),
+            json_user_keys: file.json_user_keys,
+            php_query_names,
             listing_space,
+            listing_arrays,
             unmatched_name: Arc::from("unmatched"),
         })
     }
@@ -506,6 +646,7 @@ impl RouteProfile {
                 rewrites: rule.rewrites,
                 max_body_bytes: rule.max_body_bytes,
                 filtered: false,
+                lookup: rule.lookup,
             };
             if let Some(caps) = rule.path.captures(path) {
                 take_captures(&rule.path, &caps, &mut route);
@@ -528,7 +669,54 @@ impl RouteProfile {
             rewrites: Rewrites::default(),
             max_body_bytes: None,
             filtered: false,
+            lookup: None,
         }
+    }
+
+    /// The lookup that resolves a route's content id: the rule's `lookup`, or
+    /// `[content_lookup]`.
+    pub fn lookup_for(&self, route: &Route) -> Option<&ContentLookup> {
+        match route.lookup {
+            Some(i) => self.lookups.get(i),
+            None => self.content_lookup.as_ref(),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_lookup(
+    at: &str,
+    name: Option<Arc<str>>,
+    path: &str,
+    space_pointer: &str,
+    space_pattern: Option<&str>,
+    cache_ttl: Duration,
+    errors: &mut Vec<ProfileError>,
+    err: &dyn Fn(String) -> ProfileError,
+) -> ContentLookup {
+    if !path.starts_with('/') || !path.contains("{content}") {
+        errors.push(err(format!(
+            "{at}.path: must start with `/` and contain `{{content}}`"
+        )));
+    }
+    if !space_pointer.starts_with('/') {
+        errors.push(err(format!(
+            "{at}.space_pointer: must be a JSON pointer like `/space/key`"
+        )));
+    }
+    let space_pattern = space_pattern.and_then(|p| match Regex::new(p) {
+        Ok(re) => Some(re),
+        Err(e) => {
+            errors.push(err(format!("{at}.space_pattern: {e}")));
+            None
+        }
+    });
+    ContentLookup {
+        name,
+        path_template: path.to_string(),
+        space_pointer: space_pointer.to_string(),
+        space_pattern,
+        cache_ttl,
     }
 }
 
@@ -658,6 +846,60 @@ methods = ["GET"]
                 .max_body_bytes,
             None
         );
+    }
+
+    #[test]
+    fn named_lookups_patterns_and_php_names() {
+        let text = r#"
+query_names = "php"
+json_user_keys = ["user"]
+user_link_name = [{ attribute = "title", pattern = '^User:(?P<user>.+)$' }]
+[content_lookup]
+path = "/api.php?pageids={content}"
+space_pointer = "/query/pages/0/title"
+space_pattern = '^(?P<space>[A-Za-z]+)(?:_talk)?:'
+[lookup.revision]
+path = "/api.php?revids={content}"
+space_pointer = "/query/pages/0/title"
+space_pattern = '^(?P<space>[A-Za-z]+):'
+[listing]
+space = [{ pointer = "/title", pattern = '^(?P<space>[A-Za-z]+):' }]
+arrays = ["/query/search"]
+[[route]]
+name = "by page id"
+family = "content"
+path = '^/index\.php$'
+query = { curid = '^(?P<content>[0-9]+)$' }
+[[route]]
+name = "by revision"
+family = "content"
+path = '^/index\.php$'
+query = { oldid = '^(?P<content>[0-9]+)$' }
+lookup = "revision"
+"#;
+        let p = RouteProfile::parse(Path::new("m.toml"), text).expect("profile parses");
+        assert!(p.php_query_names);
+        assert_eq!(
+            p.listing_arrays,
+            vec![vec!["query".to_string(), "search".to_string()]]
+        );
+        let q = vec![("oldid".to_string(), "7".to_string())];
+        let r = p.classify(&Method::GET, "/index.php", &q);
+        let revision = p.lookup_for(&r).expect("lookup");
+        assert_eq!(revision.path_for("7"), "/api.php?revids=7");
+        assert_ne!(revision.cache_key("7"), Box::from("7"));
+        let q = vec![("curid".to_string(), "7".to_string())];
+        let page = p
+            .lookup_for(&p.classify(&Method::GET, "/index.php", &q))
+            .expect("lookup");
+        assert_eq!(page.cache_key("7"), Box::from("7"));
+        assert_eq!(page.space_of("eng_talk:Home").as_deref(), Some("ENG"));
+        assert_eq!(page.space_of("Main Page"), None);
+
+        let bad = "[lookup.x]\npath = \"/x\"\nspace_pointer = \"y\"\nspace_pattern = \"(\"\n[[route]]\nname = \"r\"\nfamily = \"space\"\npath = \"^/\"\nlookup = \"nope\"\n";
+        let errs = RouteProfile::parse(Path::new("m.toml"), bad).expect_err("invalid");
+        let text: Vec<String> = errs.iter().map(|e| e.message.clone()).collect();
+        assert_eq!(errs.len(), 4, "{text:?}");
     }
 
     #[test]

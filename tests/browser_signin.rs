@@ -29,10 +29,15 @@ fn html_wiki() -> Handler {
 async fn a_guest_signs_in_with_chromium_and_sees_the_banner_and_the_403_page() {
     need_node_modules!();
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        std::path::Path::new(&chromium).exists(),
-        "{chromium} is missing: apt-get install -y --no-install-recommends chromium (CI's .ci/run does)"
-    );
+    if !std::path::Path::new(&chromium).exists() {
+        // CI installs Chromium and sets GUESTGATE_REQUIRE_BROWSER=1: there a missing browser fails.
+        assert!(
+            std::env::var("GUESTGATE_REQUIRE_BROWSER").is_err(),
+            "{chromium} is missing: apt-get install -y --no-install-recommends chromium (CI's .ci/run does)"
+        );
+        eprintln!("SKIP browser sign-in: {chromium} is missing (apt-get install --no-install-recommends chromium)");
+        return;
+    }
     let idp = start_idp(&[]);
     let up = start_upstream_with(html_wiki()).await;
     let gw = start_oidc_gateway(TestConfig::new(&up.url()), &idp.issuer, "").await;

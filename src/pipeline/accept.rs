@@ -130,6 +130,35 @@ fn check_host<B>(req: &Request<B>) -> Result<(), GatewayError> {
     }
 }
 
+/// Most query parameters a request to a PHP wiki may carry (`query_names = "php"`), well
+/// below PHP's default `max_input_vars` of 1000.
+const PHP_MAX_QUERY_PARAMS: usize = 500;
+
+/// The name under which PHP's `$_GET` files a query parameter (`query_names = "php"`):
+/// cut at a NUL byte, leading spaces dropped, `.` and space turned into `_`, and
+/// `name[...]` filed under `name`
+/// (an array, which a PHP wiki reads instead of — or besides — a plain `name`). Matching
+/// and the repeated-parameter check then see what the wiki will see: `ti.tle` is not
+/// `title`, `title[]` is.
+fn php_param_name(raw: &str) -> String {
+    // PHP handles names as C strings: `title%00x` is `title`.
+    let raw = raw.split('\0').next().unwrap_or("");
+    let trimmed = raw.trim_start_matches(' ');
+    let (base, bracketed) = match trimmed.find('[') {
+        Some(i) if trimmed[i..].contains(']') => (&trimmed[..i], true),
+        _ => (trimmed, false),
+    };
+    let mut name: String = base
+        .chars()
+        .map(|c| if c == '.' || c == ' ' { '_' } else { c })
+        .collect();
+    if !bracketed {
+        // An unmatched `[` becomes `_` too.
+        name = name.replace('[', "_");
+    }
+    name
+}
+
 fn parse_query(
     query: Option<&str>,
     profile: &RouteProfile,
@@ -143,6 +172,22 @@ fn parse_query(
         if k.contains('\u{FFFD}') || v.contains('\u{FFFD}') {
             return Err(GatewayError::BadRequest("invalid_query_encoding"));
         }
+        let k = if profile.php_query_names {
+            // PHP keeps only the first `max_input_vars` (1000 by default) parameters: one the
+            // gateway judged could be dropped before the wiki reads it.
+            if params.len() >= PHP_MAX_QUERY_PARAMS {
+                return Err(GatewayError::BadRequest("too_many_query_parameters"));
+            }
+            let name = php_param_name(&k);
+            // `curid[]=5` is an array to PHP, which the wiki then ignores (or reads as 0)
+            // while the gateway would read 5: refused rather than guessed at.
+            if k.contains('[') && profile.captured_query_params.contains(&name) {
+                return Err(GatewayError::BadRequest("array_query_parameter"));
+            }
+            std::borrow::Cow::Owned(name)
+        } else {
+            k
+        };
         if v.chars().any(|c| c.is_control()) && profile.captured_query_params.contains(&*k) {
             return Err(GatewayError::BadRequest("control_character"));
         }
@@ -152,4 +197,28 @@ fn parse_query(
         params.push((k.into_owned(), v.into_owned()));
     }
     Ok(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::php_param_name;
+
+    #[test]
+    fn php_reads_parameter_names_its_own_way() {
+        for (raw, php) in [
+            ("title", "title"),
+            ("title[]", "title"),
+            ("title[x][y]", "title"),
+            ("ti.tle", "ti_tle"),
+            ("  ti tle", "ti_tle"),
+            ("title[", "title_"),
+            ("f[x", "f_x"),
+            ("l]", "l]"),
+            ("m[a]b", "m"),
+            ("title\0x", "title"),
+            ("\0title", ""),
+        ] {
+            assert_eq!(php_param_name(raw), php, "{raw}");
+        }
+    }
 }

@@ -63,7 +63,7 @@ pub async fn resolve_space(
             cause: "the route profile has no content_lookup".into(),
         });
     };
-    let key: Box<str> = content.clone();
+    let key = lookup.cache_key(content);
     let fetched = std::sync::atomic::AtomicBool::new(false);
     let result = cache
         .try_get_with(key, async {
@@ -110,7 +110,7 @@ async fn fetch_space(
         serde_json::from_slice(&body).map_err(|e| LookupError::NotJson(e.to_string()))?;
     json.pointer(&lookup.space_pointer)
         .and_then(serde_json::Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(|s| Arc::from(s.to_uppercase()))
+        .and_then(|s| lookup.space_of(s))
+        .map(Arc::from)
         .ok_or_else(|| LookupError::NoSpace(lookup.space_pointer.clone()))
 }

@@ -122,13 +122,9 @@ async fn handle_inner(
     let guest = snapshot.directory.is_guest(&principal.groups);
     let wants_banner = route.rewrites.banner && gw.config.rewrite.html;
     if guest || wants_banner {
-        let resolved = classify::resolve_space(
-            &mut route,
-            snapshot.routes.content_lookup.as_ref(),
-            &gw.content_cache,
-            &gw.upstream,
-        )
-        .await;
+        let lookup = snapshot.routes.lookup_for(&route);
+        let resolved =
+            classify::resolve_space(&mut route, lookup, &gw.content_cache, &gw.upstream).await;
         match resolved {
             Err(e) if guest => return Err(e),
             Err(e) => tracing::debug!(error = %e, "no banner: content space unresolved"),

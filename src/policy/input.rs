@@ -100,6 +100,7 @@ pub fn sample() -> Value {
         rewrites: Default::default(),
         max_body_bytes: None,
         filtered: false,
+        lookup: None,
     };
     let claims = Value::new_object();
     build(

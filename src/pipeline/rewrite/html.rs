@@ -31,12 +31,34 @@ pub fn banner_html(text: &str) -> String {
     )
 }
 
-/// Finds the username a user link points at: `data-username`, or the profile / personal
-/// space URL in `href`.
-fn username_of(el: &lol_html::send::Element<'_, '_>) -> Option<String> {
+/// Where a user link names its user, from the profile's `user_link_name`: an attribute and
+/// a regex whose `user` capture (or whole match) is the name, taken as written (MediaWiki's
+/// `title="User:Gary"`).
+#[derive(Debug, Clone)]
+pub struct UserNameSource {
+    pub attribute: String,
+    pub pattern: regex::Regex,
+}
+
+impl UserNameSource {
+    fn name_in(&self, el: &lol_html::send::Element<'_, '_>) -> Option<String> {
+        let value = el.get_attribute(&self.attribute)?;
+        let caps = self.pattern.captures(&value)?;
+        let name = caps.name("user").or_else(|| caps.get(0))?.as_str();
+        (!name.is_empty()).then(|| name.to_string())
+    }
+}
+
+/// Finds the username a user link points at: `data-username`, the profile / personal
+/// space URL in `href`, or else the profile's own sources.
+fn username_of(el: &lol_html::send::Element<'_, '_>, sources: &[UserNameSource]) -> Option<String> {
     if let Some(name) = el.get_attribute("data-username").filter(|n| !n.is_empty()) {
         return Some(name);
     }
+    confluence_username(el).or_else(|| sources.iter().find_map(|s| s.name_in(el)))
+}
+
+fn confluence_username(el: &lol_html::send::Element<'_, '_>) -> Option<String> {
     let href = el.get_attribute("href")?;
     let from_query = href
         .split_once("username=")
@@ -58,6 +80,8 @@ pub type GuestTest = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 pub struct HtmlPlan {
     /// The user-link selector and the guest test, when tagging.
     pub tag_users: Option<(Selector, GuestTest)>,
+    /// The profile's `user_link_name` sources.
+    pub user_names: Arc<[UserNameSource]>,
     /// The banner markup, when the page's space is shared with guests.
     pub banner: Option<String>,
     pub encoding: &'static encoding_rs::Encoding,
@@ -154,11 +178,12 @@ fn settings_for(plan: HtmlPlan) -> Settings<'static, 'static> {
         ),
     ));
     if let Some((selector, is_guest)) = plan.tag_users {
+        let sources = plan.user_names;
         settings = settings.append_element_content_handler((
             std::borrow::Cow::Owned(selector),
             ElementContentHandlers::default().element(
                 move |el: &mut lol_html::send::Element<'_, '_>| {
-                    if let Some(name) = username_of(el)
+                    if let Some(name) = username_of(el, &sources)
                         && is_guest(&name)
                     {
                         el.after(LABEL_HTML, ContentType::Html);
@@ -237,6 +262,11 @@ mod tests {
                     .expect("selector"),
                 is_guest,
             )),
+            user_names: Arc::from(vec![UserNameSource {
+                attribute: "title".into(),
+                pattern: regex::Regex::new(r"^User:(?P<user>[^(]+?)(?: \(page does not exist\))?$")
+                    .expect("pattern"),
+            }]),
             banner: banner.then(|| banner_html("Shared <with> guests")),
             encoding: encoding_rs::UTF_8,
         };
@@ -256,6 +286,29 @@ mod tests {
         ));
         assert!(out.contains("<body class=\"theme\"><div class=\"guestgate-guest-banner\" role=\"note\">Shared &lt;with&gt; guests</div>"));
         assert_eq!(out.matches("guestgate-style").count(), 1);
+        assert!(!out.contains("Alice</a><span"));
+    }
+
+    #[test]
+    fn profile_sources_name_users_that_confluence_patterns_do_not() {
+        let html = "<body><a href=\"/index.php/User:Gary\" class=\"mw-userlink\" title=\"User:gary\"><bdi>Gary</bdi></a> \
+<a href=\"/index.php?title=User:Gary&amp;action=edit&amp;redlink=1\" class=\"new mw-userlink\" title=\"User:gary (page does not exist)\"><bdi>Gary</bdi></a> \
+<a class=\"mw-userlink\" title=\"User:Alice\">Alice</a></body>";
+        let is_guest: GuestTest = Arc::new(|n: &str| n == "gary");
+        let plan = HtmlPlan {
+            tag_users: Some(("a.mw-userlink".parse().expect("selector"), is_guest)),
+            user_names: Arc::from(vec![UserNameSource {
+                attribute: "title".into(),
+                pattern: regex::Regex::new(r"^User:(?P<user>[^(]+?)(?: \(page does not exist\))?$")
+                    .expect("pattern"),
+            }]),
+            banner: None,
+            encoding: encoding_rs::UTF_8,
+        };
+        let out = String::from_utf8(rewrite_buffer(plan, html.as_bytes()).expect("rewrite"))
+            .expect("utf8");
+        assert_eq!(out.matches(LABEL_HTML).count(), 2, "{out}");
+        assert!(out.contains("<bdi>Gary</bdi></a><span class=\"guestgate-guest-label\">"));
         assert!(!out.contains("Alice</a><span"));
     }
 

@@ -18,7 +18,7 @@ pub enum JsonError {
     Malformed(usize),
     #[error("JSON nested deeper than {MAX_DEPTH}")]
     TooDeep,
-    #[error("no top-level `results` array to filter")]
+    #[error("no listing array to filter")]
     NotAListing,
 }
 
@@ -59,8 +59,14 @@ pub type UserLookup<'a> = &'a dyn Fn(&str) -> Option<bool>;
 /// What to do to one JSON body.
 pub struct JsonPlan<'a> {
     pub tag_users: Option<UserLookup<'a>>,
-    /// Keep only `results` items whose space is in `visible` (upper-cased keys).
+    /// Keep only listing items whose space is in `visible` (upper-cased keys).
     pub filter: Option<(&'a [SpaceExtractor], &'a HashSet<String>)>,
+    /// Besides Confluence's user objects (`type` known/user with `username`), objects with
+    /// a string under one of these keys name a user (MediaWiki's `"user": "Gary"`).
+    pub user_keys: &'a [String],
+    /// Where the listings are: each a path of object keys from the root. Empty: the
+    /// top-level `results` array (Confluence).
+    pub listings: &'a [Vec<String>],
 }
 
 #[derive(Debug)]
@@ -82,14 +88,22 @@ struct Listing {
     items: Vec<Item>,
 }
 
+/// A key on the way from the root to the current value; `None` for an array element.
+type OuterSeg<'s> = Option<Cow<'s, [u8]>>;
+
 struct Scanner<'s, 'p> {
     src: &'s [u8],
     pos: usize,
     tag_users: bool,
+    user_keys: &'p [String],
     extractors: Option<&'p [SpaceExtractor]>,
+    listing_paths: &'p [Vec<String>],
+    /// Keys from the root to the current value while outside listing items, kept only when
+    /// filtering (to find the listing arrays).
+    outer: Vec<OuterSeg<'s>>,
     /// Position of each user object's closing brace, with its username.
     user_ends: Vec<(usize, Cow<'s, str>)>,
-    listing: Option<Listing>,
+    listings: Vec<Listing>,
     size: Option<(usize, usize)>,
     total_size: Option<(usize, usize)>,
     /// Path below the current listing item, kept only while inside one.
@@ -97,6 +111,32 @@ struct Scanner<'s, 'p> {
     in_item: bool,
     /// Best space found for the current item so far: (extractor index, key).
     item_space: Option<(usize, String)>,
+}
+
+impl Scanner<'_, '_> {
+    /// Whether the value under `key` in the current object is one of the profile's listing
+    /// arrays: the keys from the root to here, then `key`, are one of `listing_paths`.
+    fn is_listing(&self, key: &[u8]) -> bool {
+        if self.extractors.is_none() || self.in_item {
+            return false;
+        }
+        self.listing_paths.iter().any(|p| {
+            p.len() == self.outer.len() + 1
+                && self
+                    .outer
+                    .iter()
+                    .map(|seg| seg.as_deref())
+                    .chain(std::iter::once(Some(key)))
+                    .zip(p)
+                    .all(|(seg, want)| seg == Some(want.as_bytes()))
+        })
+    }
+
+    /// Whether `outer` must be kept: only when filtering by explicit paths (the default
+    /// `results` listing is found from the root alone, as before).
+    fn tracks_outer(&self) -> bool {
+        self.extractors.is_some() && !self.in_item
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -116,6 +156,7 @@ enum Val {
 enum KeyKind {
     Type,
     Username,
+    NamedUser,
     Other,
 }
 
@@ -260,6 +301,7 @@ impl<'s> Scanner<'s, '_> {
         self.expect(b'{')?;
         let mut user_type = false;
         let mut username: Option<Cow<'s, str>> = None;
+        let mut named_user: Option<Cow<'s, str>> = None;
         self.ws();
         if self.peek() == Some(b'}') {
             self.pos += 1;
@@ -282,26 +324,38 @@ impl<'s> Scanner<'s, '_> {
             let kind = match key {
                 b"type" if self.tag_users => KeyKind::Type,
                 b"username" if self.tag_users => KeyKind::Username,
+                k if self.tag_users && self.user_keys.iter().any(|u| u.as_bytes() == k) => {
+                    KeyKind::NamedUser
+                }
                 _ => KeyKind::Other,
             };
-            let value = if root
-                && key == b"results"
-                && self.extractors.is_some()
-                && self.peek() == Some(b'[')
-            {
+            let listing = self.peek() == Some(b'[')
+                && if self.listing_paths.is_empty() {
+                    root && key == b"results" && self.extractors.is_some()
+                } else {
+                    self.is_listing(key)
+                };
+            let value = if listing {
                 self.array(depth + 1, true)?;
                 Val::Other
             } else {
-                if self.in_item {
+                let outer = !self.listing_paths.is_empty() && self.tracks_outer();
+                if self.in_item || outer {
                     let seg = match key_span.escaped {
                         false => Cow::Borrowed(self.raw(key_span)),
                         true => Cow::Owned(key.to_vec()),
                     };
-                    self.path.push(Seg::Key(seg));
+                    if self.in_item {
+                        self.path.push(Seg::Key(seg));
+                    } else {
+                        self.outer.push(Some(seg));
+                    }
                 }
                 let v = self.value(depth + 1, false)?;
                 if self.in_item {
                     self.path.pop();
+                } else if outer {
+                    self.outer.pop();
                 }
                 v
             };
@@ -310,6 +364,7 @@ impl<'s> Scanner<'s, '_> {
                     user_type = matches!(self.raw(t), b"known" | b"user");
                 }
                 (KeyKind::Username, Val::Str(u)) => username = Some(self.decode(u)?),
+                (KeyKind::NamedUser, Val::Str(u)) => named_user = Some(self.decode(u)?),
                 (_, Val::Number(s, e)) if root && key == b"size" => self.size = Some((s, e)),
                 (_, Val::Number(s, e)) if root && key == b"totalSize" => {
                     self.total_size = Some((s, e))
@@ -329,6 +384,8 @@ impl<'s> Scanner<'s, '_> {
         };
         if user_type && let Some(name) = username {
             self.user_ends.push((close, name));
+        } else if let Some(name) = named_user {
+            self.user_ends.push((close, name));
         }
         Ok(())
     }
@@ -344,12 +401,15 @@ impl<'s> Scanner<'s, '_> {
             loop {
                 self.ws();
                 let start = self.pos;
+                let outer = !listing && !self.listing_paths.is_empty() && self.tracks_outer();
                 if listing {
                     self.in_item = true;
                     self.path.clear();
                     self.item_space = None;
                 } else if self.in_item {
                     self.path.push(Seg::Index(index));
+                } else if outer {
+                    self.outer.push(None);
                 }
                 self.value(depth + 1, false)?;
                 if listing {
@@ -361,6 +421,8 @@ impl<'s> Scanner<'s, '_> {
                     });
                 } else if self.in_item {
                     self.path.pop();
+                } else if outer {
+                    self.outer.pop();
                 }
                 index += 1;
                 self.ws();
@@ -375,7 +437,7 @@ impl<'s> Scanner<'s, '_> {
             }
         }
         if listing {
-            self.listing = Some(Listing { items });
+            self.listings.push(Listing { items });
         }
         Ok(())
     }
@@ -387,9 +449,12 @@ pub fn rewrite(src: &[u8], plan: &JsonPlan<'_>) -> Result<Option<Vec<u8>>, JsonE
         src,
         pos: 0,
         tag_users: plan.tag_users.is_some(),
+        user_keys: plan.user_keys,
         extractors: plan.filter.map(|(e, _)| e),
+        listing_paths: plan.listings,
+        outer: Vec::new(),
         user_ends: Vec::new(),
-        listing: None,
+        listings: Vec::new(),
         size: None,
         total_size: None,
         path: Vec::new(),
@@ -412,16 +477,24 @@ pub fn rewrite(src: &[u8], plan: &JsonPlan<'_>) -> Result<Option<Vec<u8>>, JsonE
     let mut edits: Vec<(usize, usize, Cow<'static, str>)> = Vec::new();
     let mut deleted: Vec<(usize, usize)> = Vec::new();
     if let Some((_, visible)) = plan.filter {
-        let listing = scanner.listing.take().ok_or(JsonError::NotAListing)?;
-        let keep: Vec<bool> = listing
-            .items
-            .iter()
-            .map(|i| i.space.as_ref().is_some_and(|s| visible.contains(s)))
-            .collect();
-        let removed = keep.iter().filter(|k| !**k).count();
+        if scanner.listings.is_empty() {
+            return Err(JsonError::NotAListing);
+        }
+        let (mut removed, mut kept) = (0, 0);
+        for listing in &scanner.listings {
+            let keep: Vec<bool> = listing
+                .items
+                .iter()
+                .map(|i| i.space.as_ref().is_some_and(|s| visible.contains(s)))
+                .collect();
+            let gone = keep.iter().filter(|k| !**k).count();
+            removed += gone;
+            kept += keep.len() - gone;
+            if gone > 0 {
+                deleted.extend(deletion_ranges(&listing.items, &keep));
+            }
+        }
         if removed > 0 {
-            deleted = deletion_ranges(&listing.items, &keep);
-            let kept = keep.len() - removed;
             if let Some((s, e)) = scanner.size {
                 edits.push((s, e, Cow::Owned(kept.to_string())));
             }
@@ -520,6 +593,8 @@ mod tests {
         let plan = JsonPlan {
             tag_users: Some(f),
             filter: None,
+            user_keys: &[],
+            listings: &[],
         };
         match rewrite(src.as_bytes(), &plan).expect("valid") {
             Some(out) => String::from_utf8(out).expect("utf8"),
@@ -540,6 +615,8 @@ mod tests {
         let plan = JsonPlan {
             tag_users: None,
             filter: Some((&extractors, &visible)),
+            user_keys: &[],
+            listings: &[],
         };
         Ok(match rewrite(src.as_bytes(), &plan)? {
             Some(out) => String::from_utf8(out).expect("utf8"),
@@ -599,6 +676,73 @@ mod tests {
         assert_eq!(filter(src, &["HR", "ENG", "OPS"]).expect("ok"), src);
     }
 
+    fn mediawiki_plan<'a>(
+        extractors: &'a [SpaceExtractor],
+        visible: &'a HashSet<String>,
+        listings: &'a [Vec<String>],
+        user_keys: &'a [String],
+        f: UserLookup<'a>,
+    ) -> JsonPlan<'a> {
+        JsonPlan {
+            tag_users: Some(f),
+            filter: Some((extractors, visible)),
+            user_keys,
+            listings,
+        }
+    }
+
+    #[test]
+    fn filters_listings_named_by_pointer_and_tags_user_keys() {
+        let extractors = vec![
+            SpaceExtractor::new(
+                "/title",
+                Regex::new(r"^(?P<space>[A-Za-z0-9]+)(?:_talk)?:").ok(),
+            )
+            .expect("pointer"),
+        ];
+        let visible: HashSet<String> = ["ENG".to_string()].into_iter().collect();
+        let listings = vec![
+            vec!["query".to_string(), "search".to_string()],
+            vec!["query".to_string(), "recentchanges".to_string()],
+        ];
+        let user_keys = vec!["user".to_string()];
+        let f: &dyn Fn(&str) -> Option<bool> = &lookup;
+        let plan = mediawiki_plan(&extractors, &visible, &listings, &user_keys, f);
+        let src = r#"{"batchcomplete":"","results":[{"title":"HR:Kept"}],"query":{"searchinfo":{"totalhits":3},"search":[{"ns":3000,"title":"ENG:Home"},{"ns":3002,"title":"HR:Salaries"},{"ns":0,"title":"Main Page"},{"ns":3001,"title":"ENG_talk:Home","user":"gary"}],"recentchanges":[{"title":"OPS:Runbook","user":"alice"}],"other":[{"search":[{"title":"HR:X"}]}]}}"#;
+        let out = String::from_utf8(
+            rewrite(src.as_bytes(), &plan)
+                .expect("ok")
+                .expect("changed"),
+        )
+        .expect("utf8");
+        assert_eq!(
+            out,
+            r#"{"batchcomplete":"","results":[{"title":"HR:Kept"}],"query":{"searchinfo":{"totalhits":3},"search":[{"ns":3000,"title":"ENG:Home"},{"ns":3001,"title":"ENG_talk:Home","user":"gary","isExternalCollaborator":true}],"recentchanges":[],"other":[{"search":[{"title":"HR:X"}]}]}}"#
+        );
+        // No listing where the profile says: refused, not passed through.
+        assert_eq!(
+            rewrite(br#"{"query":{"pages":{"1":{"title":"HR:X"}}}}"#, &plan),
+            Err(JsonError::NotAListing)
+        );
+        // Without a filter, user keys tag objects anywhere.
+        let tag_only = JsonPlan {
+            tag_users: Some(f),
+            filter: None,
+            user_keys: &user_keys,
+            listings: &listings,
+        };
+        let out = rewrite(
+            br#"{"revisions":[{"revid":4,"user":"alice"},{"user":"nobody"}]}"#,
+            &tag_only,
+        )
+        .expect("ok")
+        .expect("changed");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            r#"{"revisions":[{"revid":4,"user":"alice","isExternalCollaborator":false},{"user":"nobody"}]}"#
+        );
+    }
+
     #[test]
     fn unfilterable_bodies_are_errors() {
         assert_eq!(
@@ -618,6 +762,8 @@ mod tests {
         let plan = JsonPlan {
             tag_users: Some(f),
             filter: None,
+            user_keys: &[],
+            listings: &[],
         };
         assert_eq!(rewrite(deep.as_bytes(), &plan), Err(JsonError::TooDeep));
     }

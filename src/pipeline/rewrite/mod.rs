@@ -180,6 +180,7 @@ pub async fn apply(
                     .clone()
                     .filter(|_| plan.tag_html)
                     .map(|s| (s, is_guest)),
+                user_names: plan.snapshot.routes.user_link_names.clone(),
                 banner: plan.banner,
                 encoding,
             };
@@ -290,6 +291,8 @@ async fn rewrite_json(
             .filter
             .as_deref()
             .map(|visible| (plan.snapshot.routes.listing_space.as_slice(), visible)),
+        user_keys: &plan.snapshot.routes.json_user_keys,
+        listings: &plan.snapshot.routes.listing_arrays,
     };
     match json::rewrite(decoded.as_deref().unwrap_or(&raw), &json_plan) {
         Ok(Some(out)) => {
