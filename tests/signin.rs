@@ -757,3 +757,50 @@ async fn a_provider_outage_keeps_sessions_until_they_expire() {
     assert_eq!(a.status, StatusCode::BAD_GATEWAY);
     assert!(a.text().contains("idp_unavailable"), "{}", a.text());
 }
+
+#[tokio::test]
+async fn a_sign_in_without_a_groups_claim_is_refused_unless_allowed() {
+    need_node_modules!();
+    let (idp, up, gw) = setup(&[], "").await;
+    // nina's ID token and userinfo both lack `groups`: she must not pass as a regular user.
+    let mut b = Browser::default();
+    let auth = start(&mut b, &gw, "/display/HR/Home").await;
+    let callback = idp_login(&mut b, &idp, &auth, "nina").await;
+    let a = b.get(&callback).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text());
+    assert!(a.text().contains("groups_unavailable"), "{}", a.text());
+    assert!(set_cookie(&a, "guestgate_session").is_none());
+    assert!(
+        idp.stats().await["userinfo"].as_u64().unwrap() >= 1,
+        "userinfo was asked too"
+    );
+    let a = b.get(&gw.url("/display/HR/Home")).await;
+    assert_eq!(a.status, StatusCode::FOUND, "still not signed in");
+    assert!(up.forwarded().is_empty());
+
+    // An empty groups claim is a claim: erin signs in.
+    let mut b = Browser::default();
+    sign_in(&mut b, &gw, &idp, "erin", "/display/ENG/Home").await;
+    assert_eq!(
+        b.get(&gw.url("/display/ENG/Home")).await.status,
+        StatusCode::OK
+    );
+
+    // With the explicit opt-out, the directory alone decides: nina signs in.
+    let gw = start_oidc_gateway(
+        TestConfig::new(&up.url()),
+        &idp.issuer,
+        "allow_missing_groups = true",
+    )
+    .await;
+    let mut b = Browser::default();
+    sign_in(&mut b, &gw, &idp, "nina", "/display/ENG/Home").await;
+    assert_eq!(
+        b.get(&gw.url("/display/ENG/Home")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        up.forwarded().pop().unwrap().header("x-guestgate-user"),
+        Some("nina")
+    );
+}

@@ -628,6 +628,7 @@ impl Validator {
             refresh_before: Duration::from_secs(o.refresh_before_secs),
             state_ttl,
             userinfo_groups: o.userinfo_groups,
+            allow_missing_groups: o.allow_missing_groups,
             client_auth,
         }
     }

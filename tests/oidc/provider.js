@@ -23,10 +23,13 @@ const ACCESS_TTL = Number(process.env.ACCESS_TTL_SECS || 300);
 const ID_TOKEN_TTL = Number(process.env.ID_TOKEN_TTL_SECS || 300);
 const CLAIMS_IN_ID_TOKEN = process.env.CLAIMS_IN_ID_TOKEN !== '0';
 
-// Matches guestgate's test data document: alice is a regular user, gary a guest.
+// Matches guestgate's test data document: alice is a regular user, gary a guest. nina has
+// no groups claim at all (neither in the ID token nor at userinfo); erin has an empty one.
 const USERS = {
   alice: { name: 'Alice Adams', email: 'alice@example.com', groups: ['confluence-users'] },
   gary: { name: 'Gary Guest', email: 'gary@acme.example', groups: ['acme-guests'] },
+  nina: { name: 'Nina Nogroups', email: 'nina@acme.example' },
+  erin: { name: 'Erin Empty', email: 'erin@acme.example', groups: [] },
 };
 
 const stats = { jwks: 0, token: 0, refresh: 0, userinfo: 0, kid: '' };
@@ -92,9 +95,11 @@ function build(issuer, key) {
       return {
         accountId: sub,
         async claims() {
-          return {
-            sub, preferred_username: sub, name: user.name, email: user.email, groups: user.groups,
+          const claims = {
+            sub, preferred_username: sub, name: user.name, email: user.email,
           };
+          if (user.groups) claims.groups = user.groups;
+          return claims;
         },
       };
     },

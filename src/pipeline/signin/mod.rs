@@ -86,6 +86,10 @@ pub enum SignInError {
     Userinfo(String),
     #[error("identity provider unavailable: {0}")]
     IdpUnavailable(String),
+    /// Neither the ID token nor userinfo says which groups the person is in (or Entra ID
+    /// left them out for having too many): without them a guest would pass as a regular user.
+    #[error("the identity provider did not say which groups the user is in")]
+    GroupsUnavailable,
     #[error("the session does not fit in a cookie")]
     SessionTooLarge,
     #[error("the request names no host")]
@@ -106,7 +110,7 @@ impl SignInError {
             | Self::CodeMissing
             | Self::TokenRejected { .. }
             | Self::NoHost => StatusCode::BAD_REQUEST,
-            Self::IdpRefused(_) => StatusCode::FORBIDDEN,
+            Self::IdpRefused(_) | Self::GroupsUnavailable => StatusCode::FORBIDDEN,
             Self::NoIdToken | Self::IdToken(_) | Self::NonceMismatch => StatusCode::UNAUTHORIZED,
             Self::Userinfo(_) | Self::IdpUnavailable(_) => StatusCode::BAD_GATEWAY,
             Self::SessionTooLarge | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -129,6 +133,7 @@ impl SignInError {
             Self::NonceMismatch => "nonce_mismatch",
             Self::Userinfo(_) => "userinfo_failed",
             Self::IdpUnavailable(_) => "idp_unavailable",
+            Self::GroupsUnavailable => "groups_unavailable",
             Self::SessionTooLarge => "session_too_large",
             Self::NoHost => "missing_host",
             Self::Internal(_) => "internal_error",
@@ -638,10 +643,18 @@ impl SignIn {
             .get("sub")
             .and_then(|v| v.as_str())
             .ok_or(SignInError::IdToken(IdentityError::MissingSubject))?;
-        let groups = self
+        let groups = match self
             .groups_for(&claims, tokens.access_token.as_deref())
             .await?
-            .unwrap_or_default();
+        {
+            Some(groups) => groups,
+            // Explicitly allowed: the directory alone decides who is a guest.
+            None if self.config.allow_missing_groups => Vec::new(),
+            None => {
+                tracing::warn!(user = %user, claim = %self.groups_claim, "sign-in refused: the provider gave no groups claim");
+                return Err(SignInError::GroupsUnavailable.into());
+            }
+        };
         let now = unix_now();
         let max = now + self.config.session_lifetime.as_secs();
         let id_exp = claims.get("exp").and_then(|v| v.as_u64());
@@ -705,12 +718,18 @@ impl SignIn {
     }
 
     /// Groups from the ID token's groups claim; when it has none, from userinfo (if
-    /// `userinfo_groups`). `None` when neither says anything.
+    /// `userinfo_groups`). `None` when neither says anything, or when the ID token says
+    /// the groups were left out for being too many (Entra ID's overage: neither the token
+    /// nor userinfo then holds the full list).
     async fn groups_for(
         &self,
         claims: &serde_json::Map<String, serde_json::Value>,
         access_token: Option<&str>,
     ) -> Result<Option<Vec<String>>, SignInError> {
+        if groups_overage(claims, &self.groups_claim) {
+            tracing::warn!(claim = %self.groups_claim, "the provider left the groups out of the ID token (too many groups)");
+            return Ok(None);
+        }
         if claims.contains_key(&self.groups_claim) {
             let groups = groups_of(claims.get(&self.groups_claim)).map_err(SignInError::IdToken)?;
             return Ok(Some(groups.iter().map(|g| g.to_string()).collect()));
@@ -803,6 +822,21 @@ fn session_exp(expires_in: Option<u64>, id_exp: Option<u64>, now: u64) -> u64 {
         (None, Some(exp)) => exp,
         (None, None) => now + 300,
     }
+}
+
+/// Entra ID's group overage: instead of the groups claim, the token points elsewhere
+/// (`_claim_names.groups`) or just says there are some (`hasgroups`, implicit flows).
+fn groups_overage(claims: &serde_json::Map<String, serde_json::Value>, groups_claim: &str) -> bool {
+    let pointed_elsewhere = claims
+        .get("_claim_names")
+        .and_then(|v| v.as_object())
+        .is_some_and(|names| names.contains_key(groups_claim));
+    let has_groups = claims.get("hasgroups").is_some_and(|v| match v {
+        serde_json::Value::Bool(b) => *b,
+        serde_json::Value::String(s) => s.eq_ignore_ascii_case("true"),
+        _ => false,
+    });
+    pointed_elsewhere || has_groups
 }
 
 /// The state cookie's name: derived from the state, so each sign-in has its own.
@@ -915,6 +949,7 @@ pub async fn endpoint(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -962,6 +997,33 @@ mod tests {
             !should_redirect(&Method::GET, true, &InvalidSignature),
             "bad bearer token"
         );
+    }
+
+    #[test]
+    fn entra_group_overage_is_recognised() {
+        let claims = |v: serde_json::Value| v.as_object().unwrap().clone();
+        assert!(groups_overage(
+            &claims(
+                serde_json::json!({"_claim_names": {"groups": "src1"}, "_claim_sources": {"src1": {"endpoint": "https://graph"}}})
+            ),
+            "groups"
+        ));
+        assert!(groups_overage(
+            &claims(serde_json::json!({"hasgroups": true})),
+            "groups"
+        ));
+        assert!(groups_overage(
+            &claims(serde_json::json!({"hasgroups": "true"})),
+            "groups"
+        ));
+        assert!(!groups_overage(
+            &claims(serde_json::json!({"groups": []})),
+            "groups"
+        ));
+        assert!(!groups_overage(
+            &claims(serde_json::json!({"_claim_names": {"roles": "src1"}, "hasgroups": false})),
+            "groups"
+        ));
     }
 
     #[test]
