@@ -804,3 +804,58 @@ async fn a_sign_in_without_a_groups_claim_is_refused_unless_allowed() {
         Some("nina")
     );
 }
+
+#[tokio::test]
+async fn only_invalid_grant_ends_a_session_on_refresh() {
+    need_node_modules!();
+    // Access tokens live 3 s; the gateway refreshes 2 s before the end.
+    let (idp, _up, gw) = setup(&[("ACCESS_TTL_SECS", "3")], "refresh_before_secs = 2").await;
+    let mut limited = Browser::default();
+    sign_in(&mut limited, &gw, &idp, "gary", "/display/ENG/Home").await;
+    let mut misconfigured = Browser::default();
+    sign_in(&mut misconfigured, &gw, &idp, "gary", "/display/ENG/Home").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
+    // Rate limited, or the client itself refused: nothing is said about the refresh token,
+    // so the session is kept until it expires, as in an outage.
+    for (b, status, error) in [
+        (&mut limited, 429, "slow_down"),
+        (&mut misconfigured, 401, "invalid_client"),
+    ] {
+        let a = request(
+            "POST",
+            &idp.url(&format!("/__test/token-fail?status={status}&error={error}")),
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::NO_CONTENT);
+        let before = idp.stats().await["token_failed"].as_u64().unwrap_or(0);
+        for _ in 0..2 {
+            let a = b.get(&gw.url("/display/ENG/Home")).await;
+            assert_eq!(a.status, StatusCode::OK, "{status}: {}", a.text());
+            assert!(set_cookie(&a, "guestgate_session").is_none());
+        }
+        assert!(
+            idp.stats().await["token_failed"].as_u64().unwrap() > before,
+            "the refresh was tried and answered {status}"
+        );
+    }
+
+    // invalid_grant (the refresh token is dead) still ends a session at once.
+    let mut revoked = Browser::default();
+    request("POST", &idp.url("/__test/token-fail?status=0"), &[], "").await;
+    sign_in(&mut revoked, &gw, &idp, "gary", "/display/ENG/Home").await;
+    request(
+        "POST",
+        &idp.url("/__test/token-fail?status=400&error=invalid_grant"),
+        &[],
+        "",
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let cookie = format!("guestgate_session={}", revoked.jar["guestgate_session"]);
+    let a = get(&gw.url("/display/ENG/Home"), &[("cookie", &cookie)]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(a.json()["reason"], "session_expired");
+}

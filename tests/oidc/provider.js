@@ -13,6 +13,9 @@
 // Test-only endpoints (never part of a real IdP):
 //   POST /__test/rotate   replaces the signing key; prints nothing, answers the new kid
 //   GET  /__test/stats    {"jwks": N, "token": N, "refresh": N, "userinfo": N, "kid": "..."}
+//   POST /__test/token-fail?status=429&error=slow_down
+//                         the token endpoint answers that status and OAuth error from now on
+//                         (until status=0), as a rate-limiting or misconfigured IdP would
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import http from 'node:http';
 
@@ -177,6 +180,7 @@ async function interaction(provider, req, res) {
 }
 
 let provider;
+let tokenFail = null;
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, 'http://x');
   const fail = (e) => {
@@ -189,6 +193,19 @@ const server = http.createServer((req, res) => {
     provider = build(provider.issuer, newKey());
     res.writeHead(200, { 'content-type': 'application/json' });
     res.end(JSON.stringify({ kid: stats.kid }));
+    return;
+  }
+  if (url.pathname === '/__test/token-fail' && req.method === 'POST') {
+    const status = Number(url.searchParams.get('status') || 0);
+    tokenFail = status ? { status, error: url.searchParams.get('error') || 'unknown' } : null;
+    res.writeHead(204);
+    res.end();
+    return;
+  }
+  if (url.pathname === '/token' && tokenFail) {
+    stats.token_failed = (stats.token_failed || 0) + 1;
+    res.writeHead(tokenFail.status, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ error: tokenFail.error }));
     return;
   }
   if (url.pathname === '/__test/stats') {
