@@ -395,7 +395,7 @@ fn seal_session(keys_b64: &str, session: serde_json::Value) -> String {
 async fn expired_forged_and_foreign_sessions_are_not_accepted() {
     need_node_modules!();
     let (_idp, up, gw) = setup(&[], "").await;
-    let session = |exp: u64, max: u64| serde_json::json!({"sub": "gary", "u": "gary", "g": ["acme-guests"], "exp": exp, "max": max});
+    let session = |exp: u64, max: u64| serde_json::json!({"id": "test-session", "sub": "gary", "u": "gary", "g": ["acme-guests"], "exp": exp, "max": max});
     let live = seal_session(SESSION_KEY_B64, session(now() + 300, now() + 3600));
     let expired = seal_session(SESSION_KEY_B64, session(now() - 5, now() + 3600));
     let past_max = seal_session(SESSION_KEY_B64, session(now() + 300, now() - 1));
@@ -406,7 +406,12 @@ async fn expired_forged_and_foreign_sessions_are_not_accepted() {
     // Due for refresh (within refresh_before_secs), and the provider refuses the token.
     let mut revoked = session(now() + 30, now() + 3600);
     revoked["rt"] = serde_json::json!("a-refresh-token-the-provider-never-issued");
+    revoked["id"] = serde_json::json!("refused-at-refresh");
     let revoked = seal_session(SESSION_KEY_B64, revoked);
+    // Sealed right but without a session id: it could not be revoked, so it is not taken.
+    let mut no_id = session(now() + 300, now() + 3600);
+    no_id.as_object_mut().unwrap().remove("id");
+    let no_id = seal_session(SESSION_KEY_B64, no_id);
     let mut tampered = live.clone().into_bytes();
     let mid = tampered.len() / 2;
     tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
@@ -430,6 +435,7 @@ async fn expired_forged_and_foreign_sessions_are_not_accepted() {
         (&past_max, "session_expired"),
         (&revoked, "session_expired"),
         (&other_key, "invalid_session"),
+        (&no_id, "invalid_session"),
         (&tampered, "invalid_session"),
     ] {
         let a = with(cookie, "application/json").await;
@@ -728,7 +734,7 @@ async fn a_provider_outage_keeps_sessions_until_they_expire() {
     need_node_modules!();
     let (idp, up, gw) = setup(&[], "").await;
     drop(idp); // the provider is gone before the gateway ever talked to it
-    let mut due = serde_json::json!({"sub": "gary", "u": "gary", "g": ["acme-guests"],
+    let mut due = serde_json::json!({"id": "outage", "sub": "gary", "u": "gary", "g": ["acme-guests"],
         "exp": now() + 30, "max": now() + 3600, "rt": "some-refresh-token"});
     let cookie = format!(
         "guestgate_session={}",
@@ -856,6 +862,34 @@ async fn only_invalid_grant_ends_a_session_on_refresh() {
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let cookie = format!("guestgate_session={}", revoked.jar["guestgate_session"]);
     let a = get(&gw.url("/display/ENG/Home"), &[("cookie", &cookie)]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(a.json()["reason"], "session_expired");
+}
+
+#[tokio::test]
+async fn logout_ends_every_copy_of_the_session_refreshed_or_not() {
+    need_node_modules!();
+    // Access tokens live 3 s; the gateway refreshes 2 s before the end.
+    let (idp, _up, gw) = setup(&[("ACCESS_TTL_SECS", "3")], "refresh_before_secs = 2").await;
+    let mut b = Browser::default();
+    sign_in(&mut b, &gw, &idp, "gary", "/display/ENG/Home").await;
+    let copy = b.jar["guestgate_session"].clone();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let a = b.get(&gw.url("/display/ENG/Home")).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(set_cookie(&a, "guestgate_session").is_some(), "refreshed");
+    assert_ne!(b.jar["guestgate_session"], copy);
+    // The pre-refresh copy still works before logout (it shares the refresh)...
+    let with_copy = [("cookie", format!("guestgate_session={copy}"))];
+    let headers: Vec<(&str, &str)> = with_copy.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(
+        get(&gw.url("/display/ENG/Home"), &headers).await.status,
+        StatusCode::OK
+    );
+    // ...and not after logging out with the refreshed cookie.
+    let a = b.get(&gw.url("/_guestgate/logout")).await;
+    assert_eq!(a.status, StatusCode::FOUND);
+    let a = get(&gw.url("/display/ENG/Home"), &headers).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert_eq!(a.json()["reason"], "session_expired");
 }

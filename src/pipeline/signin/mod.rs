@@ -161,6 +161,11 @@ struct LoginState {
 /// A signed-in browser, sealed in `guestgate_session`. Short field names: it is a cookie.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Session {
+    /// Random, set at sign-in and kept across refreshes: logout and a refused refresh
+    /// revoke the session by it, so every cookie of the session (copies made before a
+    /// refresh included) is refused, not just the one presented. Required: a session
+    /// without one could not be revoked.
+    id: String,
     sub: String,
     /// The user name (`identity.user_claim`, else `sub`).
     u: String,
@@ -204,8 +209,8 @@ pub struct SignIn {
     keys: Arc<RemoteKeys>,
     /// Hashes of `state` values already completed (single use within this process).
     used_states: moka::sync::Cache<[u8; 32], ()>,
-    /// Hashes of session cookies ended by logout in this process.
-    revoked: moka::sync::Cache<[u8; 32], ()>,
+    /// Ids of sessions ended in this process (logout, or a refresh the provider refused).
+    revoked: moka::sync::Cache<String, ()>,
     /// Opened session cookies, by hash, so a request does not re-open and re-parse.
     opened: moka::sync::Cache<[u8; 32], Arc<OpenSession>>,
     /// Refreshes by the hash of the cookie they replace; concurrent requests share one.
@@ -314,9 +319,6 @@ impl SignIn {
             return (Caller::Anonymous, None);
         };
         let hash = sha256(value.as_bytes());
-        if self.revoked.contains_key(&hash) {
-            return (Caller::Rejected(IdentityError::SessionExpired), None);
-        }
         let open = match self.opened.get(&hash) {
             Some(open) => open,
             None => match self.open_session(value, hash) {
@@ -328,6 +330,9 @@ impl SignIn {
                 None => return (Caller::Rejected(IdentityError::SessionInvalid), None),
             },
         };
+        if self.revoked.contains_key(&open.session.id) {
+            return (Caller::Rejected(IdentityError::SessionExpired), None);
+        }
         let now = unix_now();
         let s = &open.session;
         if now >= s.max {
@@ -343,8 +348,9 @@ impl SignIn {
                     let slot = match outcome {
                         Refresh::Done { .. } => 0,
                         Refresh::Revoked => {
-                            // The provider ended it: refuse this cookie without asking again.
-                            self.revoked.insert(hash, ());
+                            // The provider ended it: refuse every cookie of this session
+                            // without asking again.
+                            self.revoked.insert(s.id.clone(), ());
                             1
                         }
                         Refresh::Failed => 2,
@@ -660,6 +666,7 @@ impl SignIn {
         let id_exp = claims.get("exp").and_then(|v| v.as_u64());
         let ends_at_idp = self.idp.metadata().await?.end_session_endpoint.is_some();
         let mut session = Session {
+            id: random_token(16).map_err(SignInError::Internal)?,
             sub: sub.to_string(),
             u: user.to_string(),
             g: groups,
@@ -777,7 +784,7 @@ impl SignIn {
         let session = cookies::get(headers, cookies::SESSION).and_then(|value| {
             let hash = sha256(value.as_bytes());
             let open = self.open_session(value, hash)?;
-            self.revoked.insert(hash, ());
+            self.revoked.insert(open.session.id.clone(), ());
             self.opened.invalidate(&hash);
             Some(open.session)
         });
