@@ -230,6 +230,7 @@ async fn a_guest_signs_in_and_is_held_to_the_guest_policy() {
     let back = b.get(&callback).await;
     assert_eq!(back.status, StatusCode::FOUND, "{}", back.text());
     assert_eq!(back.header("location"), Some("/display/ENG/Home?focus=1"));
+    assert_eq!(back.header("cache-control"), Some("private, no-store"));
     let session = set_cookie(&back, "guestgate_session").unwrap();
     assert!(
         session.contains("Path=/")
@@ -285,6 +286,14 @@ async fn a_guest_signs_in_and_is_held_to_the_guest_policy() {
     sign_in(&mut other, &gw, &idp, "alice", "/display/HR/Home").await;
     let a = other.get(&gw.url("/display/HR/Home")).await;
     assert_eq!(a.status, StatusCode::OK);
+    // A page for one session only: shared caches must not keep it for others.
+    assert!(set_cookie(&a, "guestgate_session").is_none());
+    assert_eq!(a.header("cache-control"), Some("private"));
+    assert!(
+        a.header("vary").is_some_and(|v| v.contains("Cookie")),
+        "{:?}",
+        a.headers
+    );
     let seen = up.forwarded().pop().unwrap();
     assert_eq!(seen.header("x-guestgate-user"), Some("alice"));
     assert_eq!(seen.header("x-guestgate-guest"), Some("false"));
@@ -464,6 +473,8 @@ async fn sessions_are_refreshed_with_the_refresh_token() {
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     let renewed = set_cookie(&a, "guestgate_session").expect("a refreshed session cookie");
     assert!(renewed.contains("HttpOnly"));
+    // An answer that sets a session is never stored by a cache.
+    assert_eq!(a.header("cache-control"), Some("private, no-store"));
     assert_ne!(b.jar["guestgate_session"], first);
     assert_eq!(idp.stats().await["refresh"], 1);
     assert_eq!(
@@ -475,6 +486,7 @@ async fn sessions_are_refreshed_with_the_refresh_token() {
     tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
     let a = b.get(&gw.url("/display/ENG/Home")).await;
     assert_eq!(a.status, StatusCode::OK);
+
     // ...and the old cookie shares the refresh already done instead of a second one.
     let a = get(
         &gw.url("/display/ENG/Home"),

@@ -892,7 +892,11 @@ fn redirect<const N: usize>(location: &str, cookies: [HeaderValue; N]) -> Respon
     if let Ok(v) = HeaderValue::from_str(location) {
         h.insert(header::LOCATION, v);
     }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // These answers set or clear the gateway's cookies: no cache may keep them.
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
     cookies::append_all(h, cookies);
     response
 }
