@@ -42,7 +42,7 @@ pub const SIGNED_OUT_PATH: &str = "/_guestgate/signed-out";
 /// Browsers keep cookies up to 4096 bytes (name, value and attributes together).
 const MAX_COOKIE_VALUE: usize = 3800;
 /// A return path longer than this is replaced by `/` (it rides in the state cookie).
-const MAX_RETURN_PATH: usize = 1024;
+const MAX_RETURN_PATH: usize = 512;
 /// How long a refresh's result is shared by the requests that carry the old cookie.
 const REFRESH_SHARED_FOR: Duration = Duration::from_secs(30);
 
@@ -862,15 +862,48 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// A return target that can only stay on this origin: a path starting with one `/` (not
 /// `//` or `/\`, which browsers read as another host), no backslash or control character,
-/// not the gateway's own endpoints, not absurdly long. Anything else becomes `/`.
+/// not absurdly long, whose path part has a canonical form (the one the gateway routes by)
+/// that is not the gateway's own namespace — so `/%5Fguestgate/logout`,
+/// `/_guestgate;x/logout` or `/a/../_guestgate/logout` cannot send a browser back to log
+/// out. The canonical path is what is returned; non-ASCII is percent-encoded so the
+/// `Location` header is always valid. Anything else becomes `/`.
 pub fn safe_return_path(p: &str) -> String {
-    let ok = p.starts_with('/')
+    let plausible = p.starts_with('/')
         && !p.starts_with("//")
         && !p.contains('\\')
         && !p.chars().any(|c| c.is_control() || c == ' ')
-        && !is_gateway_path(p.split(['?', '#']).next().unwrap_or(""))
         && p.len() <= MAX_RETURN_PATH;
-    if ok { p.to_string() } else { "/".to_string() }
+    if !plausible {
+        return "/".to_string();
+    }
+    let p = encode_non_ascii(p);
+    let (path, rest) = p.split_at(p.find(['?', '#']).unwrap_or(p.len()));
+    match super::canonical::canonicalize(path) {
+        Ok(canonical)
+            if !canonical.starts_with("//")
+                && !is_gateway_path(&canonical)
+                && canonical.len() + rest.len() <= MAX_RETURN_PATH =>
+        {
+            format!("{canonical}{rest}")
+        }
+        _ => "/".to_string(),
+    }
+}
+
+/// Percent-encodes every byte outside ASCII (UTF-8), leaving the rest as it is.
+fn encode_non_ascii(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
 }
 
 /// Whether an unauthenticated request should be sent to sign in rather than answered
@@ -984,10 +1017,30 @@ mod tests {
             "/_guestgate/logout",
             "/_guestgate",
             "/_guestgate?x",
+            // Spellings the gateway's canonical form reads as its own namespace.
+            "/%5Fguestgate/logout",
+            "/%5fguestgate/logout?x=1",
+            "/_guestgate;x/logout",
+            "/a/../_guestgate/logout",
+            "/./_guestgate/logout",
+            "/x/..;/_guestgate/logout",
+            // No canonical form at all.
+            "/a/%2F/b",
+            "/../etc",
+            "/a/%zz",
         ] {
             assert_eq!(safe_return_path(bad), "/", "{bad:?}");
         }
-        assert_eq!(safe_return_path(&format!("/{}", "a".repeat(2000))), "/");
+        assert_eq!(safe_return_path(&format!("/{}", "a".repeat(600))), "/");
+    }
+
+    #[test]
+    fn return_paths_are_canonical_and_ascii() {
+        assert_eq!(safe_return_path("/a/./b/../c?q=1"), "/a/c?q=1");
+        assert_eq!(safe_return_path("/display/%45NG"), "/display/ENG");
+        let encoded = safe_return_path("/display/ENG/Caf\u{e9}?q=\u{fc}");
+        assert_eq!(encoded, "/display/ENG/Caf%C3%A9?q=%C3%BC");
+        assert!(HeaderValue::from_str(&encoded).is_ok());
     }
 
     #[test]
