@@ -905,3 +905,22 @@ async fn logout_ends_every_copy_of_the_session_refreshed_or_not() {
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert_eq!(a.json()["reason"], "session_expired");
 }
+
+#[tokio::test]
+async fn error_pages_name_no_provider_urls_or_low_level_causes() {
+    need_node_modules!();
+    let (idp, _up, gw) = setup(&[], "").await;
+    let issuer = idp.issuer.clone();
+    drop(idp); // discovery will fail with the provider's URL and a connect error
+    let a = get(&gw.url("/display/ENG/Home"), &[("accept", "text/html")]).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    let page = a.text();
+    assert!(page.contains("idp_unavailable"), "{page}");
+    assert!(
+        page.contains("the identity provider cannot be reached"),
+        "{page}"
+    );
+    for leak in [issuer.as_str(), "127.0.0.1", ".well-known", "error"] {
+        assert!(!page.contains(leak), "{leak:?} in {page}");
+    }
+}

@@ -101,6 +101,12 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, conn: ConnInfo) -> Res
             ) {
                 tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "request refused");
             }
+            // The page only says what failed in general; the details are kept here.
+            if let GatewayError::SignIn(e) = &error
+                && e.offers_sign_in()
+            {
+                tracing::warn!(error = %e, source = ?std::error::Error::source(e), reason = e.reason(), "sign-in failed");
+            }
             error.into_response(wants_html)
         }
     };

@@ -140,6 +140,31 @@ impl SignInError {
         }
     }
 
+    /// What the error page tells the person: a fixed sentence. The details (provider
+    /// URLs, transport and parse errors, the provider's own words) go to the log only.
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            Self::NotConfigured | Self::UnknownEndpoint => "no such page",
+            Self::StateMissing => "the answer from the identity provider carries no state",
+            Self::StateMismatch => "no sign-in started in this browser matches this answer",
+            Self::StateExpired => "the sign-in took too long",
+            Self::StateReused => "this sign-in has already been completed",
+            Self::IssuerMismatch => "the answer names another identity provider",
+            Self::IdpRefused(_) => "the identity provider refused the sign-in",
+            Self::CodeMissing => "the answer from the identity provider carries no code",
+            Self::TokenRejected { .. } => "the identity provider refused the sign-in code",
+            Self::NoIdToken => "the identity provider sent no ID token",
+            Self::IdToken(_) => "the ID token is not valid",
+            Self::NonceMismatch => "the ID token belongs to another sign-in",
+            Self::Userinfo(_) => "the user information from the identity provider is not usable",
+            Self::IdpUnavailable(_) => "the identity provider cannot be reached",
+            Self::GroupsUnavailable => "the identity provider did not say which groups you are in",
+            Self::SessionTooLarge => "the session does not fit in a cookie",
+            Self::NoHost => "the request names no host",
+            Self::Internal(_) => "an internal error occurred",
+        }
+    }
+
     /// Whether a person can fix this by signing in again (the error page offers it).
     pub fn offers_sign_in(&self) -> bool {
         !matches!(self, Self::NotConfigured | Self::UnknownEndpoint)
