@@ -924,3 +924,42 @@ async fn error_pages_name_no_provider_urls_or_low_level_causes() {
         assert!(!page.contains(leak), "{leak:?} in {page}");
     }
 }
+
+#[tokio::test]
+async fn logout_without_a_host_still_clears_the_cookie() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    need_node_modules!();
+    let (idp, _up, gw) = setup(&[], "").await;
+    let mut b = Browser::default();
+    sign_in(&mut b, &gw, &idp, "gary", "/display/ENG/Home").await;
+    let session = b.jar["guestgate_session"].clone();
+    // HTTP/1.0 may omit `Host`: the gateway cannot name its origin to the provider, but the
+    // logout happens all the same.
+    let addr = gw.url("").trim_start_matches("http://").to_string();
+    let addr = addr.trim_end_matches('/');
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(
+        format!("GET /_guestgate/logout HTTP/1.0\r\nCookie: guestgate_session={session}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).await.unwrap();
+    let raw = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    assert!(
+        raw.starts_with("http/1.0 302") || raw.starts_with("http/1.1 302"),
+        "{raw}"
+    );
+    assert!(
+        raw.contains("set-cookie: guestgate_session=; path=/; max-age=0"),
+        "{raw}"
+    );
+    assert!(!raw.contains("post_logout_redirect_uri"), "{raw}");
+    let a = get(
+        &gw.url("/display/ENG/Home"),
+        &[("cookie", &format!("guestgate_session={session}"))],
+    )
+    .await;
+    assert_eq!(a.json()["reason"], "session_expired");
+}

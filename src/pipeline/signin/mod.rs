@@ -43,6 +43,8 @@ pub const SIGNED_OUT_PATH: &str = "/_guestgate/signed-out";
 const MAX_COOKIE_VALUE: usize = 3800;
 /// A return path longer than this is replaced by `/` (it rides in the state cookie).
 const MAX_RETURN_PATH: usize = 512;
+/// No token is taken to last longer than this, whatever `expires_in` says.
+const MAX_TOKEN_LIFETIME: u64 = 366 * 86_400;
 /// How long a refresh's result is shared by the requests that carry the old cookie.
 const REFRESH_SHARED_FOR: Duration = Duration::from_secs(30);
 
@@ -574,7 +576,7 @@ impl SignIn {
         let ttl = self.config.state_ttl.as_secs();
         let login = LoginState {
             rd: safe_return_path(return_to),
-            exp: unix_now() + ttl,
+            exp: unix_now().saturating_add(ttl),
             state,
             nonce,
             verifier,
@@ -687,7 +689,7 @@ impl SignIn {
             }
         };
         let now = unix_now();
-        let max = now + self.config.session_lifetime.as_secs();
+        let max = now.saturating_add(self.config.session_lifetime.as_secs());
         let id_exp = claims.get("exp").and_then(|v| v.as_u64());
         let ends_at_idp = self.idp.metadata().await?.end_session_endpoint.is_some();
         let mut session = Session {
@@ -830,10 +832,14 @@ impl SignIn {
                     q.append_pair("id_token_hint", idt);
                 }
                 q.append_pair("client_id", &self.config.client_id);
-                q.append_pair(
-                    "post_logout_redirect_uri",
-                    &format!("{}{SIGNED_OUT_PATH}", self.origin(headers, uri, tls)?),
-                );
+                // Without a known origin (an HTTP/1.0 request without `Host`) the provider
+                // is not told where to come back; the cookie is cleared all the same.
+                if let Ok(origin) = self.origin(headers, uri, tls) {
+                    q.append_pair(
+                        "post_logout_redirect_uri",
+                        &format!("{origin}{SIGNED_OUT_PATH}"),
+                    );
+                }
                 let sep = if endpoint.contains('?') { '&' } else { '?' };
                 format!("{endpoint}{sep}{}", q.finish())
             }
@@ -850,9 +856,11 @@ impl SignIn {
 /// token's `exp`, else five minutes.
 fn session_exp(expires_in: Option<u64>, id_exp: Option<u64>, now: u64) -> u64 {
     match (expires_in, id_exp) {
-        (Some(secs), _) => now + secs,
+        // A provider's absurd `expires_in` must not overflow; the session's absolute end
+        // bounds the result anyway.
+        (Some(secs), _) => now.saturating_add(secs.min(MAX_TOKEN_LIFETIME)),
         (None, Some(exp)) => exp,
-        (None, None) => now + 300,
+        (None, None) => now.saturating_add(300),
     }
 }
 
@@ -1086,6 +1094,19 @@ mod tests {
             !should_redirect(&Method::GET, true, &InvalidSignature),
             "bad bearer token"
         );
+    }
+
+    #[test]
+    fn absurd_token_lifetimes_do_not_overflow() {
+        let now = 1_700_000_000;
+        assert_eq!(session_exp(Some(60), None, now), now + 60);
+        assert_eq!(
+            session_exp(Some(u64::MAX), None, now),
+            now + MAX_TOKEN_LIFETIME
+        );
+        assert_eq!(session_exp(Some(5), None, u64::MAX), u64::MAX);
+        assert_eq!(session_exp(None, None, u64::MAX), u64::MAX);
+        assert_eq!(session_exp(None, Some(now + 9), now), now + 9);
     }
 
     #[test]
