@@ -391,6 +391,24 @@ async fn an_id_token_with_another_nonce_is_refused() {
     assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.text());
     assert!(a.text().contains("nonce_mismatch"), "{}", a.text());
     assert!(set_cookie(&a, "guestgate_session").is_none());
+    // The failed sign-in's state cookie is cleared at once.
+    let state = query_param(&auth, "state").unwrap();
+    let cleared = a
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("guestgate_state_"))
+        .unwrap_or_else(|| panic!("no state cookie cleared: {:?}", a.headers));
+    assert!(
+        cleared.contains("Max-Age=0") && cleared.contains("Path=/_guestgate/callback"),
+        "{cleared}"
+    );
+    assert!(
+        !b.jar.keys().any(|k| k.starts_with("guestgate_state_")),
+        "{:?} ({state})",
+        b.jar
+    );
 }
 
 fn seal_session(keys_b64: &str, session: serde_json::Value) -> String {

@@ -1020,7 +1020,30 @@ pub async fn endpoint(
         let result = s.callback(headers, uri, tls, accepted).await;
         let slot = usize::from(result.is_err());
         crate::telemetry::count(&crate::telemetry::SIGN_INS, slot);
-        return result;
+        let state_cookie = accepted
+            .params
+            .iter()
+            .find(|(k, v)| k == "state" && !v.is_empty())
+            .map(|(_, v)| state_cookie_name(v));
+        return match (result, state_cookie) {
+            // A failed callback ends the sign-in its state names (the provider's answer was
+            // used or is unusable): its cookie goes now rather than at `state_ttl`. Other
+            // sign-ins of this browser (other tabs) keep theirs.
+            (Err(GatewayError::SignIn(error)), Some(name)) => {
+                tracing::warn!(error = %error, source = ?std::error::Error::source(&error), reason = error.reason(), "sign-in failed");
+                let mut response = GatewayError::SignIn(error).into_response(accepted.wants_html);
+                cookies::append_all(
+                    response.headers_mut(),
+                    [cookies::clear(
+                        &name,
+                        &s.config.redirect_path,
+                        s.secure(tls),
+                    )],
+                );
+                Ok(response)
+            }
+            (result, _) => result,
+        };
     }
     Err(SignInError::UnknownEndpoint.into())
 }
