@@ -59,6 +59,20 @@ impl Browser {
         self.send("GET", url, "").await
     }
 
+    /// Logs out as the signed-out page's form does: a same-origin `POST`.
+    async fn logout(&mut self, gw: &TestGateway) -> Answer {
+        let cookies = self.cookie_header();
+        let headers = [
+            ("accept", "text/html"),
+            ("cookie", cookies.as_str()),
+            ("sec-fetch-site", "same-origin"),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ];
+        let a = request("POST", &gw.url("/_guestgate/logout"), &headers, "").await;
+        self.store(&a);
+        a
+    }
+
     /// Follows redirects from `a` (answered at `url`) while they stay at `origin`; returns
     /// the last answer and its URL. A redirect elsewhere is returned unfollowed.
     async fn follow_within(
@@ -534,7 +548,7 @@ async fn logout_clears_the_session_and_ends_the_idp_session() {
     sign_in(&mut b, &gw, &idp, "gary", "/display/ENG/Home").await;
     let old = b.jar["guestgate_session"].clone();
 
-    let a = b.get(&gw.url("/_guestgate/logout")).await;
+    let a = b.logout(&gw).await;
     assert_eq!(a.status, StatusCode::FOUND);
     assert!(
         set_cookie(&a, "guestgate_session").is_some_and(|c| c.contains("Max-Age=0")),
@@ -739,7 +753,7 @@ async fn behind_tls_cookies_are_secure_and_the_redirect_uri_is_the_public_one() 
         .find(|v| v.starts_with("guestgate_state_"))
         .unwrap();
     assert!(state.ends_with("; Secure"), "{state}");
-    let a = b.get(&gw.url("/_guestgate/logout")).await;
+    let a = b.logout(&gw).await;
     let cleared = set_cookie(&a, "guestgate_session").unwrap();
     assert!(cleared.contains("Secure"), "{cleared}");
 }
@@ -917,7 +931,7 @@ async fn logout_ends_every_copy_of_the_session_refreshed_or_not() {
         StatusCode::OK
     );
     // ...and not after logging out with the refreshed cookie.
-    let a = b.get(&gw.url("/_guestgate/logout")).await;
+    let a = b.logout(&gw).await;
     assert_eq!(a.status, StatusCode::FOUND);
     let a = get(&gw.url("/display/ENG/Home"), &headers).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
@@ -957,7 +971,7 @@ async fn logout_without_a_host_still_clears_the_cookie() {
     let addr = addr.trim_end_matches('/');
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     conn.write_all(
-        format!("GET /_guestgate/logout HTTP/1.0\r\nCookie: guestgate_session={session}\r\n\r\n")
+        format!("POST /_guestgate/logout HTTP/1.0\r\nCookie: guestgate_session={session}\r\nContent-Length: 0\r\n\r\n")
             .as_bytes(),
     )
     .await
@@ -979,5 +993,70 @@ async fn logout_without_a_host_still_clears_the_cookie() {
         &[("cookie", &format!("guestgate_session={session}"))],
     )
     .await;
+    assert_eq!(a.json()["reason"], "session_expired");
+}
+
+#[tokio::test]
+async fn logout_is_a_same_origin_post_and_a_get_only_asks() {
+    need_node_modules!();
+    let (idp, _up, gw) = setup(&[], "").await;
+    let mut b = Browser::default();
+    sign_in(&mut b, &gw, &idp, "gary", "/display/ENG/Home").await;
+    let session = b.jar["guestgate_session"].clone();
+    let still_signed_in = |what: &'static str| {
+        let cookie = format!("guestgate_session={session}");
+        let url = gw.url("/display/ENG/Home");
+        async move {
+            let a = get(&url, &[("cookie", &cookie)]).await;
+            assert_eq!(a.status, StatusCode::OK, "{what}: {}", a.text());
+        }
+    };
+
+    // A link or an <img> elsewhere: a page with a form, nothing ended.
+    let a = b.get(&gw.url("/_guestgate/logout")).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        a.text()
+            .contains("<form method=\"post\" action=\"/_guestgate/logout\">"),
+        "{}",
+        a.text()
+    );
+    assert!(set_cookie(&a, "guestgate_session").is_none());
+    still_signed_in("after GET").await;
+
+    // A form on another site posting here: refused.
+    let cookie = format!("guestgate_session={session}");
+    let origin = gw.url("").trim_end_matches('/').to_string();
+    for cross in [
+        vec![("sec-fetch-site", "cross-site")],
+        vec![("sec-fetch-site", "same-site")],
+        vec![("origin", "https://evil.example")],
+        vec![("origin", "null")],
+        // Sec-Fetch-Site wins over a forged-looking Origin.
+        vec![
+            ("sec-fetch-site", "cross-site"),
+            ("origin", origin.as_str()),
+        ],
+    ] {
+        let mut headers = vec![("cookie", cookie.as_str()), ("accept", "text/html")];
+        headers.extend(cross.iter().copied());
+        let a = request("POST", &gw.url("/_guestgate/logout"), &headers, "").await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{cross:?}");
+        assert!(a.text().contains("cross_site_request"), "{}", a.text());
+        assert!(set_cookie(&a, "guestgate_session").is_none());
+        still_signed_in("after a cross-site POST").await;
+    }
+
+    // This origin's own form: signed out.
+    let a = request(
+        "POST",
+        &gw.url("/_guestgate/logout"),
+        &[("cookie", cookie.as_str()), ("origin", origin.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FOUND, "{}", a.text());
+    assert!(set_cookie(&a, "guestgate_session").is_some_and(|c| c.contains("Max-Age=0")));
+    let a = get(&gw.url("/display/ENG/Home"), &[("cookie", &cookie)]).await;
     assert_eq!(a.json()["reason"], "session_expired");
 }

@@ -96,6 +96,9 @@ pub enum SignInError {
     SessionTooLarge,
     #[error("the request names no host")]
     NoHost,
+    /// A logout posted from another site: a page elsewhere must not sign people out.
+    #[error("a logout from another site")]
+    CrossSite,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -112,6 +115,7 @@ impl SignInError {
             | Self::CodeMissing
             | Self::TokenRejected { .. }
             | Self::NoHost => StatusCode::BAD_REQUEST,
+            Self::CrossSite => StatusCode::FORBIDDEN,
             Self::IdpRefused(_) | Self::GroupsUnavailable => StatusCode::FORBIDDEN,
             Self::NoIdToken | Self::IdToken(_) | Self::NonceMismatch => StatusCode::UNAUTHORIZED,
             Self::Userinfo(_) | Self::IdpUnavailable(_) => StatusCode::BAD_GATEWAY,
@@ -138,6 +142,7 @@ impl SignInError {
             Self::GroupsUnavailable => "groups_unavailable",
             Self::SessionTooLarge => "session_too_large",
             Self::NoHost => "missing_host",
+            Self::CrossSite => "cross_site_request",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -163,13 +168,17 @@ impl SignInError {
             Self::GroupsUnavailable => "the identity provider did not say which groups you are in",
             Self::SessionTooLarge => "the session does not fit in a cookie",
             Self::NoHost => "the request names no host",
+            Self::CrossSite => "a page of another site asked to sign you out",
             Self::Internal(_) => "an internal error occurred",
         }
     }
 
     /// Whether a person can fix this by signing in again (the error page offers it).
     pub fn offers_sign_in(&self) -> bool {
-        !matches!(self, Self::NotConfigured | Self::UnknownEndpoint)
+        !matches!(
+            self,
+            Self::NotConfigured | Self::UnknownEndpoint | Self::CrossSite
+        )
     }
 }
 
@@ -330,6 +339,36 @@ impl SignIn {
             .or_else(|| uri.authority().map(|a| a.as_str()))
             .ok_or(SignInError::NoHost)?;
         Ok(format!("{}://{host}", if tls { "https" } else { "http" }))
+    }
+
+    /// Whether a request comes from a page of this origin, as a logout must: by
+    /// `Sec-Fetch-Site` where the browser sends it, else by `Origin`. A request with
+    /// neither is not a browser's cross-site form (browsers send `Origin` with every
+    /// `POST`) and passes.
+    fn same_origin(&self, headers: &HeaderMap, uri: &Uri, tls: bool) -> bool {
+        if let Some(site) = headers.get("sec-fetch-site") {
+            return site.as_bytes() == b"same-origin";
+        }
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return true;
+        };
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        match &self.config.external_url {
+            Some(url) => origin.eq_ignore_ascii_case(url),
+            // Behind a TLS front without `external_url` the scheme seen here may differ
+            // from the browser's: the host (with port) is what must match.
+            None => {
+                let host = origin.split_once("://").map(|(_, h)| h);
+                host.is_some_and(|h| {
+                    self.origin(headers, uri, tls)
+                        .ok()
+                        .and_then(|o| o.split_once("://").map(|(_, mine)| mine.to_string()))
+                        .is_some_and(|mine| mine.eq_ignore_ascii_case(h))
+                })
+            }
+        }
     }
 
     // ---- identify ---------------------------------------------------------------------
@@ -1005,8 +1044,24 @@ pub async fn endpoint(
             .map_or("/", |(_, v)| v.as_str());
         return s.start(headers, uri, tls, rd).await;
     }
-    if (read || accepted.method == Method::POST) && path == LOGOUT_PATH {
-        return s.logout(headers, uri, tls).await;
+    if path == LOGOUT_PATH {
+        if accepted.method == Method::POST {
+            if !s.same_origin(headers, uri, tls) {
+                return Err(SignInError::CrossSite.into());
+            }
+            return s.logout(headers, uri, tls).await;
+        }
+        // A GET (a link, an `<img>` of another site) only asks: the logout itself is a
+        // same-origin POST, so no other page can sign people out.
+        if read {
+            return Ok(page(
+                "Sign out",
+                &format!(
+                    "<form method=\"post\" action=\"{LOGOUT_PATH}\">\
+                     <button type=\"submit\">Sign out</button></form>"
+                ),
+            ));
+        }
     }
     if read && path == SIGNED_OUT_PATH {
         return Ok(page(
