@@ -1060,3 +1060,23 @@ async fn logout_is_a_same_origin_post_and_a_get_only_asks() {
     let a = get(&gw.url("/display/ENG/Home"), &[("cookie", &cookie)]).await;
     assert_eq!(a.json()["reason"], "session_expired");
 }
+
+#[tokio::test]
+async fn the_user_name_never_falls_back_to_sub() {
+    need_node_modules!();
+    // The ID token carries only `sub` (here spelling a user name) and userinfo is not asked:
+    // nothing names the user by `preferred_username`.
+    let (idp, up, gw) = setup(
+        &[("CLAIMS_IN_ID_TOKEN", "0")],
+        "userinfo_groups = false\nallow_missing_groups = true",
+    )
+    .await;
+    let mut b = Browser::default();
+    let auth = start(&mut b, &gw, "/display/ENG/Home").await;
+    let callback = idp_login(&mut b, &idp, &auth, "gary").await;
+    let a = b.get(&callback).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text());
+    assert!(a.text().contains("user_unavailable"), "{}", a.text());
+    assert!(set_cookie(&a, "guestgate_session").is_none());
+    assert!(up.forwarded().is_empty());
+}

@@ -25,8 +25,8 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, header};
 
 use super::accept::Accepted;
 use super::identify::{
-    Caller, ClaimRules, Identity, IdentityError, RemoteKeys, decode_claims, groups_of,
-    name_and_groups, sha256, unix_now,
+    Caller, ClaimRules, Identity, IdentityError, RemoteKeys, decode_claims, groups_of, sha256,
+    unix_now,
 };
 use crate::config::{IdentityConfig, OidcConfig};
 use crate::error::{GatewayError, ProxyBody, full_body, html_escape};
@@ -92,6 +92,9 @@ pub enum SignInError {
     /// left them out for having too many): without them a guest would pass as a regular user.
     #[error("the identity provider did not say which groups the user is in")]
     GroupsUnavailable,
+    /// Neither the ID token nor userinfo names the user by `identity.user_claim`.
+    #[error("the identity provider did not give the user's name")]
+    UserUnavailable,
     #[error("the session does not fit in a cookie")]
     SessionTooLarge,
     #[error("the request names no host")]
@@ -116,7 +119,9 @@ impl SignInError {
             | Self::TokenRejected { .. }
             | Self::NoHost => StatusCode::BAD_REQUEST,
             Self::CrossSite => StatusCode::FORBIDDEN,
-            Self::IdpRefused(_) | Self::GroupsUnavailable => StatusCode::FORBIDDEN,
+            Self::IdpRefused(_) | Self::GroupsUnavailable | Self::UserUnavailable => {
+                StatusCode::FORBIDDEN
+            }
             Self::NoIdToken | Self::IdToken(_) | Self::NonceMismatch => StatusCode::UNAUTHORIZED,
             Self::Userinfo(_) | Self::IdpUnavailable(_) => StatusCode::BAD_GATEWAY,
             Self::SessionTooLarge | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -140,6 +145,7 @@ impl SignInError {
             Self::Userinfo(_) => "userinfo_failed",
             Self::IdpUnavailable(_) => "idp_unavailable",
             Self::GroupsUnavailable => "groups_unavailable",
+            Self::UserUnavailable => "user_unavailable",
             Self::SessionTooLarge => "session_too_large",
             Self::NoHost => "missing_host",
             Self::CrossSite => "cross_site_request",
@@ -166,6 +172,7 @@ impl SignInError {
             Self::Userinfo(_) => "the user information from the identity provider is not usable",
             Self::IdpUnavailable(_) => "the identity provider cannot be reached",
             Self::GroupsUnavailable => "the identity provider did not say which groups you are in",
+            Self::UserUnavailable => "the identity provider did not give your user name",
             Self::SessionTooLarge => "the session does not fit in a cookie",
             Self::NoHost => "the request names no host",
             Self::CrossSite => "a page of another site asked to sign you out",
@@ -709,16 +716,15 @@ impl SignIn {
             .await?;
         let id_token = tokens.id_token.as_deref().ok_or(SignInError::NoIdToken)?;
         let claims = self.verify_id_token(id_token, Some(&login.nonce)).await?;
-        let (user, _) = name_and_groups(&claims, &self.user_claim, &self.groups_claim)
-            .map_err(SignInError::IdToken)?;
         let sub = claims
             .get("sub")
             .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
             .ok_or(SignInError::IdToken(IdentityError::MissingSubject))?;
-        let groups = match self
-            .groups_for(&claims, tokens.access_token.as_deref())
-            .await?
-        {
+        let (user, groups) = self
+            .person(&claims, sub, tokens.access_token.as_deref())
+            .await?;
+        let groups = match groups {
             Some(groups) => groups,
             // Explicitly allowed: the directory alone decides who is a guest.
             None if self.config.allow_missing_groups => Vec::new(),
@@ -814,11 +820,53 @@ impl SignIn {
         }
     }
 
-    async fn userinfo_groups(
+    /// The user name and the groups of a new sign-in: each from the ID token, else from
+    /// userinfo (if `userinfo_groups`). The user name never falls back
+    /// to `sub` (unless `user_claim` is `sub`): grants and guest status hang on the name,
+    /// and an opaque `sub` that happens to spell another person's name must not pass.
+    async fn person(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+        sub: &str,
+        access_token: Option<&str>,
+    ) -> Result<(String, Option<Vec<String>>), SignInError> {
+        let name_in = |m: &serde_json::Map<String, serde_json::Value>| {
+            m.get(&self.user_claim)
+                .and_then(|v| v.as_str())
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+        };
+        let mut user = name_in(claims);
+        let mut groups = self.groups_for(claims, access_token).await?;
+        if user.is_none()
+            && let Some(at) = access_token
+            && self.config.userinfo_groups
+            && let Some(info) = self.userinfo_of(at, sub).await?
+        {
+            user = name_in(&info);
+            if groups.is_none()
+                && !groups_overage(claims, &self.groups_claim)
+                && info.contains_key(&self.groups_claim)
+            {
+                groups = Some(userinfo_group_list(&info, &self.groups_claim)?);
+            }
+        }
+        let user = match user {
+            Some(user) => user,
+            None => {
+                tracing::warn!(claim = %self.user_claim, "sign-in refused: the provider gave no user claim");
+                return Err(SignInError::UserUnavailable);
+            }
+        };
+        Ok((user, groups))
+    }
+
+    /// The userinfo claims, checked to be about `sub`. `None` without a userinfo endpoint.
+    async fn userinfo_of(
         &self,
         access_token: &str,
         sub: &str,
-    ) -> Result<Option<Vec<String>>, SignInError> {
+    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, SignInError> {
         let Some(info) = self.idp.userinfo(access_token).await? else {
             return Ok(None);
         };
@@ -828,12 +876,21 @@ impl SignIn {
                 "userinfo names another subject".into(),
             ));
         }
+        Ok(Some(info))
+    }
+
+    async fn userinfo_groups(
+        &self,
+        access_token: &str,
+        sub: &str,
+    ) -> Result<Option<Vec<String>>, SignInError> {
+        let Some(info) = self.userinfo_of(access_token, sub).await? else {
+            return Ok(None);
+        };
         if !info.contains_key(&self.groups_claim) {
             return Ok(None);
         }
-        let groups = groups_of(info.get(&self.groups_claim))
-            .map_err(|_| SignInError::Userinfo("groups claim is not a list of strings".into()))?;
-        Ok(Some(groups.iter().map(|g| g.to_string()).collect()))
+        userinfo_group_list(&info, &self.groups_claim).map(Some)
     }
 
     /// Ends the session: the cookie is cleared, the refresh token revoked where the
@@ -901,6 +958,15 @@ fn session_exp(expires_in: Option<u64>, id_exp: Option<u64>, now: u64) -> u64 {
         (None, Some(exp)) => exp,
         (None, None) => now.saturating_add(300),
     }
+}
+
+fn userinfo_group_list(
+    info: &serde_json::Map<String, serde_json::Value>,
+    groups_claim: &str,
+) -> Result<Vec<String>, SignInError> {
+    let groups = groups_of(info.get(groups_claim))
+        .map_err(|_| SignInError::Userinfo("groups claim is not a list of strings".into()))?;
+    Ok(groups.iter().map(|g| g.to_string()).collect())
 }
 
 /// Entra ID's group overage: instead of the groups claim, the token points elsewhere
