@@ -118,10 +118,10 @@ impl SignInError {
             | Self::CodeMissing
             | Self::TokenRejected { .. }
             | Self::NoHost => StatusCode::BAD_REQUEST,
-            Self::CrossSite => StatusCode::FORBIDDEN,
-            Self::IdpRefused(_) | Self::GroupsUnavailable | Self::UserUnavailable => {
-                StatusCode::FORBIDDEN
-            }
+            Self::IdpRefused(_)
+            | Self::GroupsUnavailable
+            | Self::UserUnavailable
+            | Self::CrossSite => StatusCode::FORBIDDEN,
             Self::NoIdToken | Self::IdToken(_) | Self::NonceMismatch => StatusCode::UNAUTHORIZED,
             Self::Userinfo(_) | Self::IdpUnavailable(_) => StatusCode::BAD_GATEWAY,
             Self::SessionTooLarge | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -210,7 +210,7 @@ struct Session {
     /// without one could not be revoked.
     id: String,
     sub: String,
-    /// The user name (`identity.user_claim`, else `sub`).
+    /// The user name (`identity.user_claim`, from the ID token or userinfo).
     u: String,
     /// Groups from the ID token or userinfo (`identity.groups_claim`).
     g: Vec<String>,
