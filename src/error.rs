@@ -123,13 +123,15 @@ impl GatewayError {
         if let Self::Overloaded { retry_after_secs } = &self {
             builder = builder.header(header::RETRY_AFTER, *retry_after_secs);
         }
-        // A failed sign-in says so in words and offers the way back in.
+        // A failed sign-in says so in words and offers the way back in. Only a fixed
+        // sentence: the error's own text names the provider's URLs and low-level causes,
+        // which are for the log (`pipeline::handle`), not for whoever is at the browser.
         let sign_in_hint = match &self {
-            Self::SignIn(e) if e.offers_sign_in() => Some(e.to_string()),
+            Self::SignIn(e) if e.offers_sign_in() => Some(e.public_message()),
             _ => None,
         };
         let (content_type, body) = if wants_html {
-            let page = html_page(status, word, reason, sign_in_hint.as_deref());
+            let page = html_page(status, word, reason, sign_in_hint);
             ("text/html; charset=utf-8", page)
         } else {
             let body = serde_json::json!({"error": word, "reason": reason});

@@ -324,3 +324,34 @@ session_keys_file = "session_keys"
         "keys are never echoed: {err}"
     );
 }
+
+#[test]
+fn check_refuses_an_audience_equal_to_the_sign_in_client_id() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("client_secret"), "s3cret").unwrap();
+    std::fs::write(dir.path().join("session_keys"), SESSION_KEY_B64).unwrap();
+    let mut c = TestConfig::new("http://127.0.0.1:9");
+    // TestConfig's bearer audience is AUDIENCE; the browser client gets the same id.
+    c.extra_sections = format!(
+        r#"
+[identity.oidc]
+issuer = "http://127.0.0.1:5556/realms/wiki"
+client_id = "{AUDIENCE}"
+client_secret_file = "client_secret"
+session_keys_file = "session_keys"
+"#
+    );
+    let path = write_config(dir.path(), &c);
+    let (code, _, err) = guestgate(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "identity.audience: `{AUDIENCE}` is also identity.oidc.client_id"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(path.to_str().unwrap()),
+        "names the file: {err}"
+    );
+}

@@ -48,6 +48,9 @@ async fn missing_and_invalid_tokens_get_401_with_the_reason() {
     wrong_iss["iss"] = serde_json::json!("https://evil.test");
     let mut wrong_aud = claims("alice", &[]);
     wrong_aud["aud"] = serde_json::json!("other-app");
+    // An ID token (it has a nonce), signed and addressed right: still not a credential.
+    let mut id_token = claims("alice", &[]);
+    id_token["nonce"] = serde_json::json!("n-0S6_WzA2Mj");
     let mut no_exp = claims("alice", &[]);
     no_exp.as_object_mut().unwrap().remove("exp");
     let mut no_user = claims("alice", &[]);
@@ -97,6 +100,7 @@ async fn missing_and_invalid_tokens_get_401_with_the_reason() {
         (sign_hs256(&wrong_aud), "invalid_audience"),
         (sign_hs256(&no_exp), "invalid_claims"),
         (sign_hs256(&no_user), "missing_subject"),
+        (sign_hs256(&id_token), "id_token_not_accepted"),
         (bad_sig, "invalid_signature"),
         (alg_none, "unsupported_algorithm"),
         (hs512, "unsupported_algorithm"),

@@ -59,6 +59,20 @@ impl Browser {
         self.send("GET", url, "").await
     }
 
+    /// Logs out as the signed-out page's form does: a same-origin `POST`.
+    async fn logout(&mut self, gw: &TestGateway) -> Answer {
+        let cookies = self.cookie_header();
+        let headers = [
+            ("accept", "text/html"),
+            ("cookie", cookies.as_str()),
+            ("sec-fetch-site", "same-origin"),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ];
+        let a = request("POST", &gw.url("/_guestgate/logout"), &headers, "").await;
+        self.store(&a);
+        a
+    }
+
     /// Follows redirects from `a` (answered at `url`) while they stay at `origin`; returns
     /// the last answer and its URL. A redirect elsewhere is returned unfollowed.
     async fn follow_within(
@@ -230,6 +244,7 @@ async fn a_guest_signs_in_and_is_held_to_the_guest_policy() {
     let back = b.get(&callback).await;
     assert_eq!(back.status, StatusCode::FOUND, "{}", back.text());
     assert_eq!(back.header("location"), Some("/display/ENG/Home?focus=1"));
+    assert_eq!(back.header("cache-control"), Some("private, no-store"));
     let session = set_cookie(&back, "guestgate_session").unwrap();
     assert!(
         session.contains("Path=/")
@@ -285,6 +300,14 @@ async fn a_guest_signs_in_and_is_held_to_the_guest_policy() {
     sign_in(&mut other, &gw, &idp, "alice", "/display/HR/Home").await;
     let a = other.get(&gw.url("/display/HR/Home")).await;
     assert_eq!(a.status, StatusCode::OK);
+    // A page for one session only: shared caches must not keep it for others.
+    assert!(set_cookie(&a, "guestgate_session").is_none());
+    assert_eq!(a.header("cache-control"), Some("private"));
+    assert!(
+        a.header("vary").is_some_and(|v| v.contains("Cookie")),
+        "{:?}",
+        a.headers
+    );
     let seen = up.forwarded().pop().unwrap();
     assert_eq!(seen.header("x-guestgate-user"), Some("alice"));
     assert_eq!(seen.header("x-guestgate-guest"), Some("false"));
@@ -382,6 +405,24 @@ async fn an_id_token_with_another_nonce_is_refused() {
     assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.text());
     assert!(a.text().contains("nonce_mismatch"), "{}", a.text());
     assert!(set_cookie(&a, "guestgate_session").is_none());
+    // The failed sign-in's state cookie is cleared at once.
+    let state = query_param(&auth, "state").unwrap();
+    let cleared = a
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("guestgate_state_"))
+        .unwrap_or_else(|| panic!("no state cookie cleared: {:?}", a.headers));
+    assert!(
+        cleared.contains("Max-Age=0") && cleared.contains("Path=/_guestgate/callback"),
+        "{cleared}"
+    );
+    assert!(
+        !b.jar.keys().any(|k| k.starts_with("guestgate_state_")),
+        "{:?} ({state})",
+        b.jar
+    );
 }
 
 fn seal_session(keys_b64: &str, session: serde_json::Value) -> String {
@@ -395,7 +436,7 @@ fn seal_session(keys_b64: &str, session: serde_json::Value) -> String {
 async fn expired_forged_and_foreign_sessions_are_not_accepted() {
     need_node_modules!();
     let (_idp, up, gw) = setup(&[], "").await;
-    let session = |exp: u64, max: u64| serde_json::json!({"sub": "gary", "u": "gary", "g": ["acme-guests"], "exp": exp, "max": max});
+    let session = |exp: u64, max: u64| serde_json::json!({"id": "test-session", "sub": "gary", "u": "gary", "g": ["acme-guests"], "exp": exp, "max": max});
     let live = seal_session(SESSION_KEY_B64, session(now() + 300, now() + 3600));
     let expired = seal_session(SESSION_KEY_B64, session(now() - 5, now() + 3600));
     let past_max = seal_session(SESSION_KEY_B64, session(now() + 300, now() - 1));
@@ -406,7 +447,12 @@ async fn expired_forged_and_foreign_sessions_are_not_accepted() {
     // Due for refresh (within refresh_before_secs), and the provider refuses the token.
     let mut revoked = session(now() + 30, now() + 3600);
     revoked["rt"] = serde_json::json!("a-refresh-token-the-provider-never-issued");
+    revoked["id"] = serde_json::json!("refused-at-refresh");
     let revoked = seal_session(SESSION_KEY_B64, revoked);
+    // Sealed right but without a session id: it could not be revoked, so it is not taken.
+    let mut no_id = session(now() + 300, now() + 3600);
+    no_id.as_object_mut().unwrap().remove("id");
+    let no_id = seal_session(SESSION_KEY_B64, no_id);
     let mut tampered = live.clone().into_bytes();
     let mid = tampered.len() / 2;
     tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
@@ -430,6 +476,7 @@ async fn expired_forged_and_foreign_sessions_are_not_accepted() {
         (&past_max, "session_expired"),
         (&revoked, "session_expired"),
         (&other_key, "invalid_session"),
+        (&no_id, "invalid_session"),
         (&tampered, "invalid_session"),
     ] {
         let a = with(cookie, "application/json").await;
@@ -458,6 +505,8 @@ async fn sessions_are_refreshed_with_the_refresh_token() {
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     let renewed = set_cookie(&a, "guestgate_session").expect("a refreshed session cookie");
     assert!(renewed.contains("HttpOnly"));
+    // An answer that sets a session is never stored by a cache.
+    assert_eq!(a.header("cache-control"), Some("private, no-store"));
     assert_ne!(b.jar["guestgate_session"], first);
     assert_eq!(idp.stats().await["refresh"], 1);
     assert_eq!(
@@ -469,6 +518,7 @@ async fn sessions_are_refreshed_with_the_refresh_token() {
     tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
     let a = b.get(&gw.url("/display/ENG/Home")).await;
     assert_eq!(a.status, StatusCode::OK);
+
     // ...and the old cookie shares the refresh already done instead of a second one.
     let a = get(
         &gw.url("/display/ENG/Home"),
@@ -498,7 +548,7 @@ async fn logout_clears_the_session_and_ends_the_idp_session() {
     sign_in(&mut b, &gw, &idp, "gary", "/display/ENG/Home").await;
     let old = b.jar["guestgate_session"].clone();
 
-    let a = b.get(&gw.url("/_guestgate/logout")).await;
+    let a = b.logout(&gw).await;
     assert_eq!(a.status, StatusCode::FOUND);
     assert!(
         set_cookie(&a, "guestgate_session").is_some_and(|c| c.contains("Max-Age=0")),
@@ -703,7 +753,7 @@ async fn behind_tls_cookies_are_secure_and_the_redirect_uri_is_the_public_one() 
         .find(|v| v.starts_with("guestgate_state_"))
         .unwrap();
     assert!(state.ends_with("; Secure"), "{state}");
-    let a = b.get(&gw.url("/_guestgate/logout")).await;
+    let a = b.logout(&gw).await;
     let cleared = set_cookie(&a, "guestgate_session").unwrap();
     assert!(cleared.contains("Secure"), "{cleared}");
 }
@@ -728,7 +778,7 @@ async fn a_provider_outage_keeps_sessions_until_they_expire() {
     need_node_modules!();
     let (idp, up, gw) = setup(&[], "").await;
     drop(idp); // the provider is gone before the gateway ever talked to it
-    let mut due = serde_json::json!({"sub": "gary", "u": "gary", "g": ["acme-guests"],
+    let mut due = serde_json::json!({"id": "outage", "sub": "gary", "u": "gary", "g": ["acme-guests"],
         "exp": now() + 30, "max": now() + 3600, "rt": "some-refresh-token"});
     let cookie = format!(
         "guestgate_session={}",
@@ -756,4 +806,277 @@ async fn a_provider_outage_keeps_sessions_until_they_expire() {
     .await;
     assert_eq!(a.status, StatusCode::BAD_GATEWAY);
     assert!(a.text().contains("idp_unavailable"), "{}", a.text());
+}
+
+#[tokio::test]
+async fn a_sign_in_without_a_groups_claim_is_refused_unless_allowed() {
+    need_node_modules!();
+    let (idp, up, gw) = setup(&[], "").await;
+    // nina's ID token and userinfo both lack `groups`: she must not pass as a regular user.
+    let mut b = Browser::default();
+    let auth = start(&mut b, &gw, "/display/HR/Home").await;
+    let callback = idp_login(&mut b, &idp, &auth, "nina").await;
+    let a = b.get(&callback).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text());
+    assert!(a.text().contains("groups_unavailable"), "{}", a.text());
+    assert!(set_cookie(&a, "guestgate_session").is_none());
+    assert!(
+        idp.stats().await["userinfo"].as_u64().unwrap() >= 1,
+        "userinfo was asked too"
+    );
+    let a = b.get(&gw.url("/display/HR/Home")).await;
+    assert_eq!(a.status, StatusCode::FOUND, "still not signed in");
+    assert!(up.forwarded().is_empty());
+
+    // An empty groups claim is a claim: erin signs in.
+    let mut b = Browser::default();
+    sign_in(&mut b, &gw, &idp, "erin", "/display/ENG/Home").await;
+    assert_eq!(
+        b.get(&gw.url("/display/ENG/Home")).await.status,
+        StatusCode::OK
+    );
+
+    // With the explicit opt-out, the directory alone decides: nina signs in.
+    let gw = start_oidc_gateway(
+        TestConfig::new(&up.url()),
+        &idp.issuer,
+        "allow_missing_groups = true",
+    )
+    .await;
+    let mut b = Browser::default();
+    sign_in(&mut b, &gw, &idp, "nina", "/display/ENG/Home").await;
+    assert_eq!(
+        b.get(&gw.url("/display/ENG/Home")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        up.forwarded().pop().unwrap().header("x-guestgate-user"),
+        Some("nina")
+    );
+}
+
+#[tokio::test]
+async fn only_invalid_grant_ends_a_session_on_refresh() {
+    need_node_modules!();
+    // Access tokens live 3 s; the gateway refreshes 2 s before the end.
+    let (idp, _up, gw) = setup(&[("ACCESS_TTL_SECS", "3")], "refresh_before_secs = 2").await;
+    let mut limited = Browser::default();
+    sign_in(&mut limited, &gw, &idp, "gary", "/display/ENG/Home").await;
+    let mut misconfigured = Browser::default();
+    sign_in(&mut misconfigured, &gw, &idp, "gary", "/display/ENG/Home").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
+    // Rate limited, or the client itself refused: nothing is said about the refresh token,
+    // so the session is kept until it expires, as in an outage.
+    for (b, status, error) in [
+        (&mut limited, 429, "slow_down"),
+        (&mut misconfigured, 401, "invalid_client"),
+    ] {
+        let a = request(
+            "POST",
+            &idp.url(&format!("/__test/token-fail?status={status}&error={error}")),
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::NO_CONTENT);
+        let before = idp.stats().await["token_failed"].as_u64().unwrap_or(0);
+        for _ in 0..2 {
+            let a = b.get(&gw.url("/display/ENG/Home")).await;
+            assert_eq!(a.status, StatusCode::OK, "{status}: {}", a.text());
+            assert!(set_cookie(&a, "guestgate_session").is_none());
+        }
+        assert!(
+            idp.stats().await["token_failed"].as_u64().unwrap() > before,
+            "the refresh was tried and answered {status}"
+        );
+    }
+
+    // invalid_grant (the refresh token is dead) still ends a session at once.
+    let mut revoked = Browser::default();
+    request("POST", &idp.url("/__test/token-fail?status=0"), &[], "").await;
+    sign_in(&mut revoked, &gw, &idp, "gary", "/display/ENG/Home").await;
+    request(
+        "POST",
+        &idp.url("/__test/token-fail?status=400&error=invalid_grant"),
+        &[],
+        "",
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let cookie = format!("guestgate_session={}", revoked.jar["guestgate_session"]);
+    let a = get(&gw.url("/display/ENG/Home"), &[("cookie", &cookie)]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(a.json()["reason"], "session_expired");
+}
+
+#[tokio::test]
+async fn logout_ends_every_copy_of_the_session_refreshed_or_not() {
+    need_node_modules!();
+    // Access tokens live 3 s; the gateway refreshes 2 s before the end.
+    let (idp, _up, gw) = setup(&[("ACCESS_TTL_SECS", "3")], "refresh_before_secs = 2").await;
+    let mut b = Browser::default();
+    sign_in(&mut b, &gw, &idp, "gary", "/display/ENG/Home").await;
+    let copy = b.jar["guestgate_session"].clone();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let a = b.get(&gw.url("/display/ENG/Home")).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(set_cookie(&a, "guestgate_session").is_some(), "refreshed");
+    assert_ne!(b.jar["guestgate_session"], copy);
+    // The pre-refresh copy still works before logout (it shares the refresh)...
+    let with_copy = [("cookie", format!("guestgate_session={copy}"))];
+    let headers: Vec<(&str, &str)> = with_copy.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(
+        get(&gw.url("/display/ENG/Home"), &headers).await.status,
+        StatusCode::OK
+    );
+    // ...and not after logging out with the refreshed cookie.
+    let a = b.logout(&gw).await;
+    assert_eq!(a.status, StatusCode::FOUND);
+    let a = get(&gw.url("/display/ENG/Home"), &headers).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(a.json()["reason"], "session_expired");
+}
+
+#[tokio::test]
+async fn error_pages_name_no_provider_urls_or_low_level_causes() {
+    need_node_modules!();
+    let (idp, _up, gw) = setup(&[], "").await;
+    let issuer = idp.issuer.clone();
+    drop(idp); // discovery will fail with the provider's URL and a connect error
+    let a = get(&gw.url("/display/ENG/Home"), &[("accept", "text/html")]).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    let page = a.text();
+    assert!(page.contains("idp_unavailable"), "{page}");
+    assert!(
+        page.contains("the identity provider cannot be reached"),
+        "{page}"
+    );
+    for leak in [issuer.as_str(), "127.0.0.1", ".well-known", "error"] {
+        assert!(!page.contains(leak), "{leak:?} in {page}");
+    }
+}
+
+#[tokio::test]
+async fn logout_without_a_host_still_clears_the_cookie() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    need_node_modules!();
+    let (idp, _up, gw) = setup(&[], "").await;
+    let mut b = Browser::default();
+    sign_in(&mut b, &gw, &idp, "gary", "/display/ENG/Home").await;
+    let session = b.jar["guestgate_session"].clone();
+    // HTTP/1.0 may omit `Host`: the gateway cannot name its origin to the provider, but the
+    // logout happens all the same.
+    let addr = gw.url("").trim_start_matches("http://").to_string();
+    let addr = addr.trim_end_matches('/');
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(
+        format!("POST /_guestgate/logout HTTP/1.0\r\nCookie: guestgate_session={session}\r\nContent-Length: 0\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).await.unwrap();
+    let raw = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    assert!(
+        raw.starts_with("http/1.0 302") || raw.starts_with("http/1.1 302"),
+        "{raw}"
+    );
+    assert!(
+        raw.contains("set-cookie: guestgate_session=; path=/; max-age=0"),
+        "{raw}"
+    );
+    assert!(!raw.contains("post_logout_redirect_uri"), "{raw}");
+    let a = get(
+        &gw.url("/display/ENG/Home"),
+        &[("cookie", &format!("guestgate_session={session}"))],
+    )
+    .await;
+    assert_eq!(a.json()["reason"], "session_expired");
+}
+
+#[tokio::test]
+async fn logout_is_a_same_origin_post_and_a_get_only_asks() {
+    need_node_modules!();
+    let (idp, _up, gw) = setup(&[], "").await;
+    let mut b = Browser::default();
+    sign_in(&mut b, &gw, &idp, "gary", "/display/ENG/Home").await;
+    let session = b.jar["guestgate_session"].clone();
+    let still_signed_in = |what: &'static str| {
+        let cookie = format!("guestgate_session={session}");
+        let url = gw.url("/display/ENG/Home");
+        async move {
+            let a = get(&url, &[("cookie", &cookie)]).await;
+            assert_eq!(a.status, StatusCode::OK, "{what}: {}", a.text());
+        }
+    };
+
+    // A link or an <img> elsewhere: a page with a form, nothing ended.
+    let a = b.get(&gw.url("/_guestgate/logout")).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        a.text()
+            .contains("<form method=\"post\" action=\"/_guestgate/logout\">"),
+        "{}",
+        a.text()
+    );
+    assert!(set_cookie(&a, "guestgate_session").is_none());
+    still_signed_in("after GET").await;
+
+    // A form on another site posting here: refused.
+    let cookie = format!("guestgate_session={session}");
+    let origin = gw.url("").trim_end_matches('/').to_string();
+    for cross in [
+        vec![("sec-fetch-site", "cross-site")],
+        vec![("sec-fetch-site", "same-site")],
+        vec![("origin", "https://evil.example")],
+        vec![("origin", "null")],
+        // Sec-Fetch-Site wins over a forged-looking Origin.
+        vec![
+            ("sec-fetch-site", "cross-site"),
+            ("origin", origin.as_str()),
+        ],
+    ] {
+        let mut headers = vec![("cookie", cookie.as_str()), ("accept", "text/html")];
+        headers.extend(cross.iter().copied());
+        let a = request("POST", &gw.url("/_guestgate/logout"), &headers, "").await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{cross:?}");
+        assert!(a.text().contains("cross_site_request"), "{}", a.text());
+        assert!(set_cookie(&a, "guestgate_session").is_none());
+        still_signed_in("after a cross-site POST").await;
+    }
+
+    // This origin's own form: signed out.
+    let a = request(
+        "POST",
+        &gw.url("/_guestgate/logout"),
+        &[("cookie", cookie.as_str()), ("origin", origin.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FOUND, "{}", a.text());
+    assert!(set_cookie(&a, "guestgate_session").is_some_and(|c| c.contains("Max-Age=0")));
+    let a = get(&gw.url("/display/ENG/Home"), &[("cookie", &cookie)]).await;
+    assert_eq!(a.json()["reason"], "session_expired");
+}
+
+#[tokio::test]
+async fn the_user_name_never_falls_back_to_sub() {
+    need_node_modules!();
+    // The ID token carries only `sub` (here spelling a user name) and userinfo is not asked:
+    // nothing names the user by `preferred_username`.
+    let (idp, up, gw) = setup(
+        &[("CLAIMS_IN_ID_TOKEN", "0")],
+        "userinfo_groups = false\nallow_missing_groups = true",
+    )
+    .await;
+    let mut b = Browser::default();
+    let auth = start(&mut b, &gw, "/display/ENG/Home").await;
+    let callback = idp_login(&mut b, &idp, &auth, "gary").await;
+    let a = b.get(&callback).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text());
+    assert!(a.text().contains("user_unavailable"), "{}", a.text());
+    assert!(set_cookie(&a, "guestgate_session").is_none());
+    assert!(up.forwarded().is_empty());
 }

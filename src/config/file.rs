@@ -172,6 +172,8 @@ pub struct OidcFile {
     pub state_ttl_secs: u64,
     #[serde(default = "default_true")]
     pub userinfo_groups: bool,
+    #[serde(default)]
+    pub allow_missing_groups: bool,
     #[serde(default = "default_client_auth")]
     pub client_auth: String,
     #[serde(default)]

@@ -202,6 +202,10 @@ pub struct OidcConfig {
     pub state_ttl: Duration,
     /// Ask the userinfo endpoint for the groups when the ID token has no groups claim.
     pub userinfo_groups: bool,
+    /// Sign in even when neither the ID token nor userinfo carries the groups claim; the
+    /// groups then come from the directory alone. Off: such a sign-in is refused, since a
+    /// person without groups would pass as a regular user.
+    pub allow_missing_groups: bool,
     pub client_auth: ClientAuth,
 }
 

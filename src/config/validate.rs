@@ -465,6 +465,18 @@ impl Validator {
             );
         }
         let oidc = i.oidc.map(|o| self.oidc(o));
+        // The browser client's ID tokens carry its client id as audience and end up in URLs
+        // (logout's `id_token_hint`): they must never pass as bearer tokens too.
+        if let (Some(audience), Some(o)) = (&i.audience, &oidc)
+            && *audience == o.client_id
+        {
+            self.error(
+                "identity.audience",
+                format_args!(
+                    "`{audience}` is also identity.oidc.client_id: the sign-in client's ID tokens would be accepted as bearer tokens; use the API's own audience"
+                ),
+            );
+        }
         IdentityConfig {
             oidc,
             token_sources,
@@ -628,6 +640,7 @@ impl Validator {
             refresh_before: Duration::from_secs(o.refresh_before_secs),
             state_ttl,
             userinfo_groups: o.userinfo_groups,
+            allow_missing_groups: o.allow_missing_groups,
             client_auth,
         }
     }

@@ -58,6 +58,11 @@ pub enum IdentityError {
     MissingSubject,
     #[error("no verification keys configured")]
     NoKeys,
+    /// A token with a `nonce`: an ID token (the code flow always sets one), which proves a
+    /// sign-in to its client but is no credential for the wiki, and may have leaked through
+    /// a URL (`id_token_hint`).
+    #[error("an ID token is not accepted as a bearer token")]
+    IdTokenAsBearer,
     /// A browser session (sign-in) that ended and could not be refreshed.
     #[error("session expired")]
     SessionExpired,
@@ -85,6 +90,7 @@ impl IdentityError {
             Self::InvalidClaims => "invalid_claims",
             Self::MissingSubject => "missing_subject",
             Self::NoKeys => "no_keys",
+            Self::IdTokenAsBearer => "id_token_not_accepted",
             Self::SessionExpired => "session_expired",
             Self::SessionInvalid => "invalid_session",
         }
@@ -347,6 +353,9 @@ impl Verifier {
                 leeway: self.leeway,
             },
         )?;
+        if claims.contains_key("nonce") {
+            return Err(IdentityError::IdTokenAsBearer);
+        }
         let expires_at = claims
             .get("exp")
             .and_then(serde_json::Value::as_u64)

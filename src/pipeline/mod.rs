@@ -36,13 +36,60 @@ fn return_path(accepted: &accept::Accepted) -> String {
     }
 }
 
+/// How a browser session took part in a request, for the caching headers of its answer.
+#[derive(Default)]
+struct SessionUse {
+    /// The caller was identified by the session cookie.
+    authenticated: bool,
+    /// The `Set-Cookie` of a session refreshed on the way in.
+    refreshed: Option<http::HeaderValue>,
+}
+
+/// `Cache-Control` for an answer personalised by a session cookie: `private` added (and
+/// `public`/`s-maxage` dropped) so no shared cache stores one person's page for another.
+/// `None` when the wiki already said `private` or `no-store`.
+fn private_cache_control(response: &http::HeaderMap) -> Option<http::HeaderValue> {
+    let mut kept = vec!["private".to_string()];
+    for value in response.get_all(http::header::CACHE_CONTROL) {
+        let Ok(text) = value.to_str() else {
+            // Unreadable: nothing of it can be trusted to keep the page private.
+            return Some(http::HeaderValue::from_static("private, no-store"));
+        };
+        for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            let name = directive.split('=').next().unwrap_or("").trim();
+            if name.eq_ignore_ascii_case("no-store") || name.eq_ignore_ascii_case("private") {
+                return None;
+            }
+            if !name.eq_ignore_ascii_case("public") && !name.eq_ignore_ascii_case("s-maxage") {
+                kept.push(directive.to_string());
+            }
+        }
+    }
+    http::HeaderValue::from_str(&kept.join(", "))
+        .ok()
+        .or(Some(http::HeaderValue::from_static("private, no-store")))
+}
+
+/// Adds `Cookie` to `Vary` unless it is there already (or `Vary: *`).
+fn vary_on_cookie(response: &mut http::HeaderMap) {
+    let present = response
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|f| f.trim() == "*" || f.trim().eq_ignore_ascii_case("cookie"));
+    if !present {
+        response.append(http::header::VARY, http::HeaderValue::from_static("Cookie"));
+    }
+}
+
 /// Handles one request end to end. Never fails: refusals are responses.
 pub async fn handle(gw: &Gateway, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
     let snapshot = gw.snapshot();
     let wants_html = accept::prefers_html(req.headers());
     let started = std::time::Instant::now();
-    let mut refreshed_session = None;
-    let result = handle_inner(gw, &snapshot, req, conn, &mut refreshed_session).await;
+    let mut session = SessionUse::default();
+    let result = handle_inner(gw, &snapshot, req, conn, &mut session).await;
     let mut response = match result {
         Ok(response) => response,
         Err(error) => {
@@ -54,15 +101,31 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, conn: ConnInfo) -> Res
             ) {
                 tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "request refused");
             }
+            // The page only says what failed in general; the details are kept here.
+            if let GatewayError::SignIn(e) = &error
+                && e.offers_sign_in()
+            {
+                tracing::warn!(error = %e, source = ?std::error::Error::source(e), reason = e.reason(), "sign-in failed");
+            }
             error.into_response(wants_html)
         }
     };
+    let headers = response.headers_mut();
     // A session refreshed on the way in is handed back whatever the answer, so the
-    // browser does not refresh it again on its next request.
-    if let Some(cookie) = refreshed_session {
-        response
-            .headers_mut()
-            .append(http::header::SET_COOKIE, cookie);
+    // browser does not refresh it again on its next request. An answer that sets a session
+    // must never be stored by any cache: another client would be handed the session.
+    if let Some(cookie) = session.refreshed {
+        headers.append(http::header::SET_COOKIE, cookie);
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("private, no-store"),
+        );
+        vary_on_cookie(headers);
+    } else if session.authenticated {
+        if let Some(value) = private_cache_control(headers) {
+            headers.insert(http::header::CACHE_CONTROL, value);
+        }
+        vary_on_cookie(headers);
     }
     gw.metrics
         .observe_request(response.status(), started.elapsed());
@@ -74,7 +137,7 @@ async fn handle_inner(
     snapshot: &Arc<Snapshot>,
     req: Request<Incoming>,
     conn: ConnInfo,
-    refreshed_session: &mut Option<http::HeaderValue>,
+    session: &mut SessionUse,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     if let Some(answer) = accept::asterisk_options(&req) {
         return Ok(answer);
@@ -99,7 +162,8 @@ async fn handle_inner(
     // A token, when one is sent, decides who the caller is; a browser's session cookie
     // only speaks when there is none.
     if let (Caller::Anonymous, Some(signin)) = (&caller, &gw.signin) {
-        (caller, *refreshed_session) = signin.session_caller(req.headers(), conn.tls).await;
+        (caller, session.refreshed) = signin.session_caller(req.headers(), conn.tls).await;
+        session.authenticated = matches!(caller, Caller::Authenticated(_));
     }
     let mut route = classify::classify(&snapshot.routes, &accepted, gw.config.rewrite.json);
     let body_limit = limits::body_limit(&req, &route, &gw.config.server)?;
@@ -203,5 +267,54 @@ async fn handle_inner(
                 |e| -> crate::error::BoxError { Box::new(e) },
             ))
         })),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn cache_control(values: &[&str]) -> Option<String> {
+        let mut h = http::HeaderMap::new();
+        for v in values {
+            h.append(
+                http::header::CACHE_CONTROL,
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        private_cache_control(&h).map(|v| v.to_str().unwrap().to_string())
+    }
+
+    #[test]
+    fn session_answers_are_private_to_caches() {
+        assert_eq!(cache_control(&[]).as_deref(), Some("private"));
+        assert_eq!(
+            cache_control(&["public, max-age=600, s-maxage=3600"]).as_deref(),
+            Some("private, max-age=600")
+        );
+        assert_eq!(
+            cache_control(&["max-age=60", "must-revalidate"]).as_deref(),
+            Some("private, max-age=60, must-revalidate")
+        );
+        assert_eq!(cache_control(&["no-store"]), None);
+        assert_eq!(cache_control(&["Private, max-age=60"]), None);
+        assert_eq!(cache_control(&["private=\"set-cookie\""]), None);
+    }
+
+    #[test]
+    fn vary_names_cookie_once() {
+        let mut h = http::HeaderMap::new();
+        vary_on_cookie(&mut h);
+        vary_on_cookie(&mut h);
+        assert_eq!(h.get_all(http::header::VARY).iter().count(), 1);
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::VARY,
+            http::HeaderValue::from_static("Accept-Encoding"),
+        );
+        vary_on_cookie(&mut h);
+        let all: Vec<_> = h.get_all(http::header::VARY).iter().collect();
+        assert_eq!(all, ["Accept-Encoding", "Cookie"]);
     }
 }

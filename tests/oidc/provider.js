@@ -13,6 +13,9 @@
 // Test-only endpoints (never part of a real IdP):
 //   POST /__test/rotate   replaces the signing key; prints nothing, answers the new kid
 //   GET  /__test/stats    {"jwks": N, "token": N, "refresh": N, "userinfo": N, "kid": "..."}
+//   POST /__test/token-fail?status=429&error=slow_down
+//                         the token endpoint answers that status and OAuth error from now on
+//                         (until status=0), as a rate-limiting or misconfigured IdP would
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import http from 'node:http';
 
@@ -23,10 +26,13 @@ const ACCESS_TTL = Number(process.env.ACCESS_TTL_SECS || 300);
 const ID_TOKEN_TTL = Number(process.env.ID_TOKEN_TTL_SECS || 300);
 const CLAIMS_IN_ID_TOKEN = process.env.CLAIMS_IN_ID_TOKEN !== '0';
 
-// Matches guestgate's test data document: alice is a regular user, gary a guest.
+// Matches guestgate's test data document: alice is a regular user, gary a guest. nina has
+// no groups claim at all (neither in the ID token nor at userinfo); erin has an empty one.
 const USERS = {
   alice: { name: 'Alice Adams', email: 'alice@example.com', groups: ['confluence-users'] },
   gary: { name: 'Gary Guest', email: 'gary@acme.example', groups: ['acme-guests'] },
+  nina: { name: 'Nina Nogroups', email: 'nina@acme.example' },
+  erin: { name: 'Erin Empty', email: 'erin@acme.example', groups: [] },
 };
 
 const stats = { jwks: 0, token: 0, refresh: 0, userinfo: 0, kid: '' };
@@ -92,9 +98,11 @@ function build(issuer, key) {
       return {
         accountId: sub,
         async claims() {
-          return {
-            sub, preferred_username: sub, name: user.name, email: user.email, groups: user.groups,
+          const claims = {
+            sub, preferred_username: sub, name: user.name, email: user.email,
           };
+          if (user.groups) claims.groups = user.groups;
+          return claims;
         },
       };
     },
@@ -172,6 +180,7 @@ async function interaction(provider, req, res) {
 }
 
 let provider;
+let tokenFail = null;
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, 'http://x');
   const fail = (e) => {
@@ -184,6 +193,19 @@ const server = http.createServer((req, res) => {
     provider = build(provider.issuer, newKey());
     res.writeHead(200, { 'content-type': 'application/json' });
     res.end(JSON.stringify({ kid: stats.kid }));
+    return;
+  }
+  if (url.pathname === '/__test/token-fail' && req.method === 'POST') {
+    const status = Number(url.searchParams.get('status') || 0);
+    tokenFail = status ? { status, error: url.searchParams.get('error') || 'unknown' } : null;
+    res.writeHead(204);
+    res.end();
+    return;
+  }
+  if (url.pathname === '/token' && tokenFail) {
+    stats.token_failed = (stats.token_failed || 0) + 1;
+    res.writeHead(tokenFail.status, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ error: tokenFail.error }));
     return;
   }
   if (url.pathname === '/__test/stats') {

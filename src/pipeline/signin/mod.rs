@@ -25,8 +25,8 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, header};
 
 use super::accept::Accepted;
 use super::identify::{
-    Caller, ClaimRules, Identity, IdentityError, RemoteKeys, decode_claims, groups_of,
-    name_and_groups, sha256, unix_now,
+    Caller, ClaimRules, Identity, IdentityError, RemoteKeys, decode_claims, groups_of, sha256,
+    unix_now,
 };
 use crate::config::{IdentityConfig, OidcConfig};
 use crate::error::{GatewayError, ProxyBody, full_body, html_escape};
@@ -42,7 +42,9 @@ pub const SIGNED_OUT_PATH: &str = "/_guestgate/signed-out";
 /// Browsers keep cookies up to 4096 bytes (name, value and attributes together).
 const MAX_COOKIE_VALUE: usize = 3800;
 /// A return path longer than this is replaced by `/` (it rides in the state cookie).
-const MAX_RETURN_PATH: usize = 1024;
+const MAX_RETURN_PATH: usize = 512;
+/// No token is taken to last longer than this, whatever `expires_in` says.
+const MAX_TOKEN_LIFETIME: u64 = 366 * 86_400;
 /// How long a refresh's result is shared by the requests that carry the old cookie.
 const REFRESH_SHARED_FOR: Duration = Duration::from_secs(30);
 
@@ -86,10 +88,20 @@ pub enum SignInError {
     Userinfo(String),
     #[error("identity provider unavailable: {0}")]
     IdpUnavailable(String),
+    /// Neither the ID token nor userinfo says which groups the person is in (or Entra ID
+    /// left them out for having too many): without them a guest would pass as a regular user.
+    #[error("the identity provider did not say which groups the user is in")]
+    GroupsUnavailable,
+    /// Neither the ID token nor userinfo names the user by `identity.user_claim`.
+    #[error("the identity provider did not give the user's name")]
+    UserUnavailable,
     #[error("the session does not fit in a cookie")]
     SessionTooLarge,
     #[error("the request names no host")]
     NoHost,
+    /// A logout posted from another site: a page elsewhere must not sign people out.
+    #[error("a logout from another site")]
+    CrossSite,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -106,7 +118,10 @@ impl SignInError {
             | Self::CodeMissing
             | Self::TokenRejected { .. }
             | Self::NoHost => StatusCode::BAD_REQUEST,
-            Self::IdpRefused(_) => StatusCode::FORBIDDEN,
+            Self::IdpRefused(_)
+            | Self::GroupsUnavailable
+            | Self::UserUnavailable
+            | Self::CrossSite => StatusCode::FORBIDDEN,
             Self::NoIdToken | Self::IdToken(_) | Self::NonceMismatch => StatusCode::UNAUTHORIZED,
             Self::Userinfo(_) | Self::IdpUnavailable(_) => StatusCode::BAD_GATEWAY,
             Self::SessionTooLarge | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -129,15 +144,48 @@ impl SignInError {
             Self::NonceMismatch => "nonce_mismatch",
             Self::Userinfo(_) => "userinfo_failed",
             Self::IdpUnavailable(_) => "idp_unavailable",
+            Self::GroupsUnavailable => "groups_unavailable",
+            Self::UserUnavailable => "user_unavailable",
             Self::SessionTooLarge => "session_too_large",
             Self::NoHost => "missing_host",
+            Self::CrossSite => "cross_site_request",
             Self::Internal(_) => "internal_error",
+        }
+    }
+
+    /// What the error page tells the person: a fixed sentence. The details (provider
+    /// URLs, transport and parse errors, the provider's own words) go to the log only.
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            Self::NotConfigured | Self::UnknownEndpoint => "no such page",
+            Self::StateMissing => "the answer from the identity provider carries no state",
+            Self::StateMismatch => "no sign-in started in this browser matches this answer",
+            Self::StateExpired => "the sign-in took too long",
+            Self::StateReused => "this sign-in has already been completed",
+            Self::IssuerMismatch => "the answer names another identity provider",
+            Self::IdpRefused(_) => "the identity provider refused the sign-in",
+            Self::CodeMissing => "the answer from the identity provider carries no code",
+            Self::TokenRejected { .. } => "the identity provider refused the sign-in code",
+            Self::NoIdToken => "the identity provider sent no ID token",
+            Self::IdToken(_) => "the ID token is not valid",
+            Self::NonceMismatch => "the ID token belongs to another sign-in",
+            Self::Userinfo(_) => "the user information from the identity provider is not usable",
+            Self::IdpUnavailable(_) => "the identity provider cannot be reached",
+            Self::GroupsUnavailable => "the identity provider did not say which groups you are in",
+            Self::UserUnavailable => "the identity provider did not give your user name",
+            Self::SessionTooLarge => "the session does not fit in a cookie",
+            Self::NoHost => "the request names no host",
+            Self::CrossSite => "a page of another site asked to sign you out",
+            Self::Internal(_) => "an internal error occurred",
         }
     }
 
     /// Whether a person can fix this by signing in again (the error page offers it).
     pub fn offers_sign_in(&self) -> bool {
-        !matches!(self, Self::NotConfigured | Self::UnknownEndpoint)
+        !matches!(
+            self,
+            Self::NotConfigured | Self::UnknownEndpoint | Self::CrossSite
+        )
     }
 }
 
@@ -156,8 +204,13 @@ struct LoginState {
 /// A signed-in browser, sealed in `guestgate_session`. Short field names: it is a cookie.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Session {
+    /// Random, set at sign-in and kept across refreshes: logout and a refused refresh
+    /// revoke the session by it, so every cookie of the session (copies made before a
+    /// refresh included) is refused, not just the one presented. Required: a session
+    /// without one could not be revoked.
+    id: String,
     sub: String,
-    /// The user name (`identity.user_claim`, else `sub`).
+    /// The user name (`identity.user_claim`, from the ID token or userinfo).
     u: String,
     /// Groups from the ID token or userinfo (`identity.groups_claim`).
     g: Vec<String>,
@@ -199,8 +252,8 @@ pub struct SignIn {
     keys: Arc<RemoteKeys>,
     /// Hashes of `state` values already completed (single use within this process).
     used_states: moka::sync::Cache<[u8; 32], ()>,
-    /// Hashes of session cookies ended by logout in this process.
-    revoked: moka::sync::Cache<[u8; 32], ()>,
+    /// Ids of sessions ended in this process (logout, or a refresh the provider refused).
+    revoked: moka::sync::Cache<String, ()>,
     /// Opened session cookies, by hash, so a request does not re-open and re-parse.
     opened: moka::sync::Cache<[u8; 32], Arc<OpenSession>>,
     /// Refreshes by the hash of the cookie they replace; concurrent requests share one.
@@ -295,6 +348,36 @@ impl SignIn {
         Ok(format!("{}://{host}", if tls { "https" } else { "http" }))
     }
 
+    /// Whether a request comes from a page of this origin, as a logout must: by
+    /// `Sec-Fetch-Site` where the browser sends it, else by `Origin`. A request with
+    /// neither is not a browser's cross-site form (browsers send `Origin` with every
+    /// `POST`) and passes.
+    fn same_origin(&self, headers: &HeaderMap, uri: &Uri, tls: bool) -> bool {
+        if let Some(site) = headers.get("sec-fetch-site") {
+            return site.as_bytes() == b"same-origin";
+        }
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return true;
+        };
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        match &self.config.external_url {
+            Some(url) => origin.eq_ignore_ascii_case(url),
+            // Behind a TLS front without `external_url` the scheme seen here may differ
+            // from the browser's: the host (with port) is what must match.
+            None => {
+                let host = origin.split_once("://").map(|(_, h)| h);
+                host.is_some_and(|h| {
+                    self.origin(headers, uri, tls)
+                        .ok()
+                        .and_then(|o| o.split_once("://").map(|(_, mine)| mine.to_string()))
+                        .is_some_and(|mine| mine.eq_ignore_ascii_case(h))
+                })
+            }
+        }
+    }
+
     // ---- identify ---------------------------------------------------------------------
 
     /// The caller a session cookie stands for, and the `Set-Cookie` of a refreshed session
@@ -309,9 +392,6 @@ impl SignIn {
             return (Caller::Anonymous, None);
         };
         let hash = sha256(value.as_bytes());
-        if self.revoked.contains_key(&hash) {
-            return (Caller::Rejected(IdentityError::SessionExpired), None);
-        }
         let open = match self.opened.get(&hash) {
             Some(open) => open,
             None => match self.open_session(value, hash) {
@@ -323,6 +403,9 @@ impl SignIn {
                 None => return (Caller::Rejected(IdentityError::SessionInvalid), None),
             },
         };
+        if self.revoked.contains_key(&open.session.id) {
+            return (Caller::Rejected(IdentityError::SessionExpired), None);
+        }
         let now = unix_now();
         let s = &open.session;
         if now >= s.max {
@@ -338,8 +421,9 @@ impl SignIn {
                     let slot = match outcome {
                         Refresh::Done { .. } => 0,
                         Refresh::Revoked => {
-                            // The provider ended it: refuse this cookie without asking again.
-                            self.revoked.insert(hash, ());
+                            // The provider ended it: refuse every cookie of this session
+                            // without asking again.
+                            self.revoked.insert(s.id.clone(), ());
                             1
                         }
                         Refresh::Failed => 2,
@@ -538,7 +622,7 @@ impl SignIn {
         let ttl = self.config.state_ttl.as_secs();
         let login = LoginState {
             rd: safe_return_path(return_to),
-            exp: unix_now() + ttl,
+            exp: unix_now().saturating_add(ttl),
             state,
             nonce,
             verifier,
@@ -632,21 +716,29 @@ impl SignIn {
             .await?;
         let id_token = tokens.id_token.as_deref().ok_or(SignInError::NoIdToken)?;
         let claims = self.verify_id_token(id_token, Some(&login.nonce)).await?;
-        let (user, _) = name_and_groups(&claims, &self.user_claim, &self.groups_claim)
-            .map_err(SignInError::IdToken)?;
         let sub = claims
             .get("sub")
             .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
             .ok_or(SignInError::IdToken(IdentityError::MissingSubject))?;
-        let groups = self
-            .groups_for(&claims, tokens.access_token.as_deref())
-            .await?
-            .unwrap_or_default();
+        let (user, groups) = self
+            .person(&claims, sub, tokens.access_token.as_deref())
+            .await?;
+        let groups = match groups {
+            Some(groups) => groups,
+            // Explicitly allowed: the directory alone decides who is a guest.
+            None if self.config.allow_missing_groups => Vec::new(),
+            None => {
+                tracing::warn!(user = %user, claim = %self.groups_claim, "sign-in refused: the provider gave no groups claim");
+                return Err(SignInError::GroupsUnavailable.into());
+            }
+        };
         let now = unix_now();
-        let max = now + self.config.session_lifetime.as_secs();
+        let max = now.saturating_add(self.config.session_lifetime.as_secs());
         let id_exp = claims.get("exp").and_then(|v| v.as_u64());
         let ends_at_idp = self.idp.metadata().await?.end_session_endpoint.is_some();
         let mut session = Session {
+            id: random_token(16).map_err(SignInError::Internal)?,
             sub: sub.to_string(),
             u: user.to_string(),
             g: groups,
@@ -705,12 +797,18 @@ impl SignIn {
     }
 
     /// Groups from the ID token's groups claim; when it has none, from userinfo (if
-    /// `userinfo_groups`). `None` when neither says anything.
+    /// `userinfo_groups`). `None` when neither says anything, or when the ID token says
+    /// the groups were left out for being too many (Entra ID's overage: neither the token
+    /// nor userinfo then holds the full list).
     async fn groups_for(
         &self,
         claims: &serde_json::Map<String, serde_json::Value>,
         access_token: Option<&str>,
     ) -> Result<Option<Vec<String>>, SignInError> {
+        if groups_overage(claims, &self.groups_claim) {
+            tracing::warn!(claim = %self.groups_claim, "the provider left the groups out of the ID token (too many groups)");
+            return Ok(None);
+        }
         if claims.contains_key(&self.groups_claim) {
             let groups = groups_of(claims.get(&self.groups_claim)).map_err(SignInError::IdToken)?;
             return Ok(Some(groups.iter().map(|g| g.to_string()).collect()));
@@ -722,11 +820,53 @@ impl SignIn {
         }
     }
 
-    async fn userinfo_groups(
+    /// The user name and the groups of a new sign-in: each from the ID token, else from
+    /// userinfo (if `userinfo_groups`). The user name never falls back
+    /// to `sub` (unless `user_claim` is `sub`): grants and guest status hang on the name,
+    /// and an opaque `sub` that happens to spell another person's name must not pass.
+    async fn person(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+        sub: &str,
+        access_token: Option<&str>,
+    ) -> Result<(String, Option<Vec<String>>), SignInError> {
+        let name_in = |m: &serde_json::Map<String, serde_json::Value>| {
+            m.get(&self.user_claim)
+                .and_then(|v| v.as_str())
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+        };
+        let mut user = name_in(claims);
+        let mut groups = self.groups_for(claims, access_token).await?;
+        if user.is_none()
+            && let Some(at) = access_token
+            && self.config.userinfo_groups
+            && let Some(info) = self.userinfo_of(at, sub).await?
+        {
+            user = name_in(&info);
+            if groups.is_none()
+                && !groups_overage(claims, &self.groups_claim)
+                && info.contains_key(&self.groups_claim)
+            {
+                groups = Some(userinfo_group_list(&info, &self.groups_claim)?);
+            }
+        }
+        let user = match user {
+            Some(user) => user,
+            None => {
+                tracing::warn!(claim = %self.user_claim, "sign-in refused: the provider gave no user claim");
+                return Err(SignInError::UserUnavailable);
+            }
+        };
+        Ok((user, groups))
+    }
+
+    /// The userinfo claims, checked to be about `sub`. `None` without a userinfo endpoint.
+    async fn userinfo_of(
         &self,
         access_token: &str,
         sub: &str,
-    ) -> Result<Option<Vec<String>>, SignInError> {
+    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, SignInError> {
         let Some(info) = self.idp.userinfo(access_token).await? else {
             return Ok(None);
         };
@@ -736,12 +876,21 @@ impl SignIn {
                 "userinfo names another subject".into(),
             ));
         }
+        Ok(Some(info))
+    }
+
+    async fn userinfo_groups(
+        &self,
+        access_token: &str,
+        sub: &str,
+    ) -> Result<Option<Vec<String>>, SignInError> {
+        let Some(info) = self.userinfo_of(access_token, sub).await? else {
+            return Ok(None);
+        };
         if !info.contains_key(&self.groups_claim) {
             return Ok(None);
         }
-        let groups = groups_of(info.get(&self.groups_claim))
-            .map_err(|_| SignInError::Userinfo("groups claim is not a list of strings".into()))?;
-        Ok(Some(groups.iter().map(|g| g.to_string()).collect()))
+        userinfo_group_list(&info, &self.groups_claim).map(Some)
     }
 
     /// Ends the session: the cookie is cleared, the refresh token revoked where the
@@ -758,7 +907,7 @@ impl SignIn {
         let session = cookies::get(headers, cookies::SESSION).and_then(|value| {
             let hash = sha256(value.as_bytes());
             let open = self.open_session(value, hash)?;
-            self.revoked.insert(hash, ());
+            self.revoked.insert(open.session.id.clone(), ());
             self.opened.invalidate(&hash);
             Some(open.session)
         });
@@ -779,10 +928,14 @@ impl SignIn {
                     q.append_pair("id_token_hint", idt);
                 }
                 q.append_pair("client_id", &self.config.client_id);
-                q.append_pair(
-                    "post_logout_redirect_uri",
-                    &format!("{}{SIGNED_OUT_PATH}", self.origin(headers, uri, tls)?),
-                );
+                // Without a known origin (an HTTP/1.0 request without `Host`) the provider
+                // is not told where to come back; the cookie is cleared all the same.
+                if let Ok(origin) = self.origin(headers, uri, tls) {
+                    q.append_pair(
+                        "post_logout_redirect_uri",
+                        &format!("{origin}{SIGNED_OUT_PATH}"),
+                    );
+                }
                 let sep = if endpoint.contains('?') { '&' } else { '?' };
                 format!("{endpoint}{sep}{}", q.finish())
             }
@@ -799,10 +952,36 @@ impl SignIn {
 /// token's `exp`, else five minutes.
 fn session_exp(expires_in: Option<u64>, id_exp: Option<u64>, now: u64) -> u64 {
     match (expires_in, id_exp) {
-        (Some(secs), _) => now + secs,
+        // A provider's absurd `expires_in` must not overflow; the session's absolute end
+        // bounds the result anyway.
+        (Some(secs), _) => now.saturating_add(secs.min(MAX_TOKEN_LIFETIME)),
         (None, Some(exp)) => exp,
-        (None, None) => now + 300,
+        (None, None) => now.saturating_add(300),
     }
+}
+
+fn userinfo_group_list(
+    info: &serde_json::Map<String, serde_json::Value>,
+    groups_claim: &str,
+) -> Result<Vec<String>, SignInError> {
+    let groups = groups_of(info.get(groups_claim))
+        .map_err(|_| SignInError::Userinfo("groups claim is not a list of strings".into()))?;
+    Ok(groups.iter().map(|g| g.to_string()).collect())
+}
+
+/// Entra ID's group overage: instead of the groups claim, the token points elsewhere
+/// (`_claim_names.groups`) or just says there are some (`hasgroups`, implicit flows).
+fn groups_overage(claims: &serde_json::Map<String, serde_json::Value>, groups_claim: &str) -> bool {
+    let pointed_elsewhere = claims
+        .get("_claim_names")
+        .and_then(|v| v.as_object())
+        .is_some_and(|names| names.contains_key(groups_claim));
+    let has_groups = claims.get("hasgroups").is_some_and(|v| match v {
+        serde_json::Value::Bool(b) => *b,
+        serde_json::Value::String(s) => s.eq_ignore_ascii_case("true"),
+        _ => false,
+    });
+    pointed_elsewhere || has_groups
 }
 
 /// The state cookie's name: derived from the state, so each sign-in has its own.
@@ -821,15 +1000,48 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// A return target that can only stay on this origin: a path starting with one `/` (not
 /// `//` or `/\`, which browsers read as another host), no backslash or control character,
-/// not the gateway's own endpoints, not absurdly long. Anything else becomes `/`.
+/// not absurdly long, whose path part has a canonical form (the one the gateway routes by)
+/// that is not the gateway's own namespace — so `/%5Fguestgate/logout`,
+/// `/_guestgate;x/logout` or `/a/../_guestgate/logout` cannot send a browser back to log
+/// out. The canonical path is what is returned; non-ASCII is percent-encoded so the
+/// `Location` header is always valid. Anything else becomes `/`.
 pub fn safe_return_path(p: &str) -> String {
-    let ok = p.starts_with('/')
+    let plausible = p.starts_with('/')
         && !p.starts_with("//")
         && !p.contains('\\')
         && !p.chars().any(|c| c.is_control() || c == ' ')
-        && !is_gateway_path(p.split(['?', '#']).next().unwrap_or(""))
         && p.len() <= MAX_RETURN_PATH;
-    if ok { p.to_string() } else { "/".to_string() }
+    if !plausible {
+        return "/".to_string();
+    }
+    let p = encode_non_ascii(p);
+    let (path, rest) = p.split_at(p.find(['?', '#']).unwrap_or(p.len()));
+    match super::canonical::canonicalize(path) {
+        Ok(canonical)
+            if !canonical.starts_with("//")
+                && !is_gateway_path(&canonical)
+                && canonical.len() + rest.len() <= MAX_RETURN_PATH =>
+        {
+            format!("{canonical}{rest}")
+        }
+        _ => "/".to_string(),
+    }
+}
+
+/// Percent-encodes every byte outside ASCII (UTF-8), leaving the rest as it is.
+fn encode_non_ascii(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
 }
 
 /// Whether an unauthenticated request should be sent to sign in rather than answered
@@ -851,7 +1063,11 @@ fn redirect<const N: usize>(location: &str, cookies: [HeaderValue; N]) -> Respon
     if let Ok(v) = HeaderValue::from_str(location) {
         h.insert(header::LOCATION, v);
     }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // These answers set or clear the gateway's cookies: no cache may keep them.
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
     cookies::append_all(h, cookies);
     response
 }
@@ -894,8 +1110,24 @@ pub async fn endpoint(
             .map_or("/", |(_, v)| v.as_str());
         return s.start(headers, uri, tls, rd).await;
     }
-    if (read || accepted.method == Method::POST) && path == LOGOUT_PATH {
-        return s.logout(headers, uri, tls).await;
+    if path == LOGOUT_PATH {
+        if accepted.method == Method::POST {
+            if !s.same_origin(headers, uri, tls) {
+                return Err(SignInError::CrossSite.into());
+            }
+            return s.logout(headers, uri, tls).await;
+        }
+        // A GET (a link, an `<img>` of another site) only asks: the logout itself is a
+        // same-origin POST, so no other page can sign people out.
+        if read {
+            return Ok(page(
+                "Sign out",
+                &format!(
+                    "<form method=\"post\" action=\"{LOGOUT_PATH}\">\
+                     <button type=\"submit\">Sign out</button></form>"
+                ),
+            ));
+        }
     }
     if read && path == SIGNED_OUT_PATH {
         return Ok(page(
@@ -909,12 +1141,36 @@ pub async fn endpoint(
         let result = s.callback(headers, uri, tls, accepted).await;
         let slot = usize::from(result.is_err());
         crate::telemetry::count(&crate::telemetry::SIGN_INS, slot);
-        return result;
+        let state_cookie = accepted
+            .params
+            .iter()
+            .find(|(k, v)| k == "state" && !v.is_empty())
+            .map(|(_, v)| state_cookie_name(v));
+        return match (result, state_cookie) {
+            // A failed callback ends the sign-in its state names (the provider's answer was
+            // used or is unusable): its cookie goes now rather than at `state_ttl`. Other
+            // sign-ins of this browser (other tabs) keep theirs.
+            (Err(GatewayError::SignIn(error)), Some(name)) => {
+                tracing::warn!(error = %error, source = ?std::error::Error::source(&error), reason = error.reason(), "sign-in failed");
+                let mut response = GatewayError::SignIn(error).into_response(accepted.wants_html);
+                cookies::append_all(
+                    response.headers_mut(),
+                    [cookies::clear(
+                        &name,
+                        &s.config.redirect_path,
+                        s.secure(tls),
+                    )],
+                );
+                Ok(response)
+            }
+            (result, _) => result,
+        };
     }
     Err(SignInError::UnknownEndpoint.into())
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -938,10 +1194,30 @@ mod tests {
             "/_guestgate/logout",
             "/_guestgate",
             "/_guestgate?x",
+            // Spellings the gateway's canonical form reads as its own namespace.
+            "/%5Fguestgate/logout",
+            "/%5fguestgate/logout?x=1",
+            "/_guestgate;x/logout",
+            "/a/../_guestgate/logout",
+            "/./_guestgate/logout",
+            "/x/..;/_guestgate/logout",
+            // No canonical form at all.
+            "/a/%2F/b",
+            "/../etc",
+            "/a/%zz",
         ] {
             assert_eq!(safe_return_path(bad), "/", "{bad:?}");
         }
-        assert_eq!(safe_return_path(&format!("/{}", "a".repeat(2000))), "/");
+        assert_eq!(safe_return_path(&format!("/{}", "a".repeat(600))), "/");
+    }
+
+    #[test]
+    fn return_paths_are_canonical_and_ascii() {
+        assert_eq!(safe_return_path("/a/./b/../c?q=1"), "/a/c?q=1");
+        assert_eq!(safe_return_path("/display/%45NG"), "/display/ENG");
+        let encoded = safe_return_path("/display/ENG/Caf\u{e9}?q=\u{fc}");
+        assert_eq!(encoded, "/display/ENG/Caf%C3%A9?q=%C3%BC");
+        assert!(HeaderValue::from_str(&encoded).is_ok());
     }
 
     #[test]
@@ -962,6 +1238,46 @@ mod tests {
             !should_redirect(&Method::GET, true, &InvalidSignature),
             "bad bearer token"
         );
+    }
+
+    #[test]
+    fn absurd_token_lifetimes_do_not_overflow() {
+        let now = 1_700_000_000;
+        assert_eq!(session_exp(Some(60), None, now), now + 60);
+        assert_eq!(
+            session_exp(Some(u64::MAX), None, now),
+            now + MAX_TOKEN_LIFETIME
+        );
+        assert_eq!(session_exp(Some(5), None, u64::MAX), u64::MAX);
+        assert_eq!(session_exp(None, None, u64::MAX), u64::MAX);
+        assert_eq!(session_exp(None, Some(now + 9), now), now + 9);
+    }
+
+    #[test]
+    fn entra_group_overage_is_recognised() {
+        let claims = |v: serde_json::Value| v.as_object().unwrap().clone();
+        assert!(groups_overage(
+            &claims(
+                serde_json::json!({"_claim_names": {"groups": "src1"}, "_claim_sources": {"src1": {"endpoint": "https://graph"}}})
+            ),
+            "groups"
+        ));
+        assert!(groups_overage(
+            &claims(serde_json::json!({"hasgroups": true})),
+            "groups"
+        ));
+        assert!(groups_overage(
+            &claims(serde_json::json!({"hasgroups": "true"})),
+            "groups"
+        ));
+        assert!(!groups_overage(
+            &claims(serde_json::json!({"groups": []})),
+            "groups"
+        ));
+        assert!(!groups_overage(
+            &claims(serde_json::json!({"_claim_names": {"roles": "src1"}, "hasgroups": false})),
+            "groups"
+        ));
     }
 
     #[test]

@@ -206,17 +206,20 @@ impl IdpClient {
             .map_err(|e| e.to_string())
     }
 
-    /// Calls the token endpoint. A refusal (4xx with an OAuth error, e.g. `invalid_grant`
-    /// for a replayed code or a revoked refresh token) is [`SignInError::TokenRejected`];
-    /// anything else that goes wrong is [`SignInError::IdpUnavailable`].
+    /// Calls the token endpoint. Only `400` with the OAuth error `invalid_grant` (RFC 6749
+    /// §5.2: the code or refresh token is invalid, expired, revoked or replayed) is
+    /// [`SignInError::TokenRejected`]: it is the one answer that says the grant itself is
+    /// dead, and a refresh that gets it ends the session. Anything else — rate limiting
+    /// (429), a client the provider does not accept (`invalid_client`), 5xx, no answer —
+    /// says nothing about the grant and is [`SignInError::IdpUnavailable`].
     pub async fn token(&self, form: &[(&str, &str)]) -> Result<TokenResponse, SignInError> {
         let meta = self.metadata().await?;
         let req = self
             .client_post(&meta.token_endpoint, form)
             .map_err(SignInError::IdpUnavailable)?;
         let (status, doc) = self.json(req).await.map_err(SignInError::IdpUnavailable)?;
-        if status.is_client_error() {
-            let error = doc
+        if status != StatusCode::OK {
+            let error: String = doc
                 .get("error")
                 .and_then(|e| e.as_str())
                 .unwrap_or("unknown")
@@ -224,11 +227,11 @@ impl IdpClient {
                 .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .take(64)
                 .collect();
-            return Err(SignInError::TokenRejected { error });
-        }
-        if status != StatusCode::OK {
+            if status == StatusCode::BAD_REQUEST && error == "invalid_grant" {
+                return Err(SignInError::TokenRejected { error });
+            }
             return Err(SignInError::IdpUnavailable(format!(
-                "token endpoint answered {status}"
+                "token endpoint answered {status} ({error})"
             )));
         }
         serde_json::from_value(doc)
