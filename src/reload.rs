@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify_debouncer_full::notify::RecursiveMode;
+use notify_debouncer_full::notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 
 use crate::config::Config;
@@ -49,12 +49,18 @@ pub fn watch(gw: Arc<Gateway>) -> notify_debouncer_full::notify::Result<FileWatc
     let relevant_dirs = dirs.clone();
     let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
         let Ok(events) = result else { return };
-        let relevant = events.iter().flat_map(|e| e.paths.iter()).any(|p| {
-            relevant_files.contains(p)
+        // inotify also reports opening and reading a file; a reload reads every watched file,
+        // so reacting to those would reload for ever.
+        let relevant = events
+            .iter()
+            .filter(|e| !matches!(e.kind, EventKind::Access(_) | EventKind::Other))
+            .flat_map(|e| e.paths.iter())
+            .any(|p| {
+                relevant_files.contains(p)
                 || relevant_dirs.iter().any(|d| p.starts_with(d))
                 // A folder swapped as a whole (ConfigMap `..data` symlink flip).
                 || p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".."))
-        });
+            });
         if relevant {
             let gw = gw.clone();
             runtime.spawn(async move {

@@ -35,7 +35,9 @@ async fn a_guest_signs_in_with_chromium_and_sees_the_banner_and_the_403_page() {
             std::env::var("GUESTGATE_REQUIRE_BROWSER").is_err(),
             "{chromium} is missing: apt-get install -y --no-install-recommends chromium (CI's .ci/run does)"
         );
-        eprintln!("SKIP browser sign-in: {chromium} is missing (apt-get install --no-install-recommends chromium)");
+        eprintln!(
+            "SKIP browser sign-in: {chromium} is missing (apt-get install --no-install-recommends chromium)"
+        );
         return;
     }
     let idp = start_idp(&[]);

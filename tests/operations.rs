@@ -99,6 +99,20 @@ async fn changed_files_are_picked_up_by_the_watch() {
         }
     }
     assert_eq!(status, StatusCode::OK, "the watch reloaded the new grant");
+
+    // Reading the files (as every reload does) is not a change: the watch goes quiet.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let reloads = |m: &str| -> u64 {
+        m.lines()
+            .find(|l| l.starts_with("guestgate_reloads_total{result=\"success\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap()
+    };
+    let settled = reloads(&get(&gw.admin_url("/metrics"), &[]).await.text());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = reloads(&get(&gw.admin_url("/metrics"), &[]).await.text());
+    assert_eq!(later, settled, "the watch kept reloading unchanged files");
 }
 
 #[tokio::test]
