@@ -42,6 +42,30 @@ fn expiry(v: &Value, now: OffsetDateTime) -> String {
     }
 }
 
+/// " until <expiry>" for something that ends, nothing for something that does not.
+fn until(expires: &Value, now: OffsetDateTime) -> String {
+    if expires.is_string() {
+        format!(" until {}", expiry(expires, now))
+    } else {
+        String::new()
+    }
+}
+
+/// One line per `{"space", "permissions", "expires"}` grant of the report.
+fn space_grants(grants: &Value, now: OffsetDateTime) -> String {
+    let mut out = String::new();
+    for g in grants.as_array().into_iter().flatten() {
+        let _ = write!(
+            out,
+            "<div>{} {}{}</div>",
+            text(&g["space"]),
+            permissions(&g["permissions"]),
+            until(&g["expires"], now)
+        );
+    }
+    out
+}
+
 fn permissions(v: &Value) -> String {
     let mut out = String::new();
     for p in v.as_array().into_iter().flatten() {
@@ -116,27 +140,14 @@ pub fn render(report: &Value, now: OffsetDateTime) -> String {
         };
         let mut groups = String::new();
         for m in guest["memberships"].as_array().into_iter().flatten() {
-            let until = if m["expires"].is_string() {
-                format!(" until {}", expiry(&m["expires"], now))
-            } else {
-                String::new()
-            };
-            let _ = write!(groups, "<div>{}{until}</div>", text(&m["group"]));
-        }
-        let mut spaces = String::new();
-        for g in guest["spaces"].as_array().into_iter().flatten() {
-            let until = if g["expires"].is_string() {
-                format!(" until {}", expiry(&g["expires"], now))
-            } else {
-                String::new()
-            };
             let _ = write!(
-                spaces,
-                "<div>{} {}{until}</div>",
-                text(&g["space"]),
-                permissions(&g["permissions"])
+                groups,
+                "<div>{}{}</div>",
+                text(&m["group"]),
+                until(&m["expires"], now)
             );
         }
+        let spaces = space_grants(&guest["spaces"], now);
         let _ = write!(
             out,
             "<tr><td>{} <span class=\"guest\">GUEST</span>{display}{email}</td><td>{groups}</td><td>{spaces}</td><td>{}</td></tr>",
@@ -162,20 +173,7 @@ pub fn render(report: &Value, now: OffsetDateTime) -> String {
             .flatten()
             .map(text)
             .collect();
-        let mut spaces = String::new();
-        for g in group["spaces"].as_array().into_iter().flatten() {
-            let until = if g["expires"].is_string() {
-                format!(" until {}", expiry(&g["expires"], now))
-            } else {
-                String::new()
-            };
-            let _ = write!(
-                spaces,
-                "<div>{} {}{until}</div>",
-                text(&g["space"]),
-                permissions(&g["permissions"])
-            );
-        }
+        let spaces = space_grants(&group["spaces"], now);
         let _ = write!(
             out,
             "<tr><td>{}</td><td>{}</td><td>{spaces}</td></tr>",
