@@ -47,13 +47,36 @@ struct UserFile {
 /// group membership that ends.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-enum MembershipFile {
+pub(crate) enum MembershipFile {
     Name(String),
     Expiring {
         group: String,
         #[serde(default)]
         expires: Option<String>,
     },
+}
+
+impl MembershipFile {
+    pub(crate) fn group(&self) -> &str {
+        match self {
+            MembershipFile::Name(g) | MembershipFile::Expiring { group: g, .. } => g,
+        }
+    }
+
+    /// The membership as the data document writes it.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        match self {
+            MembershipFile::Name(g)
+            | MembershipFile::Expiring {
+                group: g,
+                expires: None,
+            } => serde_json::Value::from(g.as_str()),
+            MembershipFile::Expiring {
+                group,
+                expires: Some(e),
+            } => serde_json::json!({"group": group, "expires": e}),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

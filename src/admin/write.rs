@@ -17,7 +17,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::json as json_reply;
 use crate::access::{Change, diff, table};
-use crate::directory::Directory;
+use crate::directory::{Directory, MembershipFile};
 use crate::error::ProxyBody;
 use crate::gateway::{DataChangeError, Gateway};
 
@@ -151,7 +151,7 @@ async fn run(gw: &Arc<Gateway>, req: Request<Incoming>) -> Result<(StatusCode, V
         .map_err(|e| bad(format!("cannot read the request body: {e}")))?
         .to_bytes();
     let now = OffsetDateTime::now_utc();
-    let request: Request_ = parse(operation, &body)?;
+    let request: WriteRequest = parse(operation, &body)?;
     let (created, before, after) = gw
         .change_data(|doc, directory| request.apply(doc, directory, now))
         .await?;
@@ -182,25 +182,10 @@ async fn run(gw: &Arc<Gateway>, req: Request<Incoming>) -> Result<(StatusCode, V
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum MembershipIn {
-    Name(String),
-    Expiring { group: String, expires: String },
-}
-
-impl MembershipIn {
-    fn group(&self) -> &str {
-        match self {
-            MembershipIn::Name(g) | MembershipIn::Expiring { group: g, .. } => g,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Invite {
     user: String,
-    groups: Vec<MembershipIn>,
+    groups: Vec<MembershipFile>,
     #[serde(default)]
     display_name: Option<String>,
     #[serde(default)]
@@ -239,22 +224,22 @@ struct Remove {
 }
 
 /// A parsed write request.
-enum Request_ {
+enum WriteRequest {
     Invite(Invite),
     Assign(Assign),
     Revoke(Revoke),
     Remove(Remove),
 }
 
-fn parse(operation: Operation, body: &[u8]) -> Result<Request_, WriteError> {
+fn parse(operation: Operation, body: &[u8]) -> Result<WriteRequest, WriteError> {
     fn de<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, WriteError> {
         serde_json::from_slice(body).map_err(|e| bad(format!("invalid request body: {e}")))
     }
     Ok(match operation {
-        Operation::Invite => Request_::Invite(de(body)?),
-        Operation::Assign => Request_::Assign(de(body)?),
-        Operation::Revoke => Request_::Revoke(de(body)?),
-        Operation::Remove => Request_::Remove(de(body)?),
+        Operation::Invite => WriteRequest::Invite(de(body)?),
+        Operation::Assign => WriteRequest::Assign(de(body)?),
+        Operation::Revoke => WriteRequest::Revoke(de(body)?),
+        Operation::Remove => WriteRequest::Remove(de(body)?),
     })
 }
 
@@ -331,14 +316,15 @@ fn object<'a>(
 
 /// The key under `spaces` for a space, matching the document's spelling case-insensitively.
 fn space_key(spaces: &Map<String, Value>, wanted: &str) -> String {
+    let wanted = wanted.to_uppercase();
     spaces
         .keys()
-        .find(|k| k.eq_ignore_ascii_case(wanted) || k.to_uppercase() == wanted.to_uppercase())
+        .find(|k| k.to_uppercase() == wanted)
         .cloned()
-        .unwrap_or_else(|| wanted.to_uppercase())
+        .unwrap_or(wanted)
 }
 
-impl Request_ {
+impl WriteRequest {
     /// Edits the data document; true when a guest was created (201).
     fn apply(
         &self,
@@ -347,10 +333,10 @@ impl Request_ {
         now: OffsetDateTime,
     ) -> Result<bool, DataChangeError> {
         match self {
-            Request_::Invite(i) => invite(i, doc, directory, now),
-            Request_::Assign(a) => assign(a, doc, now).map(|_| false),
-            Request_::Revoke(r) => revoke(r, doc).map(|_| false),
-            Request_::Remove(r) => remove(r, doc, directory).map(|_| false),
+            WriteRequest::Invite(i) => invite(i, doc, directory, now),
+            WriteRequest::Assign(a) => assign(a, doc, now).map(|_| false),
+            WriteRequest::Revoke(r) => revoke(r, doc).map(|_| false),
+            WriteRequest::Remove(r) => remove(r, doc, directory).map(|_| false),
         }
     }
 }
@@ -375,12 +361,8 @@ fn invite(
                 m.group()
             )));
         }
-        if let MembershipIn::Expiring { group, expires } = m {
-            check_future(
-                &format!("groups.{group}.expires"),
-                &Some(expires.clone()),
-                now,
-            )?;
+        if let MembershipFile::Expiring { group, expires } = m {
+            check_future(&format!("groups.{group}.expires"), expires, now)?;
         }
     }
     if let Some(existing) = directory.users.get(&i.user)
@@ -414,12 +396,7 @@ fn invite(
                 .or_else(|| g.get("group").and_then(Value::as_str));
             name != Some(m.group())
         });
-        groups.push(match m {
-            MembershipIn::Name(g) => Value::from(g.as_str()),
-            MembershipIn::Expiring { group, expires } => {
-                json!({"group": group, "expires": expires})
-            }
-        });
+        groups.push(m.to_json());
     }
     for (key, value) in [
         ("display_name", &i.display_name),
