@@ -124,7 +124,12 @@ fn serve(path: &Path) -> ExitCode {
         Err(code) => return code,
     };
     crate::telemetry::init_logging(config.log.format);
+    // The proxy's connections are served on `server.workers` threads of their own
+    // (crate::workers); this runtime accepts them and runs the admin listener, reloads and
+    // the background tasks, which need little.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("guestgate-control")
         .enable_all()
         .build()
     {
@@ -275,9 +280,11 @@ fn check(path: &Path) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    if let Err(e) =
-        crate::pipeline::forward::Upstream::new(&config.upstream, config.server.request_timeout)
-    {
+    if let Err(e) = crate::pipeline::forward::Upstream::new(
+        &config.upstream,
+        config.server.request_timeout,
+        0,
+    ) {
         eprintln!("{}: {e}", config.path.display());
         return ExitCode::from(2);
     }

@@ -110,7 +110,11 @@ impl Gateway {
         // With a bundle server, the local policy files only make the process startable:
         // nothing is served until the first bundle is active.
         let ready = AtomicBool::new(config.bundle.is_none());
-        let upstream = Upstream::new(&config.upstream, config.server.request_timeout)?;
+        let upstream = Upstream::new(
+            &config.upstream,
+            config.server.request_timeout,
+            config.server.workers,
+        )?;
         let ttl = snapshot
             .routes
             .content_lookup

@@ -18,3 +18,4 @@ pub mod routes;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
+pub mod workers;

@@ -1,7 +1,9 @@
 //! Listeners: the proxy (HTTP/1.1 and HTTP/2, TLS with ALPN when configured) and the admin
 //! listener, with graceful shutdown, and the limits that belong to connections: how many
-//! may be open, how long one may sit idle, how many HTTP/2 streams it may carry. Every
-//! request runs inside a panic guard: a bug answers 500, it does not take the process down.
+//! may be open, how long one may sit idle, how many HTTP/2 streams it may carry. The proxy
+//! listener accepts on the caller's runtime and hands each connection to a worker thread
+//! ([`crate::workers`]), which serves it to the end. Every request runs inside a panic
+//! guard: a bug answers 500, it does not take the process down.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,6 +29,7 @@ use crate::config::TlsFiles;
 use crate::error::{GatewayError, ProxyBody};
 use crate::gateway::Gateway;
 use crate::pipeline::{self, forward::ConnInfo};
+use crate::workers::Workers;
 
 /// Why the listeners could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,8 @@ pub enum ServerError {
     },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("cannot start the worker threads: {0}")]
+    Workers(#[source] std::io::Error),
 }
 
 /// The running listeners of one gateway.
@@ -117,6 +122,7 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
         addr: config.admin.listen,
         source,
     })?;
+    let workers = Workers::start(config.server.workers).map_err(ServerError::Workers)?;
     let (shutdown, rx) = watch::channel(false);
     crate::notify::start(&gw);
 
@@ -164,12 +170,16 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
                             continue;
                         };
                         let _ = stream.set_nodelay(true);
+                        // Handed over as a plain socket: it joins the reactor of the worker
+                        // that serves it.
+                        let Ok(stream) = stream.into_std() else { continue };
                         let gw = gw.clone();
                         let builder = builder.clone();
                         let tls = tls.clone();
                         let shutdown = rx.clone();
-                        tokio::spawn(async move {
+                        workers.spawn(async move {
                             let _slot = slot;
+                            let Ok(stream) = TcpStream::from_std(stream) else { return };
                             let conn = ConnInfo { remote, tls: tls.is_some() };
                             match tls {
                                 Some(acceptor) => {
@@ -196,6 +206,8 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
             {
                 tracing::warn!("shutdown grace period over; closing remaining connections");
             }
+            // Stopping a worker drops the connections it still serves.
+            let _ = tokio::task::spawn_blocking(move || workers.stop_and_join()).await;
         })
     };
 

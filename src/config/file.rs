@@ -82,6 +82,7 @@ pub struct ServerFile {
     pub h2_max_pending_reset_streams: usize,
     pub max_upstream_in_flight: usize,
     pub retry_after_secs: u64,
+    pub workers: usize,
 }
 
 impl Default for ServerFile {
@@ -102,6 +103,7 @@ impl Default for ServerFile {
             h2_max_pending_reset_streams: 20,
             max_upstream_in_flight: 256,
             retry_after_secs: 1,
+            workers: 0,
         }
     }
 }

@@ -84,6 +84,9 @@ pub struct ServerConfig {
     pub max_upstream_in_flight: usize,
     /// The `Retry-After` of a load-shedding 503.
     pub retry_after: Duration,
+    /// Threads that serve client connections, each with its own runtime and its own pool of
+    /// upstream connections (`server.workers`; 0 in the file means one per CPU).
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone)]

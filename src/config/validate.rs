@@ -312,6 +312,13 @@ impl Validator {
         if s.max_upstream_in_flight > 1 << 20 {
             self.error("server.max_upstream_in_flight", "must be at most 1048576");
         }
+        if s.workers > 1024 {
+            self.error("server.workers", "must be at most 1024 (0: one per CPU)");
+        }
+        let workers = match s.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
         if s.h2_max_concurrent_streams == 0 {
             self.error("server.h2_max_concurrent_streams", "must be greater than 0");
         }
@@ -340,6 +347,7 @@ impl Validator {
             h2_max_pending_reset_streams: s.h2_max_pending_reset_streams,
             max_upstream_in_flight: s.max_upstream_in_flight,
             retry_after: self.secs("server.retry_after_secs", s.retry_after_secs),
+            workers,
         }
     }
 

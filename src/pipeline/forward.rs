@@ -27,7 +27,10 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 /// The wiki, as the gateway reaches it.
 pub struct Upstream {
-    client: crate::http_client::HttpsClient<UpstreamBody>,
+    /// One pool per worker thread, then one for everything else: a pooled connection's task
+    /// runs on the runtime that opened it, and a request should find its upstream
+    /// connection on its own thread (see `crate::workers`).
+    clients: Box<[crate::http_client::HttpsClient<UpstreamBody>]>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     base_path: String,
@@ -45,9 +48,15 @@ impl Upstream {
     pub fn new(
         config: &UpstreamConfig,
         request_timeout: Duration,
+        workers: usize,
     ) -> Result<Upstream, UpstreamError> {
-        let client = crate::http_client::build(config.ca_file.as_deref(), config.connect_timeout)
-            .map_err(|e| UpstreamError(format!("upstream.ca_file: {e}")))?;
+        // Clones share one pool; each worker needs a pool of its own.
+        let clients = (0..=workers)
+            .map(|_| {
+                crate::http_client::build(config.ca_file.as_deref(), config.connect_timeout)
+                    .map_err(|e| UpstreamError(format!("upstream.ca_file: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let service_authorization = match &config.service_authorization_env {
             Some(var) => {
                 let value = std::env::var(var).map_err(|_| {
@@ -63,7 +72,7 @@ impl Upstream {
             None => None,
         };
         Ok(Upstream {
-            client,
+            clients: clients.into_boxed_slice(),
             scheme: config.scheme.clone(),
             authority: config.authority.clone(),
             base_path: config.base_path.clone(),
@@ -91,7 +100,9 @@ impl Upstream {
         &self,
         req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, GatewayError> {
-        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+        let last = self.clients.len() - 1;
+        let client = &self.clients[crate::workers::current().map_or(last, |i| i.min(last))];
+        match tokio::time::timeout(self.request_timeout, client.request(req)).await {
             Err(_) => {
                 crate::telemetry::count(&crate::telemetry::UPSTREAM_ERRORS, 1);
                 Err(GatewayError::UpstreamTimeout)
