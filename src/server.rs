@@ -396,25 +396,29 @@ async fn respond(gw: &Gateway, req: Request<Incoming>, conn: ConnInfo) -> Respon
 /// and counters update atomically, and the few `Mutex`es are recovered from poisoning.
 /// Panics while a response body streams (after this returns) end that connection's task,
 /// which tokio contains the same way. Needs `panic = "unwind"` (the default profile).
-pub async fn catch_panics<F>(request: F) -> (Response<ProxyBody>, bool)
+pub fn catch_panics<F>(request: F) -> impl Future<Output = (Response<ProxyBody>, bool)>
 where
     F: Future<Output = Response<ProxyBody>>,
 {
-    match AssertUnwindSafe(request).catch_unwind().await {
-        Ok(response) => (response, false),
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("(not a string)");
-            tracing::error!(panic = message, "request task panicked; answered 500");
-            (
-                GatewayError::Internal("internal_error").into_response(false),
-                true,
-            )
-        }
-    }
+    // A combinator, not an `async fn`: an async fn would hold `request` twice (the
+    // argument and the guarded copy), and this future is moved for every request.
+    AssertUnwindSafe(request)
+        .catch_unwind()
+        .map(|outcome| match outcome {
+            Ok(response) => (response, false),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(not a string)");
+                tracing::error!(panic = message, "request task panicked; answered 500");
+                (
+                    GatewayError::Internal("internal_error").into_response(false),
+                    true,
+                )
+            }
+        })
 }
 
 /// The whole answer to a connection above `server.max_connections`.

@@ -48,6 +48,11 @@ pub fn content_cache(ttl: std::time::Duration) -> ContentCache {
 }
 
 /// Fills `route.space` from the content id, through the cache. Errors deny the guest.
+/// True when the route names content but no space: the space must be looked up.
+pub fn needs_lookup(route: &Route) -> bool {
+    route.content.is_some() && route.space.is_none()
+}
+
 pub async fn resolve_space(
     route: &mut Route,
     lookup: Option<&ContentLookup>,

@@ -310,7 +310,8 @@ impl Verifier {
         let mut result = self.verify(token);
         if let (Err(IdentityError::UnknownKey | IdentityError::NoKeys), Some(remote)) =
             (&result, &self.remote)
-            && remote.refresh_for_unknown_key().await
+            // Boxed: rare, and it would otherwise enlarge every request's future.
+            && Box::pin(remote.refresh_for_unknown_key()).await
         {
             result = self.verify(token);
         }

@@ -132,6 +132,8 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, conn: ConnInfo) -> Res
     response
 }
 
+// The rarer stages (sign-in, content lookups) are boxed where they are awaited: a future
+// is as large as its largest await, and this one is created and moved for every request.
 async fn handle_inner(
     gw: &Gateway,
     snapshot: &Arc<Snapshot>,
@@ -149,20 +151,21 @@ async fn handle_inner(
     // `/_guestgate/` is the gateway's own namespace (sign-in): answered here, never
     // classified by the route profile, never forwarded.
     if signin::is_gateway_path(&accepted.path) {
-        return signin::endpoint(
+        return Box::pin(signin::endpoint(
             gw.signin.as_deref(),
             req.headers(),
             req.uri(),
             conn.tls,
             &accepted,
-        )
+        ))
         .await;
     }
     let mut caller = snapshot.verifier.identify(req.headers()).await;
     // A token, when one is sent, decides who the caller is; a browser's session cookie
     // only speaks when there is none.
     if let (Caller::Anonymous, Some(signin)) = (&caller, &gw.signin) {
-        (caller, session.refreshed) = signin.session_caller(req.headers(), conn.tls).await;
+        (caller, session.refreshed) =
+            Box::pin(signin.session_caller(req.headers(), conn.tls)).await;
         session.authenticated = matches!(caller, Caller::Authenticated(_));
     }
     let mut route = classify::classify(&snapshot.routes, &accepted, gw.config.rewrite.json);
@@ -172,7 +175,7 @@ async fn handle_inner(
         Err(GatewayError::Unauthorized(e)) => {
             return match &gw.signin {
                 Some(s) if signin::should_redirect(&accepted.method, accepted.wants_html, &e) => {
-                    s.start(req.headers(), req.uri(), conn.tls, &return_path(&accepted))
+                    Box::pin(s.start(req.headers(), req.uri(), conn.tls, &return_path(&accepted)))
                         .await
                 }
                 _ => Err(GatewayError::Unauthorized(e)),
@@ -185,10 +188,11 @@ async fn handle_inner(
     // a failed lookup only means no banner. Regular users otherwise pass straight through.
     let guest = snapshot.directory.is_guest(&principal.groups);
     let wants_banner = route.rewrites.banner && gw.config.rewrite.html;
-    if guest || wants_banner {
+    if (guest || wants_banner) && classify::needs_lookup(&route) {
         let lookup = snapshot.routes.lookup_for(&route);
         let resolved =
-            classify::resolve_space(&mut route, lookup, &gw.content_cache, &gw.upstream).await;
+            Box::pin(classify::resolve_space(&mut route, lookup, &gw.content_cache, &gw.upstream))
+                .await;
         match resolved {
             Err(e) if guest => return Err(e),
             Err(e) => tracing::debug!(error = %e, "no banner: content space unresolved"),
@@ -218,8 +222,7 @@ async fn handle_inner(
                 &identify::IdentityError::Missing,
             )
         {
-            return s
-                .start(req.headers(), req.uri(), conn.tls, &return_path(&accepted))
+            return Box::pin(s.start(req.headers(), req.uri(), conn.tls, &return_path(&accepted)))
                 .await;
         }
         if gw.config.policy.dry_run {
