@@ -264,7 +264,10 @@ async fn serve_connection<I>(
         service_fn(move |req| {
             let gw = gw.clone();
             let busy = activity.begin();
-            async move {
+            // Boxed: hyper keeps a slot the size of this future for every connection, idle or
+            // not (its `in_flight`); a pointer there instead of the whole request future
+            // saves about 3.5 KB per idle keep-alive connection for one allocation per request.
+            let request: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
                 let response = respond(&gw, req, conn).await;
                 // The request stays in progress until its response body has been sent (or
                 // dropped), so a long download is never taken for an idle connection.
@@ -276,7 +279,8 @@ async fn serve_connection<I>(
                     .boxed_unsync()
                 });
                 Ok::<_, Infallible>(response)
-            }
+            });
+            request
         })
     };
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);

@@ -190,9 +190,13 @@ async fn handle_inner(
     let wants_banner = route.rewrites.banner && gw.config.rewrite.html;
     if (guest || wants_banner) && classify::needs_lookup(&route) {
         let lookup = snapshot.routes.lookup_for(&route);
-        let resolved =
-            Box::pin(classify::resolve_space(&mut route, lookup, &gw.content_cache, &gw.upstream))
-                .await;
+        let resolved = Box::pin(classify::resolve_space(
+            &mut route,
+            lookup,
+            &gw.content_cache,
+            &gw.upstream,
+        ))
+        .await;
         match resolved {
             Err(e) if guest => return Err(e),
             Err(e) => tracing::debug!(error = %e, "no banner: content space unresolved"),
