@@ -211,27 +211,38 @@ for t in ("guestgate", "guestgate_guest"):
 PY
 
 echo
-echo "== RSS with $IDLE_CONNS idle keep-alive connections"
-before=$(rss_kb "$GG_PID")
-python3 - "$IDLE_CONNS" "$WORK/idle-ready" <<'PY' &
+echo "== RSS with $IDLE_CONNS idle keep-alive connections (each answered once, then left open)"
+# The holder opens the connections one after another; each sends one request (guestgate
+# answers 401, the others pass it to the upstream, which answers 404) and then stays open,
+# idle, as a browser's or a pooling client's keep-alive connection would.
+idle_rss() { # name port pid
+  rm -f "$WORK/idle-ready"
+  local before after holder
+  before=$(rss_kb "$3")
+  python3 - "$IDLE_CONNS" "$2" "$WORK/idle-ready" <<'PY' &
 import socket, sys, time
 conns = []
-# Each connection serves one request (a health-check-like 401) and then stays open, idle,
-# as a browser's or a pooling client's keep-alive connection would.
 for _ in range(int(sys.argv[1])):
     try:
-        s = socket.create_connection(("127.0.0.1", 18083))
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
         s.sendall(b"GET /display/ENG/Home HTTP/1.1\r\nHost: wiki\r\n\r\n")
         conns.append(s)
     except OSError as e:
         print("stopped at", len(conns), "connections:", e); break
-answered = sum(1 for s in conns if s.recv(4096).startswith(b"HTTP/1.1 401"))
-print(f"{len(conns)} connections open, {answered} answered and idle")
-open(sys.argv[2], "w").close()
+answered = sum(1 for s in conns if s.recv(4096).startswith(b"HTTP/1.1 "))
+print(f"  {len(conns)} connections open, {answered} answered and idle")
+open(sys.argv[3], "w").close()
 time.sleep(6)
 PY
-HOLDER=$!
-for _ in $(seq 600); do [ -e "$WORK/idle-ready" ] && break; sleep 0.1; done
-sleep 1
-echo "guestgate RSS: $((before / 1024)) MB before, $(( $(rss_kb "$GG_PID") / 1024 )) MB with the idle connections"
-wait $HOLDER || true
+  holder=$!
+  for _ in $(seq 600); do [ -e "$WORK/idle-ready" ] && break; sleep 0.1; done
+  sleep 1
+  after=$(rss_kb "$3")
+  echo "$1 $before $after" >> "$WORK/idle"
+  printf '  %-10s RSS %4d MB before, %4d MB with the idle connections (%s KiB per connection)\n' \
+    "$1" $((before / 1024)) $((after / 1024)) "$(awk -v a="$after" -v b="$before" -v n="$IDLE_CONNS" 'BEGIN { printf "%.1f", (a - b) / n }')"
+  wait "$holder" || true
+}
+idle_rss nginx 18082 "$NGINX_PX"
+idle_rss bare 18081 "$BARE_PID"
+idle_rss guestgate 18083 "$GG_PID"
