@@ -91,6 +91,18 @@ fn invalid_config_exits_2_naming_file_and_line() {
         "{err}"
     );
 
+    std::fs::write(
+        &path,
+        "[upstream]\nurl = \"http://127.0.0.1:8090\"\n[server]\nworkers = 5000\n",
+    )
+    .unwrap();
+    let (code, _, err) = guestgate(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("server.workers: must be at most 1024"),
+        "{err}"
+    );
+
     let (code, _, err) = guestgate(&["check", "--config", "/nonexistent/guestgate.toml"]);
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/guestgate.toml"), "{err}");

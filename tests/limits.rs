@@ -271,3 +271,38 @@ async fn http2_settings_announce_the_stream_limit() {
     let resp = client.request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+/// Connections are served on `server.workers` threads, each with its own upstream pool. One
+/// worker still serves many slow requests at once (it is an event loop, not a thread per
+/// request), and several workers answer every connection handed to them.
+#[tokio::test]
+async fn every_worker_count_serves_concurrent_connections() {
+    for workers in [1, 3] {
+        let handler: Handler = Arc::new(|_req| {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                json_response(StatusCode::OK, serde_json::json!({"ok": true}))
+            })
+        });
+        let up = start_upstream_with(handler).await;
+        let gw = start_gateway(with_server(&up.url(), &format!("workers = {workers}"))).await;
+        let auth = bearer(&token("alice", &[]));
+        let started = Instant::now();
+        let answers = futures_util::future::join_all((0..8).map(|i| {
+            let url = gw.url(&format!("/display/ENG/Page{i}"));
+            let auth = auth.clone();
+            async move { get(&url, &[("authorization", auth.as_str())]).await }
+        }))
+        .await;
+        for answer in &answers {
+            assert_eq!(answer.status, StatusCode::OK, "workers = {workers}");
+        }
+        assert_eq!(up.forwarded().len(), 8);
+        // Eight 300 ms answers one after another would take 2.4 s.
+        assert!(
+            started.elapsed() < Duration::from_millis(2000),
+            "workers = {workers}: {:?}",
+            started.elapsed()
+        );
+    }
+}
