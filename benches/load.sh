@@ -6,6 +6,7 @@
 #
 #   bash benches/load.sh                 # DURATION=10 ROUNDS=3 CONNS=64 THREADS=2
 #   DURATION=5 ROUNDS=5 bash benches/load.sh
+#   BASELINE=/path/to/older/guestgate bash benches/load.sh   # also an older build, side by side
 #
 # Needs nginx and wrk (Debian: apt-get install nginx wrk). Loopback only; it starts its
 # own processes on ports 18080-18093 and stops exactly those (by PID) when it exits.
@@ -109,7 +110,15 @@ nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" & PIDS+=($!)
 nginx -p "$WORK/px" -c "$WORK/px/nginx.conf" & PIDS+=($!); NGINX_PX=$!
 "$BARE" 127.0.0.1:18081 http://127.0.0.1:18080 2>/dev/null & PIDS+=($!); BARE_PID=$!
 RUST_LIB_BACKTRACE=0 RUST_BACKTRACE=0 RUST_LOG=warn ./target/release/guestgate serve --config "$WORK/guestgate.toml" 2>"$WORK/gg.log" & PIDS+=($!); GG_PID=$!
-for port in 18080 18081 18082 18083; do
+PORTS=(18080 18081 18082 18083)
+if [ -n "${BASELINE:-}" ]; then
+  # An older build of guestgate on the same config, as one more target ("guestgate_before").
+  sed -e 's/127.0.0.1:18083/127.0.0.1:18084/' -e 's/127.0.0.1:18093/127.0.0.1:18094/' \
+    "$WORK/guestgate.toml" > "$WORK/guestgate-before.toml"
+  RUST_LIB_BACKTRACE=0 RUST_BACKTRACE=0 RUST_LOG=warn "$BASELINE" serve --config "$WORK/guestgate-before.toml" 2>"$WORK/gg-before.log" & PIDS+=($!); BEFORE_PID=$!
+  PORTS+=(18084)
+fi
+for port in "${PORTS[@]}"; do
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -134,6 +143,10 @@ declare -A PORT=( [nginx]=18082 [bare]=18081 [guestgate]=18083 [guestgate_guest]
 declare -A PID=( [nginx]=$NGINX_PX [bare]=$BARE_PID [guestgate]=$GG_PID [guestgate_guest]=$GG_PID )
 declare -A AUTH=( [nginx]="" [bare]="" [guestgate]="$REGULAR" [guestgate_guest]="$GUEST" )
 TARGETS=(nginx bare guestgate guestgate_guest)
+if [ -n "${BASELINE:-}" ]; then
+  PORT[guestgate_before]=18084; PID[guestgate_before]=$BEFORE_PID; AUTH[guestgate_before]="$REGULAR"
+  TARGETS+=(guestgate_before)
+fi
 echo "== $ROUNDS interleaved rounds of ${DURATION}s, $CONNS connections, $THREADS wrk threads, $(nproc) cores"
 for round in $(seq "$ROUNDS"); do
   for t in "${TARGETS[@]}"; do
@@ -166,7 +179,7 @@ print(f"{'target':<16}{'req/s':>10}{'p50 µs':>9}{'p99 µs':>9}{'CPU µs/req':>1
 for t, m in med.items():
     print(f"{t:<16}{m[0]:>10.0f}{m[1]:>9.0f}{m[2]:>9.0f}{m[3]:>12.1f}{m[4]/1024:>8.1f}{m[5]:>9.0f}")
 print()
-for t in ("guestgate", "guestgate_guest"):
+for t in [t for t in ("guestgate", "guestgate_guest", "guestgate_before") if t in med]:
     print(f"{t}: {med[t][0]/med['nginx'][0]:.2f}x nginx req/s, {med[t][0]/med['bare'][0]:.2f}x bare proxy req/s, "
           f"CPU/req {med[t][3]/med['nginx'][3]:.2f}x nginx, p99 +{med[t][2]-med['nginx'][2]:.0f} µs vs nginx")
 PY
@@ -206,7 +219,7 @@ med = {t: [statistics.median(c) for c in zip(*v)] for t, v in rows.items()}
 print(f"{'target':<16}{'p50 µs':>9}{'p99 µs':>9}{'p99.9 µs':>10}{'errors':>8}{'CPU µs/req':>12}")
 for t, m in med.items():
     print(f"{t:<16}{m[0]:>9.0f}{m[1]:>9.0f}{m[2]:>10.0f}{m[3]:>8.0f}{m[4]:>12.1f}")
-for t in ("guestgate", "guestgate_guest"):
+for t in [t for t in ("guestgate", "guestgate_guest", "guestgate_before") if t in med]:
     print(f"{t}: added p99 {med[t][1]-med['nginx'][1]:+.0f} µs vs nginx, {med[t][1]-med['bare'][1]:+.0f} µs vs the bare proxy")
 PY
 
@@ -246,3 +259,4 @@ PY
 idle_rss nginx 18082 "$NGINX_PX"
 idle_rss bare 18081 "$BARE_PID"
 idle_rss guestgate 18083 "$GG_PID"
+if [ -n "${BASELINE:-}" ]; then idle_rss guestgate_before 18084 "$BEFORE_PID"; fi
