@@ -9,17 +9,75 @@ use std::time::Duration;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 /// A pooled client for bodies of type `B`.
 pub type HttpsClient<B> = Client<HttpsConnector<HttpConnector>, B>;
 
-/// Builds a client. `extra_ca` names a PEM file of additional trusted roots.
+/// Where a client's connection tasks run.
+#[derive(Clone)]
+enum Spawner {
+    /// On the runtime of whoever opens the connection: a worker's own pool (crate::workers).
+    Current,
+    /// On one runtime, whoever opens the connection: a client shared by every thread keeps
+    /// its connections on the control runtime, which outlives the workers and does not make
+    /// one worker drive another's traffic.
+    On(tokio::runtime::Handle),
+}
+
+impl<F> hyper::rt::Executor<F> for Spawner
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        match self {
+            Spawner::Current => drop(tokio::spawn(future)),
+            Spawner::On(runtime) => drop(runtime.spawn(future)),
+        }
+    }
+}
+
+/// Idle connections a shared client keeps per host.
+const SHARED_MAX_IDLE: usize = 256;
+
+/// Builds a client shared by every thread (towards the identity provider, the bundle
+/// server, a webhook). Its connections run on the runtime current when it is built.
+/// `extra_ca` names a PEM file of additional trusted roots.
 pub fn build<B>(
     extra_ca: Option<&Path>,
     connect_timeout: Duration,
+) -> Result<HttpsClient<B>, String>
+where
+    B: hyper::body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let spawner = tokio::runtime::Handle::try_current().map_or(Spawner::Current, Spawner::On);
+    build_with(extra_ca, connect_timeout, spawner, SHARED_MAX_IDLE)
+}
+
+/// Builds a client for one worker thread: its connections run on the runtime that opens
+/// them, and it keeps at most `max_idle` idle connections per host.
+pub fn build_local<B>(
+    extra_ca: Option<&Path>,
+    connect_timeout: Duration,
+    max_idle: usize,
+) -> Result<HttpsClient<B>, String>
+where
+    B: hyper::body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    build_with(extra_ca, connect_timeout, Spawner::Current, max_idle)
+}
+
+fn build_with<B>(
+    extra_ca: Option<&Path>,
+    connect_timeout: Duration,
+    spawner: Spawner,
+    max_idle: usize,
 ) -> Result<HttpsClient<B>, String>
 where
     B: hyper::body::Body + Send + 'static + Unpin,
@@ -54,8 +112,8 @@ where
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
+    Ok(Client::builder(spawner)
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
+        .pool_max_idle_per_host(max_idle)
         .build(connector))
 }

@@ -47,12 +47,12 @@ pub fn content_cache(ttl: std::time::Duration) -> ContentCache {
         .build()
 }
 
-/// Fills `route.space` from the content id, through the cache. Errors deny the guest.
 /// True when the route names content but no space: the space must be looked up.
 pub fn needs_lookup(route: &Route) -> bool {
     route.content.is_some() && route.space.is_none()
 }
 
+/// Fills `route.space` from the content id, through the cache. Errors deny the guest.
 pub async fn resolve_space(
     route: &mut Route,
     lookup: Option<&ContentLookup>,

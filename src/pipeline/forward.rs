@@ -50,11 +50,17 @@ impl Upstream {
         request_timeout: Duration,
         workers: usize,
     ) -> Result<Upstream, UpstreamError> {
-        // Clones share one pool; each worker needs a pool of its own.
+        // Clones share one pool; each worker needs a pool of its own. Together they keep
+        // about as many idle connections to the wiki as one shared pool of 256 would.
+        let max_idle = (256 / (workers + 1)).max(8);
         let clients = (0..=workers)
             .map(|_| {
-                crate::http_client::build(config.ca_file.as_deref(), config.connect_timeout)
-                    .map_err(|e| UpstreamError(format!("upstream.ca_file: {e}")))
+                crate::http_client::build_local(
+                    config.ca_file.as_deref(),
+                    config.connect_timeout,
+                    max_idle,
+                )
+                .map_err(|e| UpstreamError(format!("upstream.ca_file: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let service_authorization = match &config.service_authorization_env {
