@@ -15,6 +15,23 @@ use rustls::pki_types::pem::PemObject;
 /// A pooled client for bodies of type `B`.
 pub type HttpsClient<B> = Client<HttpsConnector<HttpConnector>, B>;
 
+/// Request bodies a client can send.
+pub trait RequestBody:
+    hyper::body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: hyper::body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + Unpin
+        + 'static
+{
+}
+
 /// Where a client's connection tasks run.
 #[derive(Clone)]
 enum Spawner {
@@ -45,45 +62,30 @@ const SHARED_MAX_IDLE: usize = 256;
 /// Builds a client shared by every thread (towards the identity provider, the bundle
 /// server, a webhook). Its connections run on the runtime current when it is built.
 /// `extra_ca` names a PEM file of additional trusted roots.
-pub fn build<B>(
+pub fn build<B: RequestBody>(
     extra_ca: Option<&Path>,
     connect_timeout: Duration,
-) -> Result<HttpsClient<B>, String>
-where
-    B: hyper::body::Body + Send + 'static + Unpin,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) -> Result<HttpsClient<B>, String> {
     let spawner = tokio::runtime::Handle::try_current().map_or(Spawner::Current, Spawner::On);
     build_with(extra_ca, connect_timeout, spawner, SHARED_MAX_IDLE)
 }
 
 /// Builds a client for one worker thread: its connections run on the runtime that opens
 /// them, and it keeps at most `max_idle` idle connections per host.
-pub fn build_local<B>(
+pub fn build_local<B: RequestBody>(
     extra_ca: Option<&Path>,
     connect_timeout: Duration,
     max_idle: usize,
-) -> Result<HttpsClient<B>, String>
-where
-    B: hyper::body::Body + Send + 'static + Unpin,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) -> Result<HttpsClient<B>, String> {
     build_with(extra_ca, connect_timeout, Spawner::Current, max_idle)
 }
 
-fn build_with<B>(
+fn build_with<B: RequestBody>(
     extra_ca: Option<&Path>,
     connect_timeout: Duration,
     spawner: Spawner,
     max_idle: usize,
-) -> Result<HttpsClient<B>, String>
-where
-    B: hyper::body::Body + Send + 'static + Unpin,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) -> Result<HttpsClient<B>, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(ca) = extra_ca {
