@@ -601,7 +601,22 @@ impl Idp {
 }
 
 /// Starts `node provider.js` on an ephemeral loopback port with extra environment.
+///
+/// node has been seen to hang for good while it starts (main thread in a futex wait, no
+/// CPU; once in many runs): a provider that has not said where it listens within
+/// `IDP_START_TIMEOUT` is killed and started again, up to three tries.
 pub fn start_idp(env: &[(&str, &str)]) -> Idp {
+    const IDP_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+    for attempt in 1..=3 {
+        match try_start_idp(env, IDP_START_TIMEOUT) {
+            Ok(idp) => return idp,
+            Err(why) => eprintln!("provider.js attempt {attempt}: {why}"),
+        }
+    }
+    panic!("provider.js did not start in three attempts");
+}
+
+fn try_start_idp(env: &[(&str, &str)], timeout: std::time::Duration) -> Result<Idp, String> {
     use std::io::BufRead as _;
     let mut cmd = std::process::Command::new("node");
     cmd.arg("provider.js")
@@ -620,17 +635,34 @@ pub fn start_idp(env: &[(&str, &str)]) -> Idp {
         .spawn()
         .expect("node must be installed to run the OIDC tests");
     let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    let mut reader = std::io::BufReader::new(stdout);
-    reader.read_line(&mut line).unwrap();
-    // The provider prints notices on stdout later on; a closed pipe would kill it.
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    let (first_line, ready) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = first_line.send(line);
+        // The provider prints notices on stdout later on; a closed pipe would kill it.
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    });
+    let line = match ready.recv_timeout(timeout) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("no address within {timeout:?}"));
+        }
+    };
     let issuer = serde_json::from_str::<serde_json::Value>(&line)
-        .unwrap_or_else(|e| panic!("provider.js did not start ({e}): {line:?}"))["issuer"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    Idp { issuer, child }
+        .ok()
+        .and_then(|v| v["issuer"].as_str().map(str::to_string));
+    match issuer {
+        Some(issuer) => Ok(Idp { issuer, child }),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!("unexpected first line {line:?}"))
+        }
+    }
 }
 
 /// The `[identity.oidc]` section for a gateway in front of `issuer`, plus `extra` keys.
