@@ -148,6 +148,12 @@ fn bench_decisions(c: &mut Criterion) {
         let input = {
             let p = decide::principal(&snap, &route, &guest, config.identity.anonymous)
                 .expect("principal");
+            let facts = snap.directory.facts(
+                p.user.as_deref(),
+                &p.groups,
+                route.space.as_deref(),
+                time::OffsetDateTime::now_utc(),
+            );
             guestgate::policy::input::build(
                 accepted.method.as_str(),
                 &accepted.path,
@@ -158,6 +164,7 @@ fn bench_decisions(c: &mut Criterion) {
                     groups: &p.groups,
                     authenticated: true,
                     claims: &regorus::Value::new_object(),
+                    facts: &facts,
                 },
             )
         };

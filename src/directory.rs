@@ -152,6 +152,19 @@ pub struct SpaceGrants {
     pub users: BTreeMap<String, Grant>,
 }
 
+/// The directory's facts about one caller, as the policy input carries them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallerFacts {
+    /// The guest rule (contract §4) over the caller's effective groups.
+    pub guest: bool,
+    /// The user's own `expires` has passed: their guest access has ended.
+    pub expired: bool,
+    /// What the active grants give in the route's space — the user's own grant and those of
+    /// groups whose membership has not lapsed — sorted, without duplicates; empty once the
+    /// user has expired or when the route names no space.
+    pub permissions: Vec<Action>,
+}
+
 /// The typed data document of one snapshot.
 #[derive(Debug)]
 pub struct Directory {
@@ -312,6 +325,67 @@ impl Directory {
             && groups
                 .iter()
                 .all(|g| self.groups.get(&**g).is_some_and(|e| e.guest))
+    }
+
+    /// What the directory says of a caller at `now`, for the policy input (contract §5:
+    /// `input.user.guest`, `expired`, `permissions`). Computed here, by direct lookups on the
+    /// typed document, because the same reasoning in Rego (an `every` over the groups, a
+    /// walk over each group's grant and membership) cost three times the whole rest of an
+    /// uncached decision. Its cost depends on the caller's own groups, never on the size of
+    /// the directory.
+    ///
+    /// `groups` are the effective groups (directory ∪ token); `space` is the route's.
+    pub fn facts(
+        &self,
+        user: Option<&str>,
+        groups: &[Arc<str>],
+        space: Option<&str>,
+        now: OffsetDateTime,
+    ) -> CallerFacts {
+        let entry = user.and_then(|u| self.users.get(u));
+        let expired = entry
+            .and_then(|u| u.expires)
+            .is_some_and(|expires| now >= expires);
+        let mut facts = CallerFacts {
+            guest: self.is_guest(groups),
+            expired,
+            permissions: Vec::new(),
+        };
+        let Some(grants) = space.filter(|_| !expired).and_then(|s| self.space(s)) else {
+            return facts;
+        };
+        let mut held = |grant: &Grant| {
+            if grant.active_at(now) {
+                // Loading refuses `admin` in a guest grant; never pass one on regardless.
+                let grantable = grant.permissions.iter().filter(|p| **p != Action::Admin);
+                facts.permissions.extend(grantable);
+            }
+        };
+        for group in groups {
+            // A membership the directory ended takes that group's grants away, even when the
+            // token still names the group: the expiry is the administrator's decision.
+            let lapsed = entry
+                .and_then(|u| u.membership_expires.get(&**group))
+                .is_some_and(|end| now >= *end);
+            if !lapsed && let Some(grant) = grants.groups.get(&**group) {
+                held(grant);
+            }
+        }
+        if let Some(grant) = user.and_then(|u| grants.users.get(u)) {
+            held(grant);
+        }
+        facts.permissions.sort_unstable();
+        facts.permissions.dedup();
+        facts
+    }
+
+    /// A space's guest grants, by key in any case.
+    fn space(&self, key: &str) -> Option<&SpaceGrants> {
+        if key.bytes().any(|b| b.is_ascii_lowercase()) || !key.is_ascii() {
+            self.spaces.get(&key.to_uppercase())
+        } else {
+            self.spaces.get(key)
+        }
     }
 
     /// Spaces with at least one guest grant (active now or later).
@@ -565,5 +639,141 @@ mod tests {
             "{}",
             syntax[0].message
         );
+    }
+
+    // ---- the facts the policy decides on (input.user.guest, expired, permissions)
+
+    const FACTS_DATA: &str = r#"{
+      "groups": {"staff": {"guest": false}, "acme-guests": {"guest": true}, "beta-guests": {"guest": true}},
+      "users": {
+        "gone": {"groups": ["acme-guests"], "expires": "2001-01-01T00:00:00Z"},
+        "tess": {"groups": ["acme-guests"]},
+        "vera": {"groups": ["acme-guests"], "expires": "2030-06-01T12:00:00Z"},
+        "bob": {"groups": [{"group": "beta-guests", "expires": "2030-06-01T12:00:00Z"}]}
+      },
+      "spaces": {
+        "ENG": {"guests": {"groups": {"acme-guests": ["view", "comment"]}, "users": {"gina": ["view", "edit"]}}},
+        "HR": {"guests": {"groups": {"beta-guests": ["view"]}}},
+        "OLD": {"guests": {"groups": {"acme-guests": {"permissions": ["view"], "expires": "2001-01-01T00:00:00Z"}}}},
+        "TMP": {"guests": {"groups": {"beta-guests": ["view"]},
+                           "users": {"tess": {"permissions": ["view", "edit"], "expires": "2030-06-01T12:00:00Z"}}}},
+        "GRP": {"guests": {"groups": {"acme-guests": {"permissions": ["view"], "expires": "2030-06-01T12:00:00Z"}}}}
+      }
+    }"#;
+
+    fn at(instant: &str) -> OffsetDateTime {
+        OffsetDateTime::parse(instant, &Rfc3339).expect("instant")
+    }
+
+    const JUST_BEFORE: &str = "2030-06-01T11:59:59.999999999Z";
+    const AT_EXPIRY: &str = "2030-06-01T12:00:00Z";
+
+    /// The facts for `user` (with `token` groups) on `space` at `instant`.
+    fn facts(user: &str, token: &[&str], space: Option<&str>, instant: &str) -> CallerFacts {
+        let d = Directory::parse(Path::new("d.json"), FACTS_DATA).expect("valid");
+        let token: Vec<Arc<str>> = token.iter().map(|g| Arc::from(*g)).collect();
+        let groups = d.effective_groups(user, &token);
+        d.facts(Some(user), &groups, space, at(instant))
+    }
+
+    fn permissions(f: &CallerFacts) -> Vec<&'static str> {
+        f.permissions.iter().map(|p| p.as_str()).collect()
+    }
+
+    const NOW: &str = "2026-12-01T00:00:00Z";
+
+    #[test]
+    fn facts_follow_the_guest_rule() {
+        assert!(facts("gary", &["acme-guests"], None, NOW).guest);
+        assert!(!facts("mia", &["acme-guests", "staff"], None, NOW).guest);
+        assert!(
+            !facts("x", &["acme-guests", "not-in-directory"], None, NOW).guest,
+            "an unknown group counts as regular"
+        );
+        assert!(!facts("nobody", &[], Some("ENG"), NOW).guest);
+    }
+
+    #[test]
+    fn facts_hold_the_grants_of_the_users_own_groups_and_their_own() {
+        let gary = facts("gary", &["acme-guests"], Some("ENG"), NOW);
+        assert_eq!(permissions(&gary), ["view", "comment"]);
+        let gina = facts("gina", &["acme-guests"], Some("ENG"), NOW);
+        assert_eq!(
+            permissions(&gina),
+            ["view", "edit", "comment"],
+            "a user grant adds to the group's"
+        );
+        assert!(
+            facts("gina", &["acme-guests"], Some("HR"), NOW)
+                .permissions
+                .is_empty(),
+            "grants of other guest groups never count"
+        );
+        assert_eq!(
+            permissions(&facts("gary", &["acme-guests"], Some("eng"), NOW)),
+            ["view", "comment"],
+            "space keys compare case-insensitively"
+        );
+        assert!(
+            facts("gary", &["acme-guests"], None, NOW)
+                .permissions
+                .is_empty()
+        );
+        assert!(
+            facts("gary", &["acme-guests"], Some("NOPE"), NOW)
+                .permissions
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn facts_drop_expired_grants_and_users() {
+        assert!(
+            facts("gary", &["acme-guests"], Some("OLD"), NOW)
+                .permissions
+                .is_empty()
+        );
+        let gone = facts("gone", &[], Some("ENG"), NOW);
+        assert!(gone.guest && gone.expired);
+        assert!(
+            gone.permissions.is_empty(),
+            "nothing is granted once expired"
+        );
+    }
+
+    /// The instant an expiry names is the first one at which it no longer counts.
+    #[test]
+    fn facts_at_the_expiry_boundary() {
+        let tess = |instant| facts("tess", &[], Some("TMP"), instant);
+        assert_eq!(permissions(&tess(JUST_BEFORE)), ["view", "edit"]);
+        assert!(tess(AT_EXPIRY).permissions.is_empty(), "user grant expired");
+
+        let group = |instant| facts("tess", &[], Some("GRP"), instant);
+        assert_eq!(permissions(&group(JUST_BEFORE)), ["view"]);
+        assert!(
+            group(AT_EXPIRY).permissions.is_empty(),
+            "group grant expired"
+        );
+
+        let vera = |instant| facts("vera", &[], Some("ENG"), instant);
+        assert!(!vera(JUST_BEFORE).expired);
+        assert_eq!(permissions(&vera(JUST_BEFORE)), ["view", "comment"]);
+        assert!(vera(AT_EXPIRY).expired);
+        assert!(vera(AT_EXPIRY).permissions.is_empty());
+
+        let bob = |instant| facts("bob", &[], Some("TMP"), instant);
+        assert_eq!(permissions(&bob(JUST_BEFORE)), ["view"]);
+        assert!(bob(AT_EXPIRY).permissions.is_empty(), "membership lapsed");
+    }
+
+    #[test]
+    fn a_lapsed_membership_keeps_a_guest_and_the_token_does_not_revive_it() {
+        let later = "2031-01-01T00:00:00Z";
+        let bob = facts("bob", &[], Some("TMP"), later);
+        assert!(bob.guest, "a lapsed guest never becomes a regular user");
+        assert!(bob.permissions.is_empty());
+        let with_token = facts("bob", &["beta-guests"], Some("TMP"), AT_EXPIRY);
+        assert!(with_token.permissions.is_empty());
+        assert!(with_token.guest);
     }
 }

@@ -99,7 +99,7 @@ impl Family {
 }
 
 /// What a request does to what it touches; guests need the matching permission.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Action {
     View,
     Edit,

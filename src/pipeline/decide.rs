@@ -86,7 +86,12 @@ pub fn decide(
         groups,
     } = principal;
     let claims = identity.as_ref().map_or(&*EMPTY_CLAIMS, |i| &i.claims);
+    // One instant for the facts and the cache lifetime, so no expiry can fall between them.
+    let now = OffsetDateTime::now_utc();
     let build_input = || {
+        let facts = snapshot
+            .directory
+            .facts(user.as_deref(), &groups, route.space.as_deref(), now);
         input::build(
             accepted.method.as_str(),
             &accepted.path,
@@ -97,6 +102,7 @@ pub fn decide(
                 groups: &groups,
                 authenticated: identity.is_some(),
                 claims,
+                facts: &facts,
             },
         )
     };
@@ -126,7 +132,7 @@ pub fn decide(
             .evaluate(input.clone())
             .map_err(GatewayError::Policy)?,
     );
-    let ttl = cache_ttl(snapshot);
+    let ttl = cache_ttl(snapshot, now);
     if !ttl.is_zero() {
         snapshot.decisions.insert(
             key,
@@ -175,6 +181,13 @@ pub fn viewable_spaces(
         .identity
         .as_ref()
         .map_or(&*EMPTY_CLAIMS, |i| &i.claims);
+    let now = OffsetDateTime::now_utc();
+    let facts = snapshot.directory.facts(
+        decided.user.as_deref(),
+        &decided.groups,
+        route.space.as_deref(),
+        now,
+    );
     let input = input::build(
         accepted.method.as_str(),
         &accepted.path,
@@ -185,6 +198,7 @@ pub fn viewable_spaces(
             groups: &decided.groups,
             authenticated: decided.identity.is_some(),
             claims,
+            facts: &facts,
         },
     );
     let set: std::collections::HashSet<String> = match snapshot
@@ -212,7 +226,7 @@ pub fn viewable_spaces(
         }
     };
     let set = Arc::new(set);
-    let ttl = cache_ttl(snapshot);
+    let ttl = cache_ttl(snapshot, now);
     if !ttl.is_zero() {
         snapshot.viewable.insert(
             key,
@@ -226,8 +240,7 @@ pub fn viewable_spaces(
 }
 
 /// The configured TTL, cut short so no cached decision outlives the next grant expiry.
-fn cache_ttl(snapshot: &Snapshot) -> Duration {
-    let now = OffsetDateTime::now_utc();
+fn cache_ttl(snapshot: &Snapshot, now: OffsetDateTime) -> Duration {
     match snapshot.directory.next_expiry_after(now) {
         Some(next) => {
             let left = (next - now).try_into().unwrap_or(Duration::ZERO);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use regorus::Value;
 
+use crate::directory::CallerFacts;
 use crate::routes::Route;
 
 /// The user part of the input.
@@ -15,6 +16,9 @@ pub struct UserInput<'a> {
     pub groups: &'a [Arc<str>],
     pub authenticated: bool,
     pub claims: &'a Value,
+    /// What the directory says of this user now (guest, expired, permissions in the route's
+    /// space).
+    pub facts: &'a CallerFacts,
 }
 
 fn obj(entries: Vec<(&str, Value)>) -> Value {
@@ -56,6 +60,18 @@ pub fn user_value(user: &UserInput<'_>) -> Value {
         ),
         ("authenticated", Value::from(user.authenticated)),
         ("claims", user.claims.clone()),
+        ("guest", Value::from(user.facts.guest)),
+        ("expired", Value::from(user.facts.expired)),
+        (
+            "permissions",
+            Value::from(
+                user.facts
+                    .permissions
+                    .iter()
+                    .map(|p| Value::from(p.as_str()))
+                    .collect::<Vec<_>>(),
+            ),
+        ),
     ])
 }
 
@@ -113,6 +129,7 @@ pub fn sample() -> Value {
             groups: &[],
             authenticated: false,
             claims: &claims,
+            facts: &CallerFacts::default(),
         },
     )
 }

@@ -233,12 +233,17 @@ impl Policy {
     }
 }
 
-/// Parts of the input the decision cache keys on without looking at the whole input.
-const KEYED_INPUT_PATHS: [&str; 4] = [
+/// Parts of the input the decision cache keys on without looking at the whole input. The
+/// directory's facts (`guest`, `expired`, `permissions`) follow from the user, the groups and
+/// the route's space, and no cached answer outlives the next expiry that could change them.
+const KEYED_INPUT_PATHS: [&str; 7] = [
     "input.route.",
     "input.user.name",
     "input.user.groups",
     "input.user.authenticated",
+    "input.user.guest",
+    "input.user.expired",
+    "input.user.permissions",
 ];
 
 /// True when the policy text mentions `input` in any way other than the keyed paths (for
