@@ -136,53 +136,63 @@ fn bench_decisions(c: &mut Criterion) {
                 expires_at: u64::MAX,
             }))
         };
-        let guest = caller("user7");
-        c.bench_function(&format!("decision cached, guest ({users} users)"), |b| {
-            b.iter(|| {
+        // user7's groups hold no grant on S7 (denied: space_not_granted); user49's do
+        // (allowed: guest_space_permission). Both walk the guest branch to its end.
+        for (name, outcome) in [("user7", "denied"), ("user49", "allowed")] {
+            let guest = caller(name);
+            let decide_once = || {
                 let p = decide::principal(&snap, &route, &guest, config.identity.anonymous)
                     .expect("principal");
-                decide::decide(&snap, &accepted, &route, p, false).expect("decided")
-            })
-        });
-        // The policy alone: what regorus costs, without cache key, cache or input building.
-        let input = {
-            let p = decide::principal(&snap, &route, &guest, config.identity.anonymous)
-                .expect("principal");
-            let facts = snap.directory.facts(
-                p.user.as_deref(),
-                &p.groups,
-                route.space.as_deref(),
-                time::OffsetDateTime::now_utc(),
+                let decided = decide::decide(&snap, &accepted, &route, p, false).expect("decided");
+                assert_eq!(decided.decision.allow, outcome == "allowed");
+                decided
+            };
+            decide_once();
+            c.bench_function(
+                &format!("decision cached, guest {outcome} ({users} users)"),
+                |b| b.iter(decide_once),
             );
-            guestgate::policy::input::build(
-                accepted.method.as_str(),
-                &accepted.path,
-                &accepted.params,
-                &route,
-                &guestgate::policy::input::UserInput {
-                    name: p.user.as_deref(),
-                    groups: &p.groups,
-                    authenticated: true,
-                    claims: &regorus::Value::new_object(),
-                    facts: &facts,
+            // The policy alone: what regorus costs, without cache key, cache, facts or input
+            // building.
+            let input = {
+                let p = decide::principal(&snap, &route, &guest, config.identity.anonymous)
+                    .expect("principal");
+                let facts = snap.directory.facts(
+                    p.user.as_deref(),
+                    &p.groups,
+                    route.space.as_deref(),
+                    time::OffsetDateTime::now_utc(),
+                );
+                guestgate::policy::input::build(
+                    accepted.method.as_str(),
+                    &accepted.path,
+                    &accepted.params,
+                    &route,
+                    &guestgate::policy::input::UserInput {
+                        name: p.user.as_deref(),
+                        groups: &p.groups,
+                        authenticated: true,
+                        claims: &regorus::Value::new_object(),
+                        facts: &facts,
+                    },
+                )
+            };
+            c.bench_function(
+                &format!(
+                    "policy evaluation only, guest {outcome} ({users} users, {spaces} spaces)"
+                ),
+                |b| b.iter(|| snap.policy.evaluate(input.clone()).expect("evaluated")),
+            );
+            c.bench_function(
+                &format!("decision uncached, guest {outcome} ({users} users, {spaces} spaces)"),
+                |b| {
+                    b.iter(|| {
+                        snap.decisions.invalidate_all();
+                        decide_once()
+                    })
                 },
-            )
-        };
-        c.bench_function(
-            &format!("policy evaluation only, guest ({users} users, {spaces} spaces)"),
-            |b| b.iter(|| snap.policy.evaluate(input.clone()).expect("evaluated")),
-        );
-        c.bench_function(
-            &format!("decision uncached, guest ({users} users, {spaces} spaces)"),
-            |b| {
-                b.iter(|| {
-                    snap.decisions.invalidate_all();
-                    let p = decide::principal(&snap, &route, &guest, config.identity.anonymous)
-                        .expect("principal");
-                    decide::decide(&snap, &accepted, &route, p, false).expect("decided")
-                })
-            },
-        );
+            );
+        }
     }
 }
 

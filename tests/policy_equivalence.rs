@@ -65,7 +65,13 @@ const SPACES: [Option<&str>; 8] = [
     None,
 ];
 const TOKEN_GROUPS: [&str; 5] = ["staff", "g1", "g2", "g3", "unknown"];
-const PROFILES: [Option<&str>; 5] = [None, Some("gary"), Some("Gina"), Some("alice"), Some("tess")];
+const PROFILES: [Option<&str>; 5] = [
+    None,
+    Some("gary"),
+    Some("Gina"),
+    Some("alice"),
+    Some("tess"),
+];
 
 /// Evaluates `data.guestgate.decision` of one policy file at an instant given in the input.
 fn engine(policy: &Path, data: &Value) -> Engine {
@@ -236,5 +242,8 @@ fn facts_and_policy_decide_as_the_pure_rego_policy_did() {
         mismatches[..mismatches.len().min(10)].join("\n")
     );
     // The sample must exercise both outcomes, or it proves nothing.
-    assert!(allowed > 200 && allowed < cases.len() - 200, "{allowed} allowed");
+    assert!(
+        allowed > 200 && allowed < cases.len() - 200,
+        "{allowed} allowed"
+    );
 }
