@@ -57,8 +57,9 @@ fn snapshot(dir: &Path, users: usize, spaces: usize) -> (Config, Snapshot) {
         "bench-secret-0123456789abcdef0123456789",
     )
     .expect("secret");
+    std::fs::write(dir.join("jwks.json"), signing_keys().jwks.to_string()).expect("jwks");
     let toml = format!(
-        "[upstream]\nurl = \"http://127.0.0.1:9\"\n[identity]\nhs256_secret_file = \"secret\"\n\
+        "[upstream]\nurl = \"http://127.0.0.1:9\"\n[identity]\nhs256_secret_file = \"secret\"\njwks_file = \"jwks.json\"\n\
          [policy]\ndir = \"{root}/policies\"\ndata = \"data.json\"\n[routes]\nprofile = \"{root}/config/routes/confluence.toml\"\n"
     );
     let path = dir.join("guestgate.toml");
@@ -88,28 +89,85 @@ fn bench_classify(c: &mut Criterion) {
     });
 }
 
+/// An RS256 (2048-bit) and an ES256 (P-256) signing key, and the JWKS that publishes them.
+struct SigningKeys {
+    rs256: jsonwebtoken::EncodingKey,
+    es256: jsonwebtoken::EncodingKey,
+    jwks: serde_json::Value,
+}
+
+fn signing_keys() -> &'static SigningKeys {
+    static KEYS: std::sync::OnceLock<SigningKeys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let pem = |alg| {
+            rcgen::KeyPair::generate_for(alg)
+                .expect("key")
+                .serialize_pem()
+        };
+        let rs256 =
+            jsonwebtoken::EncodingKey::from_rsa_pem(pem(&rcgen::PKCS_RSA_SHA256).as_bytes())
+                .expect("rsa pem");
+        let es256 =
+            jsonwebtoken::EncodingKey::from_ec_pem(pem(&rcgen::PKCS_ECDSA_P256_SHA256).as_bytes())
+                .expect("ec pem");
+        let jwk = |key: &jsonwebtoken::EncodingKey, alg, kid: &str| {
+            let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(key, alg).expect("jwk");
+            jwk.common.key_id = Some(kid.to_string());
+            serde_json::to_value(jwk).expect("json")
+        };
+        let jwks = serde_json::json!({"keys": [
+            jwk(&rs256, jsonwebtoken::Algorithm::RS256, "rs"),
+            jwk(&es256, jsonwebtoken::Algorithm::ES256, "es"),
+        ]});
+        SigningKeys { rs256, es256, jwks }
+    })
+}
+
 fn bench_tokens(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_config, snap) = snapshot(dir.path(), 100, 10);
     let now = guestgate::pipeline::identify::unix_now();
     let claims = serde_json::json!({"sub": "user1", "preferred_username": "user1", "groups": ["guests-1"], "exp": now + 3600});
-    let key = jsonwebtoken::EncodingKey::from_secret(b"bench-secret-0123456789abcdef0123456789");
-    let token =
-        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("token");
-    c.bench_function("verify HS256 (cached)", |b| {
-        b.iter(|| snap.verifier.verify(&token).expect("valid"))
-    });
-    c.bench_function("verify HS256 (uncached: a fresh token each time)", |b| {
-        b.iter_batched(
-            || {
-                let mut c = claims.clone();
-                c["jti"] = serde_json::json!(rand_id());
-                jsonwebtoken::encode(&jsonwebtoken::Header::default(), &c, &key).expect("token")
+    let keys = signing_keys();
+    let hs256 = jsonwebtoken::EncodingKey::from_secret(b"bench-secret-0123456789abcdef0123456789");
+    let algorithms = [
+        ("HS256", jsonwebtoken::Algorithm::HS256, None, &hs256),
+        (
+            "RS256",
+            jsonwebtoken::Algorithm::RS256,
+            Some("rs"),
+            &keys.rs256,
+        ),
+        (
+            "ES256",
+            jsonwebtoken::Algorithm::ES256,
+            Some("es"),
+            &keys.es256,
+        ),
+    ];
+    for (name, alg, kid, key) in algorithms {
+        let mut header = jsonwebtoken::Header::new(alg);
+        header.kid = kid.map(str::to_string);
+        let token = jsonwebtoken::encode(&header, &claims, key).expect("token");
+        snap.verifier.verify(&token).expect("valid");
+        c.bench_function(&format!("verify {name} (cached)"), |b| {
+            b.iter(|| snap.verifier.verify(&token).expect("valid"))
+        });
+        c.bench_function(
+            &format!("verify {name} (uncached: a fresh token each time)"),
+            |b| {
+                b.iter_batched(
+                    || {
+                        let mut c = claims.clone();
+                        c["jti"] = serde_json::json!(rand_id());
+                        jsonwebtoken::encode(&header, &c, key).expect("token")
+                    },
+                    |t| snap.verifier.verify(&t).expect("valid"),
+                    BatchSize::SmallInput,
+                )
             },
-            |t| snap.verifier.verify(&t).expect("valid"),
-            BatchSize::SmallInput,
-        )
-    });
+        );
+    }
 }
 
 fn rand_id() -> u64 {
