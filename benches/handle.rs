@@ -64,13 +64,16 @@ async fn start_upstream() -> std::net::SocketAddr {
     addr
 }
 
-fn gateway(dir: &Path, upstream: std::net::SocketAddr) -> Arc<Gateway> {
+/// A gateway on the shipped profile, policy and data; `json_rewriting` off shows what the
+/// `tag_users` rewrite costs on its own.
+fn gateway(dir: &Path, upstream: std::net::SocketAddr, json_rewriting: bool) -> Arc<Gateway> {
     let root = env!("CARGO_MANIFEST_DIR");
     std::fs::write(dir.join("secret"), SECRET).expect("secret");
     let toml = format!(
         "[upstream]\nurl = \"http://{upstream}\"\n[identity]\nhs256_secret_file = \"secret\"\n\
          [policy]\ndir = \"{root}/policies\"\ndata = \"{root}/policies/data.json\"\n\
-         [routes]\nprofile = \"{root}/config/routes/confluence.toml\"\n[log]\ndecisions = \"off\"\n"
+         [routes]\nprofile = \"{root}/config/routes/confluence.toml\"\n[log]\ndecisions = \"off\"\n\
+         [rewrite]\njson = {json_rewriting}\n"
     );
     let path = dir.join("guestgate.toml");
     std::fs::write(&path, toml).expect("config");
@@ -178,6 +181,7 @@ enum Via {
     Direct,
     Bare,
     Gateway,
+    Untagged,
 }
 
 fn bench_handle(c: &mut Criterion) {
@@ -186,19 +190,20 @@ fn bench_handle(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut direct, mut bare, mut through, alice, gary) = rt.block_on(async {
+    let untagged_dir = tempfile::tempdir().expect("tempdir");
+    let (mut direct, mut bare, mut through, mut untagged, alice, gary) = rt.block_on(async {
         let upstream = start_upstream().await;
-        let gw = gateway(dir.path(), upstream);
         (
             tcp_client(upstream).await,
             in_memory_bare_proxy(upstream).await,
-            in_memory_client(gw).await,
+            in_memory_client(gateway(dir.path(), upstream, true)).await,
+            in_memory_client(gateway(untagged_dir.path(), upstream, false)).await,
             token("alice"),
             token("gary"),
         )
     });
     let content = "/rest/api/content/101";
-    let cases: [(&str, &str, Option<&str>, StatusCode, Via); 6] = [
+    let cases: [(&str, &str, Option<&str>, StatusCode, Via); 7] = [
         (
             "baseline: the upstream alone, over loopback",
             content,
@@ -219,6 +224,13 @@ fn bench_handle(c: &mut Criterion) {
             Some(&alice),
             StatusCode::OK,
             Via::Gateway,
+        ),
+        (
+            "handle: regular user, content JSON forwarded, JSON rewriting off",
+            content,
+            Some(&alice),
+            StatusCode::OK,
+            Via::Untagged,
         ),
         (
             "handle: guest, content JSON forwarded and tagged (space lookup cached)",
@@ -247,6 +259,7 @@ fn bench_handle(c: &mut Criterion) {
             Via::Direct => &mut direct,
             Via::Bare => &mut bare,
             Via::Gateway => &mut through,
+            Via::Untagged => &mut untagged,
         };
         let (got, _) = rt.block_on(exchange(sender, path, token));
         assert_eq!(got, status, "{name}");
