@@ -66,6 +66,24 @@ fn bench_json(c: &mut Criterion) {
     let visible: HashSet<String> = ["ENG".to_string()].into_iter().collect();
     let f: &dyn Fn(&str) -> Option<bool> = &lookup;
     let mut group = c.benchmark_group("json");
+    // The load benchmark's case: one content object of ~2 KB with a handful of users.
+    let content = include_bytes!("../tests/fixtures/content.json");
+    group.throughput(Throughput::Bytes(content.len() as u64));
+    group.bench_function("tag_users/content_2KB", |b| {
+        let plan = JsonPlan {
+            tag_users: Some(f),
+            filter: None,
+            user_keys: &[],
+            listings: &[],
+        };
+        b.iter(|| json::rewrite(content, &plan).expect("valid"))
+    });
+    group.bench_function("serde_json_roundtrip_baseline/content_2KB", |b| {
+        b.iter(|| {
+            let v: serde_json::Value = serde_json::from_slice(content).expect("valid");
+            serde_json::to_vec(&v).expect("serialise")
+        })
+    });
     for (label, size) in [("100KB", 100 * 1024), ("1MB", 1024 * 1024)] {
         let body = listing(size);
         group.throughput(Throughput::Bytes(body.len() as u64));
