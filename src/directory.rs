@@ -160,8 +160,9 @@ pub struct CallerFacts {
     /// The user's own `expires` has passed: their guest access has ended.
     pub expired: bool,
     /// What the active grants give in the route's space — the user's own grant and those of
-    /// groups whose membership has not lapsed — sorted, without duplicates; empty once the
-    /// user has expired or when the route names no space.
+    /// groups whose membership has not lapsed — in the order view, edit, comment, attach,
+    /// delete, export, without duplicates; empty once the user has expired or when the route
+    /// names no space.
     pub permissions: Vec<Action>,
 }
 
@@ -226,7 +227,12 @@ impl Directory {
                             )));
                         }
                         if let Some(t) = expiries.parse(&at, expires, &mut errors) {
-                            membership_expires.insert(group.clone(), t);
+                            // A group listed twice: the membership ends with its earliest
+                            // expiry, as an administrator who ended either entry meant.
+                            membership_expires
+                                .entry(group.clone())
+                                .and_modify(|end: &mut OffsetDateTime| *end = (*end).min(t))
+                                .or_insert(t);
                         }
                         groups.push(Arc::from(group.as_str()));
                     }

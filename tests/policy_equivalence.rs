@@ -2,7 +2,7 @@
 //! gateway's directory instead of in Rego, for speed. This holds the shipped policy plus
 //! those facts to exactly the decisions of the policy that derived everything from `data`
 //! (tests/fixtures/reference_authz.rego), over every space-touching combination of user,
-//! space, action and instant around the expiries, and a deterministic sample of everything
+//! space, action, token group and instant around each expiry, and a deterministic sample of everything
 //! else (families, token groups, profiles, listings, anonymous and public requests).
 #![allow(clippy::unwrap_used)]
 
@@ -16,6 +16,7 @@ use regorus::{Engine, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+// Each kind of expiry has an instant of its own, so a check of the wrong one shows.
 const DATA: &str = r#"{
   "groups": {"staff": {"guest": false}, "g1": {"guest": true}, "g2": {"guest": true}, "g3": {"guest": true}},
   "users": {
@@ -23,27 +24,42 @@ const DATA: &str = r#"{
     "gary": {"groups": ["g1"]},
     "gina": {"groups": ["g2"]},
     "mia": {"groups": ["g1", "staff"]},
-    "bob": {"groups": [{"group": "g2", "expires": "2030-06-01T12:00:00Z"}]},
-    "vera": {"groups": ["g1"], "expires": "2030-06-01T12:00:00Z"},
-    "tess": {"groups": ["g1", {"group": "g3", "expires": "2030-06-01T12:00:00Z"}]}
+    "bob": {"groups": [{"group": "g2", "expires": "2030-03-01T00:00:00Z"}]},
+    "vera": {"groups": ["g1"], "expires": "2030-04-01T00:00:00Z"},
+    "tess": {"groups": ["g1", {"group": "g3", "expires": "2030-05-01T00:00:00Z"}]},
+    "dora": {"groups": [{"group": "g2", "expires": "2020-01-01T00:00:00Z"}, {"group": "g2", "expires": "2099-01-01T00:00:00Z"}]},
+    "hal": {"groups": [{"group": "g2", "expires": "2030-03-01T00:00:00Z"}]}
   },
   "spaces": {
     "ENG": {"guests": {"groups": {"g1": ["view", "comment"]}, "users": {"gina": ["view", "edit", "attach"]}}},
-    "HR": {"guests": {"groups": {"g2": ["view"]}}},
+    "HR": {"guests": {"groups": {"g2": ["view"]}, "users": {"hal": ["view", "edit"]}}},
     "TMP": {"guests": {"groups": {"g2": ["view"]},
                        "users": {"tess": {"permissions": ["view", "edit"], "expires": "2030-06-01T12:00:00Z"}}}},
-    "GRP": {"guests": {"groups": {"g1": {"permissions": ["view", "export"], "expires": "2030-06-01T12:00:00Z"}}}},
+    "GRP": {"guests": {"groups": {"g1": {"permissions": ["view", "export"], "expires": "2030-07-01T00:00:00Z"}}}},
     "DEL": {"guests": {"groups": {"g3": ["view", "delete"]}}}
   }
 }"#;
 
-const INSTANTS: [&str; 4] = [
-    "2026-12-01T00:00:00Z",
-    "2030-06-01T11:59:59.999999999Z",
+/// Every expiry in DATA; the cases run just before and at each, and well before and after.
+const EXPIRIES: [&str; 5] = [
+    "2030-03-01T00:00:00Z",
+    "2030-04-01T00:00:00Z",
+    "2030-05-01T00:00:00Z",
     "2030-06-01T12:00:00Z",
-    "2031-01-01T00:00:00Z",
+    "2030-07-01T00:00:00Z",
 ];
-const USERS: [Option<&str>; 9] = [
+
+fn instants() -> Vec<OffsetDateTime> {
+    let at = |s: &str| OffsetDateTime::parse(s, &Rfc3339).unwrap();
+    let mut out = vec![at("2026-12-01T00:00:00Z"), at("2031-01-01T00:00:00Z")];
+    for e in EXPIRIES {
+        out.push(at(e) - time::Duration::nanoseconds(1));
+        out.push(at(e));
+    }
+    out
+}
+
+const USERS: [Option<&str>; 11] = [
     Some("alice"),
     Some("gary"),
     Some("gina"),
@@ -51,6 +67,8 @@ const USERS: [Option<&str>; 9] = [
     Some("bob"),
     Some("vera"),
     Some("tess"),
+    Some("dora"),
+    Some("hal"),
     Some("nobody"),
     None,
 ];
@@ -98,7 +116,7 @@ struct Case {
     profile: Option<&'static str>,
     filtered: bool,
     public: bool,
-    instant: &'static str,
+    instant: OffsetDateTime,
 }
 
 struct Lcg(u64);
@@ -114,23 +132,27 @@ impl Lcg {
 }
 
 fn cases() -> Vec<Case> {
+    let instants = instants();
     let mut out = Vec::new();
-    // Every space decision a signed-in user can meet, at every instant.
+    // Every space decision a signed-in user can meet, at every instant, with the token
+    // naming no group, a guest group of its own, or a regular group.
     for user in USERS.iter().flatten() {
-        for space in SPACES {
-            for action in Action::ALL {
-                for instant in INSTANTS {
-                    out.push(Case {
-                        user: Some(user),
-                        token: Vec::new(),
-                        family: Family::Space,
-                        space,
-                        action,
-                        profile: None,
-                        filtered: false,
-                        public: false,
-                        instant,
-                    });
+        for token in [&[][..], &["g2"], &["g3"], &["staff"]] {
+            for space in SPACES {
+                for action in Action::ALL {
+                    for &instant in &instants {
+                        out.push(Case {
+                            user: Some(user),
+                            token: token.iter().map(|g| Arc::from(*g)).collect(),
+                            family: Family::Space,
+                            space,
+                            action,
+                            profile: None,
+                            filtered: false,
+                            public: false,
+                            instant,
+                        });
+                    }
                 }
             }
         }
@@ -150,7 +172,7 @@ fn cases() -> Vec<Case> {
             profile: PROFILES[rng.pick(PROFILES.len())],
             filtered: rng.pick(2) == 1,
             public: rng.pick(10) == 0,
-            instant: INSTANTS[rng.pick(INSTANTS.len())],
+            instant: instants[rng.pick(instants.len())],
         });
     }
     out
@@ -173,7 +195,7 @@ fn facts_and_policy_decide_as_the_pure_rego_policy_did() {
     let mut mismatches = Vec::new();
     let mut allowed = 0;
     for case in &cases {
-        let now = OffsetDateTime::parse(case.instant, &Rfc3339).unwrap();
+        let now = case.instant;
         let groups = match case.user {
             Some(u) => directory.effective_groups(u, &case.token),
             None => Vec::new(),
@@ -228,7 +250,7 @@ fn facts_and_policy_decide_as_the_pure_rego_policy_did() {
                 case.profile,
                 case.filtered,
                 case.public,
-                case.instant,
+                case.instant.format(&Rfc3339).unwrap(),
                 want.to_json_str().unwrap(),
                 got.to_json_str().unwrap(),
             ));

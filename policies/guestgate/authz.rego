@@ -7,7 +7,7 @@
 #   input.user.expired      the user's own `expires` has passed;
 #   input.user.permissions  what the user's active grants give in input.route.space (their
 #                           own grant and those of groups whose membership has not lapsed;
-#                           empty once expired).
+#                           never `admin`; empty once expired).
 # The gateway computes these by direct lookups on the data document: written in Rego they
 # cost three times the rest of an uncached decision. `data` still holds the whole document
 # for rules of your own (and for the listing and profile rules below).
@@ -100,6 +100,7 @@ space_decision := guest_deny("space_unresolved", 403) if {
 } else := guest_deny(concat("", ["missing_permission_", input.route.action]), 403) if {
 	not input.route.action in input.user.permissions
 } else := guest_allow("guest_space_permission") if {
+	# Defence in depth: the gateway never lists `admin` in the permissions.
 	grantable[input.route.action]
 } else := guest_deny(concat("", ["missing_permission_", input.route.action]), 403)
 

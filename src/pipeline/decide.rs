@@ -181,13 +181,12 @@ pub fn viewable_spaces(
         .identity
         .as_ref()
         .map_or(&*EMPTY_CLAIMS, |i| &i.claims);
+    // No space: the listing cache keys on the user and groups alone, so the listing rule's
+    // input must not vary with the route (the permissions would, with its space).
     let now = OffsetDateTime::now_utc();
-    let facts = snapshot.directory.facts(
-        decided.user.as_deref(),
-        &decided.groups,
-        route.space.as_deref(),
-        now,
-    );
+    let facts = snapshot
+        .directory
+        .facts(decided.user.as_deref(), &decided.groups, None, now);
     let input = input::build(
         accepted.method.as_str(),
         &accepted.path,
@@ -239,11 +238,16 @@ pub fn viewable_spaces(
     set
 }
 
-/// The configured TTL, cut short so no cached decision outlives the next grant expiry.
-fn cache_ttl(snapshot: &Snapshot, now: OffsetDateTime) -> Duration {
-    match snapshot.directory.next_expiry_after(now) {
+/// The configured TTL, cut short so that an answer computed from the facts at `facts_at`
+/// is gone by the first expiry after that instant; counted from now, when the entry is
+/// stored, so the time the evaluation took is not added on top. Zero (not cached) when that
+/// expiry has already come.
+fn cache_ttl(snapshot: &Snapshot, facts_at: OffsetDateTime) -> Duration {
+    match snapshot.directory.next_expiry_after(facts_at) {
         Some(next) => {
-            let left = (next - now).try_into().unwrap_or(Duration::ZERO);
+            let left = (next - OffsetDateTime::now_utc())
+                .try_into()
+                .unwrap_or(Duration::ZERO);
             snapshot.decision_ttl.min(left)
         }
         None => snapshot.decision_ttl,
