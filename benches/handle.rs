@@ -97,11 +97,7 @@ async fn in_memory_client(gw: Arc<Gateway>) -> SendRequest<Empty<Bytes>> {
             .serve_connection(TokioIo::new(server), service)
             .await;
     });
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client))
-        .await
-        .expect("handshake");
-    tokio::spawn(connection);
-    sender
+    client_over(client).await
 }
 
 /// A client whose connection is served, through an in-memory pipe, by a bare hyper
@@ -129,7 +125,15 @@ async fn in_memory_bare_proxy(upstream: std::net::SocketAddr) -> SendRequest<Emp
             .serve_connection(TokioIo::new(far), service)
             .await;
     });
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(near))
+    client_over(near).await
+}
+
+/// An HTTP/1 client on `io`, its connection driven by a task of its own.
+async fn client_over<I>(io: I) -> SendRequest<Empty<Bytes>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .expect("handshake");
     tokio::spawn(connection);
@@ -139,11 +143,7 @@ async fn in_memory_bare_proxy(upstream: std::net::SocketAddr) -> SendRequest<Emp
 async fn tcp_client(addr: std::net::SocketAddr) -> SendRequest<Empty<Bytes>> {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream.set_nodelay(true).expect("nodelay");
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(connection);
-    sender
+    client_over(stream).await
 }
 
 fn token(user: &str) -> String {
