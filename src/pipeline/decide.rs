@@ -86,9 +86,9 @@ pub fn decide(
         groups,
     } = principal;
     let claims = identity.as_ref().map_or(&*EMPTY_CLAIMS, |i| &i.claims);
-    // One instant for the facts and the cache lifetime, so no expiry can fall between them.
-    let now = OffsetDateTime::now_utc();
-    let build_input = || {
+    // The facts are taken at `now`; a miss uses the same instant for the cache lifetime, so
+    // no expiry can fall between them. (Read only when needed: a cache hit reads no clock.)
+    let build_input = |now: OffsetDateTime| {
         let facts = snapshot
             .directory
             .facts(user.as_deref(), &groups, route.space.as_deref(), now);
@@ -118,14 +118,15 @@ pub fn decide(
         return Ok(Decided {
             decision: hit.value,
             cached: true,
-            input: want_input.then(build_input),
+            input: want_input.then(|| build_input(OffsetDateTime::now_utc())),
             groups,
             user,
             identity,
             duration: started.elapsed(),
         });
     }
-    let input = build_input();
+    let now = OffsetDateTime::now_utc();
+    let input = build_input(now);
     let decision = Arc::new(
         snapshot
             .policy
