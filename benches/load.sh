@@ -7,6 +7,7 @@
 #   bash benches/load.sh                 # DURATION=10 ROUNDS=3 CONNS=64 THREADS=2
 #   DURATION=5 ROUNDS=5 bash benches/load.sh
 #   BASELINE=/path/to/older/guestgate bash benches/load.sh   # also an older build, side by side
+#   BASELINE=... BASELINE_POLICY_DIR=/older/checkout/policies ... # with the policies it shipped with
 #
 # Needs nginx and wrk (Debian: apt-get install nginx wrk). Loopback only; it starts its
 # own processes on ports 18080-18093 and stops exactly those (by PID) when it exits.
@@ -113,7 +114,9 @@ RUST_LIB_BACKTRACE=0 RUST_BACKTRACE=0 RUST_LOG=warn ./target/release/guestgate s
 PORTS=(18080 18081 18082 18083)
 if [ -n "${BASELINE:-}" ]; then
   # An older build of guestgate on the same config, as one more target ("guestgate_before").
+  # A build older than its policy input may need the policies it shipped with.
   sed -e 's/127.0.0.1:18083/127.0.0.1:18084/' -e 's/127.0.0.1:18093/127.0.0.1:18094/' \
+    -e "s|^dir = .*|dir = \"${BASELINE_POLICY_DIR:-$PWD/policies}\"|" \
     "$WORK/guestgate.toml" > "$WORK/guestgate-before.toml"
   RUST_LIB_BACKTRACE=0 RUST_BACKTRACE=0 RUST_LOG=warn "$BASELINE" serve --config "$WORK/guestgate-before.toml" 2>"$WORK/gg-before.log" & PIDS+=($!); BEFORE_PID=$!
   PORTS+=(18084)
@@ -127,6 +130,10 @@ GUEST=$(./target/release/guestgate token --config "$WORK/guestgate.toml" --sub g
 PATH_UNDER_TEST=/rest/api/content/101
 curl -sf -H "Authorization: Bearer $GUEST" "http://127.0.0.1:18083$PATH_UNDER_TEST" | grep -q '"isExternalCollaborator":true' \
   || { echo "guestgate does not answer as expected:" >&2; cat "$WORK/gg.log" >&2; exit 1; }
+if [ -n "${BASELINE:-}" ]; then
+  curl -sf -H "Authorization: Bearer $REGULAR" "http://127.0.0.1:18084$PATH_UNDER_TEST" | grep -q '"isExternalCollaborator"' \
+    || { echo "the BASELINE build does not answer as expected (BASELINE_POLICY_DIR?):" >&2; cat "$WORK/gg-before.log" >&2; exit 1; }
+fi
 
 HZ=$(getconf CLK_TCK)
 # CPU ticks (user+system) of a process and its children threads/workers.
