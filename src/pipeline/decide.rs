@@ -85,25 +85,21 @@ pub fn decide(
         identity,
         groups,
     } = principal;
-    let claims = identity.as_ref().map_or(&*EMPTY_CLAIMS, |i| &i.claims);
     // The facts are taken at `now`; a miss uses the same instant for the cache lifetime, so
     // no expiry can fall between them. (Read only when needed: a cache hit reads no clock.)
     let build_input = |now: OffsetDateTime| {
-        let facts = snapshot
-            .directory
-            .facts(user.as_deref(), &groups, route.space.as_deref(), now);
-        input::build(
-            accepted.method.as_str(),
-            &accepted.path,
-            &accepted.params,
+        let subject = Subject {
+            user: user.as_deref(),
+            groups: &groups,
+            identity: identity.as_deref(),
+        };
+        policy_input(
+            snapshot,
+            accepted,
             route,
-            &UserInput {
-                name: user.as_deref(),
-                groups: &groups,
-                authenticated: identity.is_some(),
-                claims,
-                facts: &facts,
-            },
+            &subject,
+            route.space.as_deref(),
+            now,
         )
     };
     let key = cache_key(
@@ -178,29 +174,15 @@ pub fn viewable_spaces(
     if let Some(hit) = snapshot.viewable.get(&key) {
         return hit.value;
     }
-    let claims = decided
-        .identity
-        .as_ref()
-        .map_or(&*EMPTY_CLAIMS, |i| &i.claims);
     // No space: the listing cache keys on the user and groups alone, so the listing rule's
     // input must not vary with the route (the permissions would, with its space).
     let now = OffsetDateTime::now_utc();
-    let facts = snapshot
-        .directory
-        .facts(decided.user.as_deref(), &decided.groups, None, now);
-    let input = input::build(
-        accepted.method.as_str(),
-        &accepted.path,
-        &accepted.params,
-        route,
-        &UserInput {
-            name: decided.user.as_deref(),
-            groups: &decided.groups,
-            authenticated: decided.identity.is_some(),
-            claims,
-            facts: &facts,
-        },
-    );
+    let subject = Subject {
+        user: decided.user.as_deref(),
+        groups: &decided.groups,
+        identity: decided.identity.as_deref(),
+    };
+    let input = policy_input(snapshot, accepted, route, &subject, None, now);
     let set: std::collections::HashSet<String> = match snapshot
         .policy
         .evaluate_rule(snapshot.listing_query.clone(), input)
@@ -237,6 +219,40 @@ pub fn viewable_spaces(
         );
     }
     set
+}
+
+/// Whom a policy input is about, borrowed from a principal or a decision.
+struct Subject<'a> {
+    user: Option<&'a str>,
+    groups: &'a [Arc<str>],
+    identity: Option<&'a super::identify::Identity>,
+}
+
+/// The policy input for `subject` at `now`, with the directory's facts for `space`.
+fn policy_input(
+    snapshot: &Snapshot,
+    accepted: &Accepted,
+    route: &Route,
+    subject: &Subject<'_>,
+    space: Option<&str>,
+    now: OffsetDateTime,
+) -> Value {
+    let facts = snapshot
+        .directory
+        .facts(subject.user, subject.groups, space, now);
+    input::build(
+        accepted.method.as_str(),
+        &accepted.path,
+        &accepted.params,
+        route,
+        &UserInput {
+            name: subject.user,
+            groups: subject.groups,
+            authenticated: subject.identity.is_some(),
+            claims: subject.identity.map_or(&*EMPTY_CLAIMS, |i| &i.claims),
+            facts: &facts,
+        },
+    )
 }
 
 /// The configured TTL, cut short so that an answer computed from the facts at `facts_at`
