@@ -91,7 +91,7 @@ async fn in_memory_client(gw: Arc<Gateway>) -> SendRequest<Empty<Bytes>> {
     tokio::spawn(async move {
         let service = service_fn(move |req| {
             let gw = gw.clone();
-            async move { Ok::<_, Infallible>(guestgate::pipeline::handle(&gw, req, conn).await) }
+            async move { Ok::<_, Infallible>(gw.pipeline.handle(req, conn).await) }
         });
         let _ = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(server), service)
@@ -147,7 +147,7 @@ async fn tcp_client(addr: std::net::SocketAddr) -> SendRequest<Empty<Bytes>> {
 }
 
 fn token(user: &str) -> String {
-    let now = guestgate::pipeline::identify::unix_now();
+    let now = guestgate::identity::unix_now();
     let claims = serde_json::json!({"sub": user, "preferred_username": user, "exp": now + 86_400});
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),

@@ -11,8 +11,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use guestgate::config::Config;
-use guestgate::pipeline::identify::{Caller, Identity};
-use guestgate::pipeline::{accept, canonical, classify, decide};
+use guestgate::http::canonical;
+use guestgate::identity::{Caller, Identity};
+use guestgate::pipeline::{accept, classify, decide};
 use guestgate::snapshot::Snapshot;
 
 /// A data document with `users` users, `spaces` spaces and about `users` grants.
@@ -80,7 +81,9 @@ fn bench_classify(c: &mut Criterion) {
     let req = http::Request::get("/pages/viewpage.action?pageId=12345&focusedCommentId=7")
         .header("host", "wiki")
         .body(())
-        .expect("request");
+        .expect("request")
+        .into_parts()
+        .0;
     c.bench_function("accept+classify (63-rule Confluence profile)", |b| {
         b.iter(|| {
             let accepted = accept::accept(&req, &config.server, &snap.routes).expect("accepted");
@@ -126,7 +129,7 @@ fn signing_keys() -> &'static SigningKeys {
 fn bench_tokens(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_config, snap) = snapshot(dir.path(), 100, 10);
-    let now = guestgate::pipeline::identify::unix_now();
+    let now = guestgate::identity::unix_now();
     let claims = serde_json::json!({"sub": "user1", "preferred_username": "user1", "groups": ["guests-1"], "exp": now + 3600});
     let keys = signing_keys();
     let hs256 = jsonwebtoken::EncodingKey::from_secret(b"bench-secret-0123456789abcdef0123456789");
@@ -182,7 +185,9 @@ fn bench_decisions(c: &mut Criterion) {
         let req = http::Request::get("/display/S7/Home")
             .header("host", "wiki")
             .body(())
-            .expect("request");
+            .expect("request")
+            .into_parts()
+            .0;
         let accepted = accept::accept(&req, &config.server, &snap.routes).expect("accepted");
         let route = classify::classify(&snap.routes, &accepted, true);
         let caller = |name: &str| {
@@ -209,6 +214,18 @@ fn bench_decisions(c: &mut Criterion) {
             c.bench_function(
                 &format!("decision cached, guest {outcome} ({users} users)"),
                 |b| b.iter(decide_once),
+            );
+            // The whole I/O-free line as `handle` and `guestgate eval` run it: accept →
+            // classify → principal → decide, the decision cached.
+            c.bench_function(
+                &format!("judge (accept to decide), cached, guest {outcome} ({users} users)"),
+                |b| {
+                    b.iter(|| {
+                        let judged = guestgate::pipeline::judge(&snap, &config, &req, &guest, None)
+                            .unwrap_or_else(|_| panic!("judged"));
+                        assert_eq!(judged.decided.decision.allow, outcome == "allowed");
+                    })
+                },
             );
             // The policy alone: what regorus costs, without cache key, cache, facts or input
             // building.

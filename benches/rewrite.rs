@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use guestgate::pipeline::rewrite::html::{self, GuestTest, HtmlPlan};
-use guestgate::pipeline::rewrite::json::{self, JsonPlan, SpaceExtractor};
+use guestgate::pipeline::rewrite::json::{self, JsonPlan};
+use guestgate::routes::extract::SpaceExtractor;
 
 fn listing(target: usize) -> Vec<u8> {
     let mut items = Vec::new();

@@ -162,7 +162,7 @@ fn serve(path: &Path) -> ExitCode {
             }
         };
         let _watch = if gw.config.policy.watch {
-            match crate::reload::watch(gw.clone()) {
+            match crate::snapshot::watch::watch(gw.store.clone()) {
                 Ok(w) => Some(w),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot watch the policy files; reload with SIGHUP or POST /reload");
@@ -173,8 +173,8 @@ fn serve(path: &Path) -> ExitCode {
             None
         };
         if let Some(bundle) = gw.config.bundle.clone() {
-            match crate::bundle::BundlePoller::new(bundle) {
-                Ok(poller) => poller.start(gw.clone()),
+            match crate::snapshot::bundle::BundlePoller::new(bundle) {
+                Ok(poller) => poller.start(gw.store.clone()),
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::from(2);
@@ -224,7 +224,7 @@ impl Signals {
             tokio::select! {
                 _ = self.term.recv() => return,
                 _ = self.int.recv() => return,
-                _ = self.hup.recv() => { let _ = gw.reload().await; }
+                _ = self.hup.recv() => { let _ = gw.store.reload().await; }
             }
         }
     }
@@ -311,7 +311,7 @@ fn check(path: &Path) -> ExitCode {
     );
     println!("keys:     {}", snapshot.verifier.key_count());
     if let Some(oidc) = &config.identity.oidc {
-        match crate::pipeline::signin::SignIn::check_secrets(oidc) {
+        match crate::identity::oidc::SignIn::check_secrets(oidc) {
             Ok(n) => println!(
                 "sign-in:  OpenID Connect at {} as client {} ({n} session keys)",
                 oidc.issuer, oidc.client_id
@@ -370,7 +370,7 @@ fn eval(
     groups: Vec<String>,
     token: Option<String>,
 ) -> ExitCode {
-    use crate::pipeline::{accept, decide, identify::Caller};
+    use crate::identity::Caller;
     let config = match load_config(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -402,53 +402,25 @@ fn eval(
             Ok(identity) => Caller::Authenticated(identity),
             Err(e) => Caller::Rejected(e),
         },
-        (None, Some(name)) => {
-            Caller::Authenticated(Arc::new(crate::pipeline::identify::Identity {
-                name: Arc::from(name.as_str()),
-                token_groups: groups.iter().map(|g| Arc::from(g.as_str())).collect(),
-                claims: regorus::Value::new_object(),
-                token_hash: [0; 32],
-                expires_at: u64::MAX,
-            }))
-        }
+        (None, Some(name)) => Caller::Authenticated(Arc::new(crate::identity::Identity {
+            name: Arc::from(name.as_str()),
+            token_groups: groups.iter().map(|g| Arc::from(g.as_str())).collect(),
+            claims: regorus::Value::new_object(),
+            token_hash: [0; 32],
+            expires_at: u64::MAX,
+        })),
         (None, None) => Caller::Anonymous,
     };
-    let outcome = (|| {
-        let accepted = accept::accept(&request, &config.server, &snapshot.routes)?;
-        let route =
-            crate::pipeline::classify::classify(&snapshot.routes, &accepted, config.rewrite.json);
-        let route_json =
-            serde_json::to_value(crate::policy::input::route_value(&route)).unwrap_or_default();
-        let principal = decide::principal(&snapshot, &route, &caller, config.identity.anonymous)
-            .map_err(|e| (e, Some(route_json.clone())));
-        let principal = match principal {
-            Ok(p) => p,
-            Err((e, _)) => return Ok::<_, crate::error::GatewayError>((route_json, None, Err(e))),
-        };
-        let guest_needs_space = snapshot.directory.is_guest(&principal.groups)
-            && route.content.is_some()
-            && route.space.is_none();
-        let decided = decide::decide(&snapshot, &accepted, &route, principal, true);
-        let note = guest_needs_space.then_some(
-            "the content id's space is looked up at the wiki when serving; eval does not, so the space is null here",
-        );
-        Ok((route_json, note, decided))
-    })();
-    let (route_json, note, decided) = match outcome {
-        Ok(v) => v,
-        Err(e) => {
-            let out = serde_json::json!({
-                "route": null,
-                "user": null,
-                "decision": {"allow": false, "reason": e.reason(), "status": e.status().as_u16()},
-                "revision": &*snapshot.revision,
-            });
-            println!("{out:#}");
-            return ExitCode::SUCCESS;
-        }
+    let (head, ()) = request.into_parts();
+    let route_json = |route: &crate::routes::Route| {
+        serde_json::to_value(crate::policy::input::route_value(route)).unwrap_or_default()
     };
-    let (user_json, decision_json) = match decided {
-        Ok(d) => {
+    let denied = |e: &crate::pipeline::error::GatewayError| serde_json::json!({"allow": false, "reason": e.reason(), "status": e.status().as_u16()});
+    let (route_json, user_json, decision_json, note) = match crate::pipeline::judge(
+        &snapshot, &config, &head, &caller, None,
+    ) {
+        Ok(judged) => {
+            let d = &judged.decided;
             let user_json = d
                 .input
                 .as_ref()
@@ -459,11 +431,22 @@ fn eval(
                 obj.entry("status")
                     .or_insert(d.decision.status.as_u16().into());
             }
-            (user_json, result)
+            let guest_needs_space = snapshot.directory.is_guest(&d.groups)
+                && judged.route.content.is_some()
+                && judged.route.space.is_none();
+            let note = guest_needs_space.then_some(
+                    "the content id's space is looked up at the wiki when serving; eval does not, so the space is null here",
+                );
+            (route_json(&judged.route), user_json, result, note)
         }
-        Err(e) => (
+        Err(unjudged) => (
+            unjudged
+                .route
+                .as_ref()
+                .map_or(serde_json::Value::Null, route_json),
             serde_json::Value::Null,
-            serde_json::json!({"allow": false, "reason": e.reason(), "status": e.status().as_u16()}),
+            denied(&unjudged.error),
+            None,
         ),
     };
     let mut out = serde_json::json!({
@@ -506,7 +489,7 @@ fn token(path: &Path, sub: &str, groups: &[String], ttl: u64) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let now = crate::pipeline::identify::unix_now();
+    let now = crate::identity::unix_now();
     let mut claims = serde_json::json!({
         "sub": sub,
         config.identity.user_claim.clone(): sub,

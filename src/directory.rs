@@ -5,7 +5,7 @@
 //! lookup, which spaces carry a banner, what `/guests` lists); the same document, with space
 //! keys upper-cased, is what the Rego policy sees as `data`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -413,105 +413,6 @@ impl Directory {
     pub fn next_expiry_after(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
         let i = self.expiries.partition_point(|e| *e <= now);
         self.expiries.get(i).copied()
-    }
-
-    /// Guest groups and the users with guest grants or only guest groups, with what each
-    /// reaches, for `/guests`.
-    pub fn guest_report(&self) -> serde_json::Value {
-        let fmt = |t: &Option<OffsetDateTime>| t.and_then(|t| t.format(&Rfc3339).ok());
-        let grant_json = |space: &str, g: &Grant| {
-            serde_json::json!({
-                "space": space,
-                "permissions": g.permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
-                "expires": fmt(&g.expires),
-            })
-        };
-        let mut groups = serde_json::Map::new();
-        for (name, entry) in &self.groups {
-            if !entry.guest {
-                continue;
-            }
-            let reach: Vec<_> = self
-                .spaces
-                .iter()
-                .filter_map(|(k, s)| s.groups.get(name).map(|g| grant_json(k, g)))
-                .collect();
-            let mut members: Vec<&str> = self
-                .users
-                .iter()
-                .filter(|(_, u)| u.groups.iter().any(|g| **g == **name))
-                .map(|(n, _)| n.as_str())
-                .collect();
-            members.sort_unstable();
-            groups.insert(
-                name.clone(),
-                serde_json::json!({ "members": members, "spaces": reach }),
-            );
-        }
-        let mut guest_names: BTreeSet<&str> = self
-            .users
-            .iter()
-            .filter(|(_, u)| self.is_guest(&u.groups))
-            .map(|(n, _)| n.as_str())
-            .collect();
-        for s in self.spaces.values() {
-            guest_names.extend(s.users.keys().map(String::as_str));
-        }
-        let mut users = serde_json::Map::new();
-        for name in guest_names {
-            let user = self.users.get(name);
-            let groups_of: Vec<&str> = user
-                .map(|u| u.groups.iter().map(|g| &**g).collect())
-                .unwrap_or_default();
-            let reach: Vec<_> = self
-                .spaces
-                .iter()
-                .filter_map(|(k, s)| s.users.get(name).map(|g| grant_json(k, g)))
-                .collect();
-            let memberships: Vec<_> = groups_of
-                .iter()
-                .map(|g| {
-                    serde_json::json!({
-                        "group": g,
-                        "expires": user.and_then(|u| fmt(&u.membership_expires.get(*g).copied())),
-                    })
-                })
-                .collect();
-            users.insert(
-                name.to_string(),
-                serde_json::json!({
-                    "display_name": user.and_then(|u| u.display_name.clone()),
-                    "email": user.and_then(|u| u.email.clone()),
-                    "groups": groups_of,
-                    "memberships": memberships,
-                    "expires": user.and_then(|u| fmt(&u.expires)),
-                    "spaces": reach,
-                }),
-            );
-        }
-        let spaces: serde_json::Map<String, serde_json::Value> = self
-            .shared_spaces()
-            .map(|(k, s)| {
-                let side = |m: &BTreeMap<String, Grant>| -> serde_json::Map<String, serde_json::Value> {
-                    m.iter()
-                        .map(|(n, g)| {
-                            (
-                                n.clone(),
-                                serde_json::json!({
-                                    "permissions": g.permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
-                                    "expires": fmt(&g.expires),
-                                }),
-                            )
-                        })
-                        .collect()
-                };
-                (
-                    k.clone(),
-                    serde_json::json!({"name": s.name, "groups": side(&s.groups), "users": side(&s.users)}),
-                )
-            })
-            .collect();
-        serde_json::json!({"guest_groups": groups, "guests": users, "spaces": spaces})
     }
 }
 

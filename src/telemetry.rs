@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::config::{DecisionLogTarget, LogFormat};
-use crate::pipeline::decide::Decided;
+use crate::policy::Decision;
 use crate::routes::{Family, Route};
 
 /// Sets up `tracing` to stderr, as text or JSON lines. `RUST_LOG` overrides the level.
@@ -94,12 +94,11 @@ impl DecisionLog {
     }
 
     /// Queues one decision line; drops (and counts) it when the writer falls behind.
-    pub fn record(&self, revision: &str, decided: &Decided, dry_run: bool) {
+    pub fn record(&self, revision: &str, decided: &DecisionRecord<'_>, dry_run: bool) {
         let Some(sender) = &self.sender else { return };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let input = decided
             .input
-            .as_ref()
             .and_then(|v| serde_json::to_value(v).ok())
             .unwrap_or(serde_json::Value::Null);
         let result =
@@ -120,6 +119,15 @@ impl DecisionLog {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// One decision as the decision log and the metrics see it.
+pub struct DecisionRecord<'a> {
+    pub decision: &'a Decision,
+    /// The policy input, when it was built.
+    pub input: Option<&'a regorus::Value>,
+    pub cached: bool,
+    pub duration: Duration,
 }
 
 /// Process-wide counters of the caches and the upstream, which outlive snapshots.
@@ -203,7 +211,7 @@ impl Metrics {
         self.request_latency.observe(elapsed);
     }
 
-    pub fn observe_decision(&self, route: &Route, decided: &Decided) {
+    pub fn observe_decision(&self, route: &Route, decided: &DecisionRecord<'_>) {
         let family = Family::ALL
             .iter()
             .position(|f| *f == route.family)

@@ -106,14 +106,14 @@ async fn bundles_are_polled_with_etags_and_bad_ones_are_refused() {
     );
 
     let config = gw.gateway.config.bundle.clone().unwrap();
-    guestgate::bundle::BundlePoller::new(config)
+    guestgate::snapshot::bundle::BundlePoller::new(config)
         .unwrap()
-        .start(gw.gateway.clone());
+        .start(gw.gateway.store.clone());
     let wait_for = |rev: &'static str| {
         let gateway = gw.gateway.clone();
         async move {
             for _ in 0..100 {
-                if &*gateway.snapshot().revision == rev && gateway.is_ready() {
+                if &*gateway.snapshot().revision == rev && gateway.store.is_ready() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -183,7 +183,7 @@ async fn bundles_are_polled_with_etags_and_bad_ones_are_refused() {
 
 #[test]
 fn unpack_refuses_bundles_without_policies_and_escaping_paths() {
-    assert!(guestgate::bundle::unpack(b"garbage").is_err());
+    assert!(guestgate::snapshot::bundle::unpack(b"garbage").is_err());
     let mut tar = tar::Builder::new(Vec::new());
     let mut header = tar::Header::new_gnu();
     header.set_size(2);
@@ -193,6 +193,6 @@ fn unpack_refuses_bundles_without_policies_and_escaping_paths() {
         .unwrap();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     std::io::Write::write_all(&mut gz, &tar.into_inner().unwrap()).unwrap();
-    let err = guestgate::bundle::unpack(&gz.finish().unwrap()).unwrap_err();
+    let err = guestgate::snapshot::bundle::unpack(&gz.finish().unwrap()).unwrap_err();
     assert!(err.to_string().contains("no .rego files"), "{err}");
 }

@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use guestgate::pipeline::canonical::{MAX_PATH_BYTES, canonicalize};
+use guestgate::http::canonical::{MAX_PATH_BYTES, canonicalize};
 use guestgate::routes::{Route, RouteProfile};
 use http::Method;
 use proptest::prelude::*;

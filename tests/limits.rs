@@ -111,7 +111,7 @@ async fn too_many_requests_in_flight_to_the_wiki_are_shed_with_retry_after() {
     assert_eq!(b.json()["reason"], "overloaded");
     assert_eq!(up.forwarded().len(), 1);
     assert_eq!(
-        gw.gateway.upstream_slots.available(),
+        gw.gateway.pipeline.upstream_slots_available(),
         1,
         "the slot is given back"
     );

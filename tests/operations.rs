@@ -75,7 +75,7 @@ async fn reload_storm_loses_no_request() {
 async fn changed_files_are_picked_up_by_the_watch() {
     let up = start_upstream().await;
     let gw = start_gateway(TestConfig::new(&up.url())).await;
-    let _watch = guestgate::reload::watch(gw.gateway.clone()).unwrap();
+    let _watch = guestgate::snapshot::watch::watch(gw.gateway.store.clone()).unwrap();
     let gary = bearer(&token("gary", &[]));
     assert_eq!(
         get(&gw.url("/display/HR/x"), &[("authorization", &gary)])
@@ -308,7 +308,7 @@ async fn discovery_finds_the_jwks_and_no_keys_at_all_fails_closed() {
     );
     std::fs::write(&path, text).unwrap();
     let config = guestgate::config::Config::load(&path).unwrap();
-    let remote = guestgate::pipeline::identify::RemoteKeys::new(&config.identity)
+    let remote = guestgate::identity::RemoteKeys::new(&config.identity)
         .unwrap()
         .unwrap();
     assert_eq!(remote.fetch().await.unwrap(), 1);

@@ -426,7 +426,7 @@ async fn an_id_token_with_another_nonce_is_refused() {
 }
 
 fn seal_session(keys_b64: &str, session: serde_json::Value) -> String {
-    guestgate::pipeline::signin::seal::Sealer::from_text(keys_b64)
+    guestgate::identity::oidc::seal::Sealer::from_text(keys_b64)
         .unwrap()
         .seal("guestgate_session", session.to_string().as_bytes())
         .unwrap()
@@ -578,7 +578,7 @@ async fn logout_clears_the_session_and_ends_the_idp_session() {
 
     // The refresh token (read from the sealed cookie) was revoked by the gateway's logout,
     // before the IdP's own logout runs.
-    let plain = guestgate::pipeline::signin::seal::Sealer::from_text(SESSION_KEY_B64)
+    let plain = guestgate::identity::oidc::seal::Sealer::from_text(SESSION_KEY_B64)
         .unwrap()
         .open("guestgate_session", &old)
         .unwrap();

@@ -1,17 +1,17 @@
-//! The admin listener (contract §7): health, readiness, metrics, reload, the guest report
+//! The admin listener: health, readiness, metrics, reload, the guest report
 //! (JSON, or the "Guest access" page for browsers) and, when enabled, the write API.
 //! It binds to loopback by default; see docs/OPERATIONS.md for exposing it safely.
 
+mod data_file;
 mod page;
+mod report;
 mod write;
-
-use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use crate::error::{ProxyBody, full_body};
 use crate::gateway::Gateway;
+use crate::http::body::{ProxyBody, full_body};
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<ProxyBody> {
     let mut r = Response::new(full_body(body));
@@ -31,10 +31,10 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
     reply(status, "application/json", value.to_string())
 }
 
-pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<ProxyBody> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-        (&Method::GET, "/readyz") if !gw.is_ready() => reply(
+        (&Method::GET, "/readyz") if !gw.store.is_ready() => reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
             "waiting for the first bundle\n".into(),
@@ -44,11 +44,11 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Proxy
             reply(StatusCode::OK, "text/plain", format!("ready {revision}\n"))
         }
         (&Method::GET, "/metrics") => {
-            let mut text = gw.metrics.render(gw.decision_log.dropped());
+            let mut text = gw.metrics.render(gw.pipeline.decision_log_dropped());
             gw.notifier.render_metrics(&mut text);
             reply(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
-        (&Method::POST, "/reload") => match gw.reload().await {
+        (&Method::POST, "/reload") => match gw.store.reload().await {
             Ok(revision) => json(StatusCode::OK, serde_json::json!({"revision": &*revision})),
             Err(errors) => json(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -60,7 +60,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Proxy
         },
         (&Method::GET, "/guests") => {
             let snapshot = gw.snapshot();
-            let mut report = snapshot.directory.guest_report();
+            let mut report = report::guests(&snapshot.directory);
             report["revision"] = serde_json::Value::from(&*snapshot.revision);
             if crate::pipeline::accept::prefers_html(req.headers()) {
                 reply(

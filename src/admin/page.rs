@@ -9,7 +9,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::error::html_escape;
+use crate::http::page::escape as html_escape;
 
 const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:2rem;color:#172b4d}\
 h1{font-size:1.5rem;margin:0 0 .25rem}h2{font-size:1.1rem;margin:2rem 0 .5rem}\
@@ -21,7 +21,7 @@ color:#006644;border-radius:3px;padding:0 .35rem;margin:0 .2rem .1rem 0;font-siz
 border-radius:3px;padding:0 .3rem;font-size:11px;font-weight:700}.none{color:#97a0af}";
 
 fn text(v: &Value) -> String {
-    html_escape(v.as_str().unwrap_or(""))
+    html_escape(v.as_str().unwrap_or("")).into_owned()
 }
 
 /// An expiry cell: the instant, marked when it has passed.

@@ -1,11 +1,10 @@
 //! The admin write API: invite a guest, assign a guest or guest group to up to five spaces,
 //! revoke, remove a guest. Off unless `admin.write = true`; then every call needs
 //! `Authorization: Bearer <token>` from `admin.write_token_env`. Each change edits the data
-//! document and goes through [`Gateway::change_data`]: validated like a reload, written
+//! document and goes through `data_file::change_data`: validated like a reload, written
 //! atomically, activated as a new revision. docs/ADMIN-API.md has the reference.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use http::{Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
@@ -15,11 +14,12 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::data_file::{DataChangeError, change_data};
 use super::json as json_reply;
-use crate::access::{Change, diff, table};
+use crate::changes::access::{Change, diff, table};
 use crate::directory::{Directory, MembershipFile};
-use crate::error::ProxyBody;
-use crate::gateway::{DataChangeError, Gateway};
+use crate::gateway::Gateway;
+use crate::http::body::ProxyBody;
 
 /// The seeds' product lets one dialog assign at most five spaces; so does one call.
 const MAX_SPACES_PER_CALL: usize = 5;
@@ -99,7 +99,7 @@ impl WriteError {
     }
 }
 
-pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<ProxyBody> {
     match run(gw, req).await {
         Ok((status, body)) => json_reply(status, body),
         Err(e) => {
@@ -121,7 +121,7 @@ fn authorize(gw: &Gateway, headers: &http::HeaderMap) -> Result<(), WriteError> 
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(WriteError::Unauthorized)?;
     // Comparing digests keeps the comparison's timing independent of the token's bytes.
-    use crate::pipeline::identify::sha256;
+    use crate::identity::sha256;
     if sha256(given.trim().as_bytes()) == sha256(expected.as_bytes()) {
         Ok(())
     } else {
@@ -133,7 +133,7 @@ fn bad(message: impl Into<String>) -> WriteError {
     WriteError::Change(DataChangeError::BadRequest(message.into()))
 }
 
-async fn run(gw: &Arc<Gateway>, req: Request<Incoming>) -> Result<(StatusCode, Value), WriteError> {
+async fn run(gw: &Gateway, req: Request<Incoming>) -> Result<(StatusCode, Value), WriteError> {
     let operation =
         Operation::from_path(req.uri().path()).ok_or_else(|| bad("unknown operation"))?;
     authorize(gw, req.headers())?;
@@ -152,9 +152,10 @@ async fn run(gw: &Arc<Gateway>, req: Request<Incoming>) -> Result<(StatusCode, V
         .to_bytes();
     let now = OffsetDateTime::now_utc();
     let request: WriteRequest = parse(operation, &body)?;
-    let (created, before, after) = gw
-        .change_data(|doc, directory| request.apply(doc, directory, now))
-        .await?;
+    let (created, before, after) = change_data(&gw.store, |doc, directory| {
+        request.apply(doc, directory, now)
+    })
+    .await?;
     let now = OffsetDateTime::now_utc();
     let changes = diff(
         &table(&before.directory, now),

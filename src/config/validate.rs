@@ -591,7 +591,7 @@ impl Validator {
         ];
         let path_ok = o.redirect_path.starts_with("/_guestgate/")
             && o.redirect_path.len() > "/_guestgate/".len()
-            && crate::pipeline::canonical::canonicalize(&o.redirect_path)
+            && crate::http::canonical::canonicalize(&o.redirect_path)
                 .ok()
                 .as_deref()
                 == Some(o.redirect_path.as_str())

@@ -1,11 +1,13 @@
 //! Stage 1, accept: checks the request's shape and limits and computes, once, the canonical
 //! path and the query parameters every later stage uses.
 
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
-use super::canonical::canonicalize;
 use crate::config::ServerConfig;
-use crate::error::{GatewayError, ProxyBody, full_body};
+use crate::http::body::{ProxyBody, full_body};
+use crate::http::canonical::canonicalize;
+use crate::pipeline::error::GatewayError;
 use crate::routes::RouteProfile;
 
 /// The methods the gateway forwards, as `OPTIONS *` announces them.
@@ -45,8 +47,8 @@ pub fn prefers_html(headers: &HeaderMap) -> bool {
 /// answers it itself — 200 with the methods it forwards — and never forwards it. It names
 /// no path, so there is nothing to classify or authorize, and the wiki's own answer could
 /// only describe the wiki, not what the gateway lets through. `None` for every other request.
-pub fn asterisk_options<B>(req: &Request<B>) -> Option<Response<ProxyBody>> {
-    if req.method() != Method::OPTIONS || req.uri().path() != "*" {
+pub fn asterisk_options(head: &Parts) -> Option<Response<ProxyBody>> {
+    if head.method != Method::OPTIONS || head.uri.path() != "*" {
         return None;
     }
     let mut response = Response::new(full_body(bytes::Bytes::new()));
@@ -62,15 +64,15 @@ pub fn asterisk_options<B>(req: &Request<B>) -> Option<Response<ProxyBody>> {
 /// gateway is no tunnel), 431 over the header limits, 400 for a path that cannot be made
 /// canonical (contract §3.2) or a repeated captured query parameter. An absolute-form
 /// target (`GET http://host/path`) is judged, like any other, by its path alone.
-pub fn accept<B>(
-    req: &Request<B>,
+pub fn accept(
+    head: &Parts,
     limits: &ServerConfig,
     profile: &RouteProfile,
 ) -> Result<Accepted, GatewayError> {
-    if req.method() == Method::CONNECT {
+    if head.method == Method::CONNECT {
         return Err(GatewayError::MethodNotAllowed("connect_not_supported"));
     }
-    let headers = req.headers();
+    let headers = &head.headers;
     if headers.len() > limits.max_headers {
         return Err(GatewayError::HeadersTooLarge);
     }
@@ -81,17 +83,17 @@ pub fn accept<B>(
     if header_bytes > limits.max_header_bytes {
         return Err(GatewayError::HeadersTooLarge);
     }
-    check_host(req)?;
+    check_host(head)?;
     // Two credentials in one request: the gateway judges the first, the wiki might read
     // the other. Refused rather than guessed at.
     if headers.get_all(header::AUTHORIZATION).iter().count() > 1 {
         return Err(GatewayError::BadRequest("duplicate_authorization"));
     }
-    let path = canonicalize(req.uri().path()).map_err(|e| GatewayError::BadRequest(e.reason()))?;
-    let query = req.uri().query().map(str::to_string);
+    let path = canonicalize(head.uri.path()).map_err(|e| GatewayError::BadRequest(e.reason()))?;
+    let query = head.uri.query().map(str::to_string);
     let params = parse_query(query.as_deref(), profile)?;
     Ok(Accepted {
-        method: req.method().clone(),
+        method: head.method.clone(),
         path,
         query,
         params,
@@ -103,14 +105,14 @@ pub fn accept<B>(
 /// else is answered 400. The gateway does not route on `Host`, but it passes it on as
 /// `X-Forwarded-Host`, which the wiki may use to build links. HTTP/1.0 may omit it; HTTP/2
 /// carries `:authority` instead (hyper puts it in the URI).
-fn check_host<B>(req: &Request<B>) -> Result<(), GatewayError> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
+fn check_host(head: &Parts) -> Result<(), GatewayError> {
+    let mut hosts = head.headers.get_all(header::HOST).iter();
     let (first, second) = (hosts.next(), hosts.next());
     if second.is_some() {
         return Err(GatewayError::BadRequest("duplicate_host"));
     }
     match first {
-        None if req.version() == http::Version::HTTP_11 => {
+        None if head.version == http::Version::HTTP_11 => {
             Err(GatewayError::BadRequest("missing_host"))
         }
         None => Ok(()),

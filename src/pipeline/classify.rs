@@ -4,13 +4,12 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{Request, StatusCode, header};
-use http_body_util::{BodyExt, Empty, Limited};
+use http::header;
 
 use super::accept::Accepted;
-use super::forward::Upstream;
-use crate::error::GatewayError;
+use super::forward::{Upstream, UpstreamBody};
+use crate::http::client::{FetchError, exchange, get_json_request};
+use crate::pipeline::error::GatewayError;
 use crate::routes::{ContentLookup, Route, RouteProfile};
 
 /// Largest lookup answer read; Confluence's content with `expand=space` is a few KB.
@@ -25,16 +24,14 @@ pub fn classify(profile: &RouteProfile, accepted: &Accepted, json_rewriting: boo
 }
 
 /// Why a content id's space could not be found.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum LookupError {
-    #[error("the wiki answered {0}")]
-    Status(StatusCode),
-    #[error("the wiki could not be reached: {0}")]
-    Unreachable(String),
+    #[error("the route profile has no lookup for this route")]
+    NoLookup,
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
     #[error("the wiki's answer has no space key at {0}")]
     NoSpace(String),
-    #[error("the wiki's answer is not JSON: {0}")]
-    NotJson(String),
 }
 
 /// Content id → space key, shared by all snapshots (it depends on the wiki, not on policy).
@@ -65,7 +62,7 @@ pub async fn resolve_space(
     let Some(lookup) = lookup else {
         return Err(GatewayError::ContentUnresolved {
             content: content.to_string(),
-            cause: "the route profile has no content_lookup".into(),
+            cause: Arc::new(LookupError::NoLookup),
         });
     };
     let key = lookup.cache_key(content);
@@ -78,9 +75,9 @@ pub async fn resolve_space(
         .await;
     let hit = !fetched.load(std::sync::atomic::Ordering::Relaxed);
     crate::telemetry::count(&crate::telemetry::CONTENT_LOOKUPS, usize::from(hit));
-    let space = result.map_err(|e: Arc<LookupError>| GatewayError::ContentUnresolved {
+    let space = result.map_err(|cause| GatewayError::ContentUnresolved {
         content: content.to_string(),
-        cause: e.to_string(),
+        cause,
     })?;
     route.space = Some(Box::from(&*space));
     Ok(())
@@ -91,28 +88,24 @@ async fn fetch_space(
     content: &str,
     upstream: &Upstream,
 ) -> Result<Arc<str>, LookupError> {
-    let mut req = Request::get(upstream.uri_for(&lookup.path_for(content)))
-        .header(header::ACCEPT, "application/json")
-        .body(http_body_util::Either::Right(Empty::<Bytes>::new()))
-        .map_err(|e| LookupError::Unreachable(e.to_string()))?;
+    let uri = upstream.uri_for(&lookup.path_for(content));
+    let mut req = get_json_request::<UpstreamBody>(
+        &uri.to_string(),
+        http_body_util::Either::Right(http_body_util::Empty::new()),
+    )?;
     if let Some(auth) = &upstream.service_authorization {
         req.headers_mut()
             .insert(header::AUTHORIZATION, auth.clone());
     }
-    let resp = upstream
-        .send(req)
-        .await
-        .map_err(|e| LookupError::Unreachable(e.to_string()))?;
-    if resp.status() != StatusCode::OK {
-        return Err(LookupError::Status(resp.status()));
-    }
-    let body = Limited::new(resp.into_body(), MAX_LOOKUP_BYTES)
-        .collect()
-        .await
-        .map_err(|e| LookupError::Unreachable(e.to_string()))?
-        .to_bytes();
-    let json: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| LookupError::NotJson(e.to_string()))?;
+    let json = exchange(
+        uri.to_string(),
+        upstream.client().request(req),
+        upstream.request_timeout(),
+        MAX_LOOKUP_BYTES,
+    )
+    .await?
+    .ok()?
+    .json()?;
     json.pointer(&lookup.space_pointer)
         .and_then(serde_json::Value::as_str)
         .and_then(|s| lookup.space_of(s))

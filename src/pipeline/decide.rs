@@ -8,13 +8,14 @@ use regorus::Value;
 use time::OffsetDateTime;
 
 use super::accept::Accepted;
-use super::identify::{Caller, IdentityError};
 use crate::config::AnonymousMode;
-use crate::error::GatewayError;
+use crate::identity::{Caller, IdentityError};
+use crate::pipeline::error::GatewayError;
 use crate::policy::Decision;
 use crate::policy::input::{self, UserInput};
 use crate::routes::Route;
 use crate::snapshot::{Snapshot, SpaceSet, Timed};
+use crate::telemetry::DecisionRecord;
 
 /// The outcome of the decide stage, allowed or not (the caller logs it, then enforces it).
 #[derive(Debug)]
@@ -24,16 +25,50 @@ pub struct Decided {
     /// The user's effective groups (directory ∪ token).
     pub groups: Vec<Arc<str>>,
     pub user: Option<Arc<str>>,
-    pub identity: Option<Arc<super::identify::Identity>>,
+    pub identity: Option<Arc<crate::identity::Identity>>,
     /// The policy input, when it was built (always on a cache miss, or when asked for).
     pub input: Option<Value>,
     pub duration: Duration,
 }
 
+impl Decided {
+    /// The decision as telemetry records it.
+    pub fn record(&self) -> DecisionRecord<'_> {
+        DecisionRecord {
+            decision: &self.decision,
+            input: self.input.as_ref(),
+            cached: self.cached,
+            duration: self.duration,
+        }
+    }
+
+    /// `Ok` when the request may go on: allowed, or denied under `policy.dry_run`
+    /// (OPA-Envoy's `dry-run`: the denial is logged and counted, never enforced).
+    pub fn enforce(&self, route: &Route, dry_run: bool) -> Result<(), GatewayError> {
+        if self.decision.allow {
+            return Ok(());
+        }
+        if dry_run {
+            tracing::info!(
+                reason = %self.decision.reason,
+                family = route.family.as_str(),
+                user = self.user.as_deref().unwrap_or("-"),
+                "dry run: request would have been denied"
+            );
+            return Ok(());
+        }
+        Err(GatewayError::Denied {
+            reason: self.decision.reason.clone(),
+            status: self.decision.status,
+            anonymous: self.user.is_none(),
+        })
+    }
+}
+
 /// The user a request acts as, once the 401 rules have been applied.
 pub struct Principal {
     pub user: Option<Arc<str>>,
-    pub identity: Option<Arc<super::identify::Identity>>,
+    pub identity: Option<Arc<crate::identity::Identity>>,
     pub groups: Vec<Arc<str>>,
 }
 
@@ -225,7 +260,7 @@ pub fn viewable_spaces(
 struct Subject<'a> {
     user: Option<&'a str>,
     groups: &'a [Arc<str>],
-    identity: Option<&'a super::identify::Identity>,
+    identity: Option<&'a crate::identity::Identity>,
 }
 
 /// The policy input for `subject` at `now`, with the directory's facts for `space`.
@@ -295,7 +330,7 @@ fn cache_key(
     accepted: &Accepted,
     route: &Route,
     user: &Option<Arc<str>>,
-    identity: Option<&super::identify::Identity>,
+    identity: Option<&crate::identity::Identity>,
     groups: &[Arc<str>],
 ) -> Box<[u8]> {
     let mut key = Vec::with_capacity(128);

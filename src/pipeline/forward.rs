@@ -13,11 +13,12 @@ use hyper_util::rt::TokioIo;
 
 use super::accept::Accepted;
 use crate::config::UpstreamConfig;
-use crate::error::GatewayError;
+use crate::http::client::{ClientError, HttpsClient, build_local, current_worker};
+use crate::pipeline::error::GatewayError;
 
 /// Request bodies towards the wiki: the client's, streamed (cut off at its route's limit),
 /// or none (lookups).
-pub type UpstreamBody = Either<super::limits::RequestBody, Empty<Bytes>>;
+pub type UpstreamBody = Either<crate::http::body::RequestBody, Empty<Bytes>>;
 
 static X_GUESTGATE_USER: HeaderName = HeaderName::from_static("x-guestgate-user");
 static X_GUESTGATE_GUEST: HeaderName = HeaderName::from_static("x-guestgate-guest");
@@ -30,7 +31,7 @@ pub struct Upstream {
     /// One pool per worker thread, then one for everything else: a pooled connection's task
     /// runs on the runtime that opened it, and a request should find its upstream
     /// connection on its own thread (see `crate::workers`).
-    clients: Box<[crate::http_client::HttpsClient<UpstreamBody>]>,
+    clients: Box<[HttpsClient<UpstreamBody>]>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     base_path: String,
@@ -41,8 +42,14 @@ pub struct Upstream {
 
 /// A problem building the upstream client.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UpstreamError(pub String);
+pub enum UpstreamError {
+    #[error("upstream.ca_file")]
+    Client(#[source] ClientError),
+    #[error("upstream.service_authorization_env: environment variable ${0} is not set")]
+    ServiceAuthorizationUnset(String),
+    #[error("upstream.service_authorization_env: ${0} is not a valid header value")]
+    ServiceAuthorizationInvalid(String),
+}
 
 impl Upstream {
     pub fn new(
@@ -55,23 +62,16 @@ impl Upstream {
         let max_idle = (256 / (workers + 1)).max(8);
         let clients = (0..=workers)
             .map(|_| {
-                crate::http_client::build_local(
-                    config.ca_file.as_deref(),
-                    config.connect_timeout,
-                    max_idle,
-                )
-                .map_err(|e| UpstreamError(format!("upstream.ca_file: {e}")))
+                build_local(config.ca_file.as_deref(), config.connect_timeout, max_idle)
+                    .map_err(UpstreamError::Client)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let service_authorization = match &config.service_authorization_env {
             Some(var) => {
-                let value = std::env::var(var).map_err(|_| {
-                    UpstreamError(format!(
-                        "upstream.service_authorization_env: environment variable ${var} is not set"
-                    ))
-                })?;
+                let value = std::env::var(var)
+                    .map_err(|_| UpstreamError::ServiceAuthorizationUnset(var.clone()))?;
                 let mut value = HeaderValue::from_str(&value)
-                    .map_err(|_| UpstreamError(format!("${var} is not a valid header value")))?;
+                    .map_err(|_| UpstreamError::ServiceAuthorizationInvalid(var.clone()))?;
                 value.set_sensitive(true);
                 Some(value)
             }
@@ -101,14 +101,23 @@ impl Upstream {
             .unwrap_or_else(|_| Uri::from_static("/"))
     }
 
+    /// The pool of the worker thread this runs on (the shared last one off the workers).
+    pub fn client(&self) -> &HttpsClient<UpstreamBody> {
+        let last = self.clients.len() - 1;
+        &self.clients[current_worker().map_or(last, |i| i.min(last))]
+    }
+
+    /// How long the wiki has to answer (`server.request_timeout`).
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
     /// Sends a request, bounded by the request timeout until the answer's headers arrive.
     pub async fn send(
         &self,
         req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, GatewayError> {
-        let last = self.clients.len() - 1;
-        let client = &self.clients[crate::workers::current().map_or(last, |i| i.min(last))];
-        match tokio::time::timeout(self.request_timeout, client.request(req)).await {
+        match tokio::time::timeout(self.request_timeout, self.client().request(req)).await {
             Err(_) => {
                 crate::telemetry::count(&crate::telemetry::UPSTREAM_ERRORS, 1);
                 Err(GatewayError::UpstreamTimeout)
@@ -192,7 +201,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 pub async fn forward(
     upstream: &Upstream,
-    mut req: Request<super::limits::RequestBody>,
+    mut req: Request<crate::http::body::RequestBody>,
     accepted: &Accepted,
     identity: ForwardIdentity<'_>,
     conn: ConnInfo,
@@ -221,7 +230,7 @@ pub async fn forward(
         headers.remove(h);
     }
     // The browser session and sign-in state are the gateway's; the wiki never sees them.
-    super::signin::cookies::strip_gateway_cookies(headers);
+    crate::http::cookies::strip_gateway_cookies(headers);
     headers.remove(header::HOST);
     let client_ip = conn.remote.ip().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {

@@ -3,35 +3,21 @@
 //! and count, path length) are checked earlier, in `accept`; those of connections (count,
 //! idle time, HTTP/2 streams) in `server`.
 
-use http::{Request, header};
-use http_body_util::combinators::MapErr;
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use http::header;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::config::ServerConfig;
-use crate::error::GatewayError;
+use crate::pipeline::error::GatewayError;
 use crate::routes::Route;
-
-/// A client's request body on its way to the wiki, cut off at its route's limit. Passing
-/// the limit makes the upstream request fail with `http_body_util::LengthLimitError` as
-/// its cause, which `GatewayError::upstream_failed` turns into 413; a body that cannot be
-/// read (a malformed chunk, a client gone) fails with [`ClientBodyError`], turned into 400.
-pub type RequestBody = Limited<MapErr<Incoming, fn(hyper::Error) -> ClientBodyError>>;
-
-/// Reading the client's request body failed: the client's fault, not the wiki's.
-#[derive(Debug, thiserror::Error)]
-#[error("client request body: {0}")]
-pub struct ClientBodyError(#[source] pub hyper::Error);
 
 /// The body limit of this request's route, checked against `Content-Length` now.
 ///
 /// Runs after classify (the route may set its own `max_body_bytes`) and before the policy,
 /// so an announced oversized body is refused without any further work and never reaches
 /// the wiki. A body without a length (chunked, or HTTP/2 without `content-length`) is
-/// counted as it streams instead (see [`limit_body`]).
-pub fn body_limit<B>(
-    req: &Request<B>,
+/// counted as it streams instead (see `crate::http::body::limited`).
+pub fn body_limit(
+    headers: &http::HeaderMap,
     route: &Route,
     server: &ServerConfig,
 ) -> Result<usize, GatewayError> {
@@ -39,7 +25,7 @@ pub fn body_limit<B>(
     // hyper has already refused a malformed or conflicting `Content-Length` (HTTP/1 and
     // HTTP/2 alike); every value left is one number. Still, one that does not parse is
     // refused here rather than guessed at.
-    for value in req.headers().get_all(header::CONTENT_LENGTH) {
+    for value in headers.get_all(header::CONTENT_LENGTH) {
         let length: u64 = value
             .to_str()
             .ok()
@@ -50,12 +36,6 @@ pub fn body_limit<B>(
         }
     }
     Ok(limit)
-}
-
-/// Wraps the body so that it fails once more than `limit` bytes have streamed through.
-pub fn limit_body(req: Request<Incoming>, limit: usize) -> Request<RequestBody> {
-    let client_error: fn(hyper::Error) -> ClientBodyError = ClientBodyError;
-    req.map(|body| Limited::new(body.map_err(client_error), limit))
 }
 
 /// The requests that may be in flight to the wiki at once (`server.max_upstream_in_flight`).
@@ -119,12 +99,15 @@ mod tests {
         config.server
     }
 
-    fn post(length: Option<&str>) -> Request<()> {
-        let mut b = Request::post("/x");
+    fn post(length: Option<&str>) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
         if let Some(l) = length {
-            b = b.header(header::CONTENT_LENGTH, l);
+            headers.insert(
+                header::CONTENT_LENGTH,
+                l.parse().unwrap_or_else(|e| panic!("{e}")),
+            );
         }
-        b.body(()).unwrap_or_else(|e| panic!("{e}"))
+        headers
     }
 
     #[test]

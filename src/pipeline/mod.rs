@@ -1,39 +1,85 @@
-//! The request pipeline: accept → identify → classify → decide → forward → respond.
+//! The request pipeline: accept → identify → classify → decide → forward → rewrite →
+//! respond.
 //!
-//! [`handle`] is the one place a request's path can be read top to bottom. Each stage is a
-//! plain function in its own module; an error from any stage becomes a response in
-//! `GatewayError::into_response` and nowhere else. Requests under `/_guestgate/` (browser
-//! sign-in, [`signin`]) leave the line right after accept: the gateway answers them itself.
+//! [`Pipeline::handle`] is the one place a request's path can be read top to bottom: one
+//! straight line of stages over a per-request context, each a plain function in its own
+//! module, and one rescue (`rescue.rs`) that alone turns an error into a response — the
+//! browser's 401 → sign-in redirect included. Requests under `/_guestgate/` (browser
+//! sign-in) leave the line right after accept: the gateway answers them itself.
+//!
+//! The I/O-free part of the line, accept → classify → principal → decide, is [`judge`],
+//! which `guestgate eval` and the benches run as it is.
 
 pub mod accept;
-pub mod canonical;
 pub mod classify;
 pub mod decide;
+pub mod error;
 pub mod forward;
-pub mod identify;
-pub mod jwks;
+pub mod judge;
 pub mod limits;
+pub mod rescue;
 pub mod rewrite;
-pub mod signin;
 
 use std::sync::Arc;
+use std::time::Instant;
 
+use http::request::Parts;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::error::{GatewayError, ProxyBody};
-use crate::gateway::Gateway;
+use crate::config::Config;
+use crate::http::body::{ProxyBody, limited, streamed};
+use crate::http::gateway_paths;
+use crate::identity::Caller;
+use crate::identity::oidc::{EndpointRequest, SignIn};
 use crate::snapshot::Snapshot;
-use forward::{ConnInfo, ForwardIdentity};
-use identify::Caller;
+use crate::snapshot::store::SnapshotStore;
+use crate::telemetry::{DecisionLog, Metrics};
+use accept::Accepted;
+use classify::{ContentCache, content_cache};
+use error::GatewayError;
+use forward::{ConnInfo, ForwardIdentity, Upstream, UpstreamError};
+use judge::Admitted;
+use limits::UpstreamSlots;
 
-/// Where a browser sent to sign in comes back to: the canonical path and the query it
-/// asked for (same origin by construction).
-fn return_path(accepted: &accept::Accepted) -> String {
-    match &accepted.query {
-        Some(q) => format!("{}?{q}", accepted.path),
-        None => accepted.path.clone(),
-    }
+pub use judge::judge;
+
+/// Everything a request needs, owned by the pipeline: the snapshot store it reads, the
+/// upstream and its limits, the caches that outlive snapshots, telemetry, sign-in.
+pub struct Pipeline {
+    pub config: Arc<Config>,
+    store: SnapshotStore,
+    upstream: Upstream,
+    /// Bounds the requests in flight to the wiki (`server.max_upstream_in_flight`).
+    upstream_slots: UpstreamSlots,
+    content_cache: ContentCache,
+    decision_log: DecisionLog,
+    metrics: Arc<Metrics>,
+    /// Browser sign-in (`[identity.oidc]`); like remote keys, it outlives snapshots.
+    signin: Option<Arc<SignIn>>,
+}
+
+/// Why a pipeline could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("decision log")]
+    DecisionLog(#[source] std::io::Error),
+    #[error("sign-in: {0}")]
+    SignIn(String),
+}
+
+/// One request's state from accept to response.
+struct RequestContext {
+    snapshot: Arc<Snapshot>,
+    /// The request head, until it is forwarded.
+    head: Option<Parts>,
+    conn: ConnInfo,
+    wants_html: bool,
+    /// Set by accept; the rescue reads the path a browser returns to after signing in.
+    accepted: Option<Accepted>,
+    session: SessionUse,
 }
 
 /// How a browser session took part in a request, for the caching headers of its answer.
@@ -43,6 +89,287 @@ struct SessionUse {
     authenticated: bool,
     /// The `Set-Cookie` of a session refreshed on the way in.
     refreshed: Option<http::HeaderValue>,
+}
+
+impl Pipeline {
+    pub fn new(
+        config: Arc<Config>,
+        store: SnapshotStore,
+        metrics: Arc<Metrics>,
+    ) -> Result<Pipeline, PipelineError> {
+        let signin = SignIn::new(&config.identity).map_err(PipelineError::SignIn)?;
+        let upstream = Upstream::new(
+            &config.upstream,
+            config.server.request_timeout,
+            config.server.workers,
+        )?;
+        let ttl = store
+            .current()
+            .routes
+            .content_lookup
+            .as_ref()
+            .map(|l| l.cache_ttl)
+            .unwrap_or(std::time::Duration::from_secs(300));
+        let decision_log =
+            DecisionLog::start(&config.log.decisions).map_err(PipelineError::DecisionLog)?;
+        let upstream_slots = UpstreamSlots::new(
+            config.server.max_upstream_in_flight,
+            config.server.retry_after,
+        );
+        Ok(Pipeline {
+            config,
+            store,
+            upstream,
+            upstream_slots,
+            content_cache: content_cache(ttl),
+            decision_log,
+            metrics,
+            signin,
+        })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Decision-log lines dropped because the writer fell behind.
+    pub fn decision_log_dropped(&self) -> u64 {
+        self.decision_log.dropped()
+    }
+
+    /// Requests to the wiki that could still start now.
+    pub fn upstream_slots_available(&self) -> usize {
+        self.upstream_slots.available()
+    }
+
+    /// Handles one request end to end. Never fails: refusals are responses.
+    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let (head, body) = req.into_parts();
+        let mut ctx = RequestContext {
+            snapshot: self.store.current(),
+            wants_html: accept::prefers_html(&head.headers),
+            head: Some(head),
+            conn,
+            accepted: None,
+            session: SessionUse::default(),
+        };
+        let response = match self.serve(&mut ctx, body).await {
+            Ok(response) => response,
+            // Boxed: rare, and a future is as large as its largest await.
+            Err(error) => Box::pin(self.rescue(&ctx, error)).await,
+        };
+        let response = with_session_headers(response, ctx.session);
+        self.metrics
+            .observe_request(response.status(), started.elapsed());
+        response
+    }
+
+    /// The straight line. The rarer stages (sign-in, content lookups) are boxed where
+    /// they are awaited: this future is created and moved for every request.
+    async fn serve(
+        &self,
+        ctx: &mut RequestContext,
+        body: Incoming,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        let RequestContext {
+            snapshot,
+            head: head_slot,
+            conn,
+            accepted: accepted_slot,
+            session,
+            ..
+        } = ctx;
+        let head = head_slot
+            .as_ref()
+            .ok_or(GatewayError::Internal("request_head_taken"))?;
+        if let Some(answer) = accept::asterisk_options(head) {
+            return Ok(answer);
+        }
+        if !self.store.is_ready() {
+            return Err(GatewayError::NotReady("policy_not_loaded"));
+        }
+        let accepted: &Accepted =
+            accepted_slot.insert(accept::accept(head, &self.config.server, &snapshot.routes)?);
+        if gateway_paths::contains(&accepted.path) {
+            return Box::pin(self.gateway_endpoint(head, accepted, conn.tls)).await;
+        }
+        let caller = self.identify(snapshot, head, conn.tls, session).await;
+        let Admitted {
+            mut route,
+            body_limit,
+            principal,
+        } = judge::admit(snapshot, &self.config, accepted, &head.headers, &caller)?;
+        self.resolve_content_space(snapshot, &mut route, &principal.groups)
+            .await?;
+        let decided = decide::decide(
+            snapshot,
+            accepted,
+            &route,
+            principal,
+            self.decision_log.enabled(),
+        )?;
+        let record = decided.record();
+        self.decision_log
+            .record(&snapshot.revision, &record, self.config.policy.dry_run);
+        self.metrics.observe_decision(&route, &record);
+        decided.enforce(&route, self.config.policy.dry_run)?;
+        let _upstream_slot = self.upstream_slots.try_acquire()?;
+        let filter = (route.rewrites.filter_spaces && decided.decision.guest)
+            .then(|| decide::viewable_spaces(snapshot, accepted, &route, &decided));
+        let plan = rewrite::RewritePlan::new(
+            snapshot,
+            &self.config.rewrite,
+            &accepted.method,
+            &route,
+            filter,
+        );
+        let head = head_slot
+            .take()
+            .ok_or(GatewayError::Internal("request_head_taken"))?;
+        let response = forward::forward(
+            &self.upstream,
+            limited(Request::from_parts(head, body), body_limit),
+            accepted,
+            ForwardIdentity {
+                user: decided.user.as_deref(),
+                guest: decided.decision.guest,
+                identity_encoding: plan.is_some(),
+            },
+            *conn,
+        )
+        .await?;
+        match plan {
+            Some(plan) => rewrite::apply(response, plan).await,
+            None => Ok(response.map(streamed)),
+        }
+    }
+
+    /// Identify: a token, when one is sent, decides who the caller is; a browser's
+    /// session cookie only speaks when there is none.
+    async fn identify(
+        &self,
+        snapshot: &Snapshot,
+        head: &Parts,
+        tls: bool,
+        session: &mut SessionUse,
+    ) -> Caller {
+        let caller = snapshot.verifier.identify(&head.headers).await;
+        match (&caller, &self.signin) {
+            (Caller::Anonymous, Some(signin)) => {
+                let (caller, refreshed) = Box::pin(signin.session_caller(&head.headers, tls)).await;
+                session.authenticated = matches!(caller, Caller::Authenticated(_));
+                session.refreshed = refreshed;
+                caller
+            }
+            _ => caller,
+        }
+    }
+
+    /// A content id's space is needed where the wiki itself will not stop the user — for
+    /// guests, and a failed lookup denies them — and for the banner every viewer sees,
+    /// where a failed lookup only means no banner. Regular users otherwise pass straight
+    /// through.
+    async fn resolve_content_space(
+        &self,
+        snapshot: &Snapshot,
+        route: &mut crate::routes::Route,
+        groups: &[Arc<str>],
+    ) -> Result<(), GatewayError> {
+        let guest = snapshot.directory.is_guest(groups);
+        let wants_banner = route.rewrites.banner && self.config.rewrite.html;
+        if !(guest || wants_banner) || !classify::needs_lookup(route) {
+            return Ok(());
+        }
+        let lookup = snapshot.routes.lookup_for(route);
+        let resolved = Box::pin(classify::resolve_space(
+            route,
+            lookup,
+            &self.content_cache,
+            &self.upstream,
+        ))
+        .await;
+        match resolved {
+            Err(e) if guest => Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "no banner: content space unresolved");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// The gateway's own namespace (browser sign-in): answered here, never classified by
+    /// the route profile, never forwarded.
+    async fn gateway_endpoint(
+        &self,
+        head: &Parts,
+        accepted: &Accepted,
+        tls: bool,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        let request = EndpointRequest {
+            method: &accepted.method,
+            path: &accepted.path,
+            params: &accepted.params,
+            headers: &head.headers,
+            uri: &head.uri,
+            tls,
+        };
+        crate::identity::oidc::endpoint(self.signin.as_deref(), &request)
+            .await
+            .map_err(|e| GatewayError::SignIn {
+                error: e.error,
+                clear_cookie: e.clear_cookie,
+            })
+    }
+
+    /// The one rescue: a browser without credentials is sent to sign in; everything else
+    /// is answered with its refusal.
+    async fn rescue(&self, ctx: &RequestContext, error: GatewayError) -> Response<ProxyBody> {
+        let mut error = error;
+        if let (Some(signin), Some(head), Some(accepted)) = (&self.signin, &ctx.head, &ctx.accepted)
+            && rescue::wants_sign_in(&error, &accepted.method, ctx.wants_html)
+        {
+            let return_to = match &accepted.query {
+                Some(q) => format!("{}?{q}", accepted.path),
+                None => accepted.path.clone(),
+            };
+            match signin
+                .start(&head.headers, &head.uri, ctx.conn.tls, &return_to)
+                .await
+            {
+                Ok(redirect) => return redirect,
+                Err(e) => error = e.into(),
+            }
+        }
+        rescue::log(&error);
+        rescue::refusal(&error, ctx.wants_html)
+    }
+}
+
+/// The caching headers an answer needs when a browser session took part in it.
+fn with_session_headers(
+    mut response: Response<ProxyBody>,
+    session: SessionUse,
+) -> Response<ProxyBody> {
+    let headers = response.headers_mut();
+    // A session refreshed on the way in is handed back whatever the answer, so the
+    // browser does not refresh it again on its next request. An answer that sets a session
+    // must never be stored by any cache: another client would be handed the session.
+    if let Some(cookie) = session.refreshed {
+        headers.append(http::header::SET_COOKIE, cookie);
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("private, no-store"),
+        );
+        vary_on_cookie(headers);
+    } else if session.authenticated {
+        if let Some(value) = private_cache_control(headers) {
+            headers.insert(http::header::CACHE_CONTROL, value);
+        }
+        vary_on_cookie(headers);
+    }
+    response
 }
 
 /// `Cache-Control` for an answer personalised by a session cookie: `private` added (and
@@ -80,200 +407,6 @@ fn vary_on_cookie(response: &mut http::HeaderMap) {
         .any(|f| f.trim() == "*" || f.trim().eq_ignore_ascii_case("cookie"));
     if !present {
         response.append(http::header::VARY, http::HeaderValue::from_static("Cookie"));
-    }
-}
-
-/// Handles one request end to end. Never fails: refusals are responses.
-pub async fn handle(gw: &Gateway, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
-    let snapshot = gw.snapshot();
-    let wants_html = accept::prefers_html(req.headers());
-    let started = std::time::Instant::now();
-    let mut session = SessionUse::default();
-    let result = handle_inner(gw, &snapshot, req, conn, &mut session).await;
-    let mut response = match result {
-        Ok(response) => response,
-        Err(error) => {
-            if matches!(
-                error,
-                GatewayError::Policy(_)
-                    | GatewayError::ContentUnresolved { .. }
-                    | GatewayError::UpstreamUnavailable(_)
-            ) {
-                tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "request refused");
-            }
-            // The page only says what failed in general; the details are kept here.
-            if let GatewayError::SignIn(e) = &error
-                && e.offers_sign_in()
-            {
-                tracing::warn!(error = %e, source = ?std::error::Error::source(e), reason = e.reason(), "sign-in failed");
-            }
-            error.into_response(wants_html)
-        }
-    };
-    let headers = response.headers_mut();
-    // A session refreshed on the way in is handed back whatever the answer, so the
-    // browser does not refresh it again on its next request. An answer that sets a session
-    // must never be stored by any cache: another client would be handed the session.
-    if let Some(cookie) = session.refreshed {
-        headers.append(http::header::SET_COOKIE, cookie);
-        headers.insert(
-            http::header::CACHE_CONTROL,
-            http::HeaderValue::from_static("private, no-store"),
-        );
-        vary_on_cookie(headers);
-    } else if session.authenticated {
-        if let Some(value) = private_cache_control(headers) {
-            headers.insert(http::header::CACHE_CONTROL, value);
-        }
-        vary_on_cookie(headers);
-    }
-    gw.metrics
-        .observe_request(response.status(), started.elapsed());
-    response
-}
-
-// The rarer stages (sign-in, content lookups) are boxed where they are awaited: a future
-// is as large as its largest await, and this one is created and moved for every request.
-async fn handle_inner(
-    gw: &Gateway,
-    snapshot: &Arc<Snapshot>,
-    req: Request<Incoming>,
-    conn: ConnInfo,
-    session: &mut SessionUse,
-) -> Result<Response<ProxyBody>, GatewayError> {
-    if let Some(answer) = accept::asterisk_options(&req) {
-        return Ok(answer);
-    }
-    if !gw.is_ready() {
-        return Err(GatewayError::NotReady("policy_not_loaded"));
-    }
-    let accepted = accept::accept(&req, &gw.config.server, &snapshot.routes)?;
-    // `/_guestgate/` is the gateway's own namespace (sign-in): answered here, never
-    // classified by the route profile, never forwarded.
-    if signin::is_gateway_path(&accepted.path) {
-        return Box::pin(signin::endpoint(
-            gw.signin.as_deref(),
-            req.headers(),
-            req.uri(),
-            conn.tls,
-            &accepted,
-        ))
-        .await;
-    }
-    let mut caller = snapshot.verifier.identify(req.headers()).await;
-    // A token, when one is sent, decides who the caller is; a browser's session cookie
-    // only speaks when there is none.
-    if let (Caller::Anonymous, Some(signin)) = (&caller, &gw.signin) {
-        (caller, session.refreshed) =
-            Box::pin(signin.session_caller(req.headers(), conn.tls)).await;
-        session.authenticated = matches!(caller, Caller::Authenticated(_));
-    }
-    let mut route = classify::classify(&snapshot.routes, &accepted, gw.config.rewrite.json);
-    let body_limit = limits::body_limit(&req, &route, &gw.config.server)?;
-    let principal = match decide::principal(snapshot, &route, &caller, gw.config.identity.anonymous)
-    {
-        Err(GatewayError::Unauthorized(e)) => {
-            return match &gw.signin {
-                Some(s) if signin::should_redirect(&accepted.method, accepted.wants_html, &e) => {
-                    Box::pin(s.start(req.headers(), req.uri(), conn.tls, &return_path(&accepted)))
-                        .await
-                }
-                _ => Err(GatewayError::Unauthorized(e)),
-            };
-        }
-        other => other?,
-    };
-    // A content id's space is needed where the wiki itself will not stop the user — for
-    // guests, and a failed lookup denies them — and for the banner every viewer sees, where
-    // a failed lookup only means no banner. Regular users otherwise pass straight through.
-    let guest = snapshot.directory.is_guest(&principal.groups);
-    let wants_banner = route.rewrites.banner && gw.config.rewrite.html;
-    if (guest || wants_banner) && classify::needs_lookup(&route) {
-        let lookup = snapshot.routes.lookup_for(&route);
-        let resolved = Box::pin(classify::resolve_space(
-            &mut route,
-            lookup,
-            &gw.content_cache,
-            &gw.upstream,
-        ))
-        .await;
-        match resolved {
-            Err(e) if guest => return Err(e),
-            Err(e) => tracing::debug!(error = %e, "no banner: content space unresolved"),
-            Ok(()) => {}
-        }
-    }
-    let decided = decide::decide(
-        snapshot,
-        &accepted,
-        &route,
-        principal,
-        gw.decision_log.enabled(),
-    )?;
-    gw.decision_log
-        .record(&snapshot.revision, &decided, gw.config.policy.dry_run);
-    gw.metrics.observe_decision(&route, &decided);
-    if !decided.decision.allow {
-        // `anonymous = "policy"`: a policy that wants a signed-in user answers 401; a
-        // browser is sent to sign in instead.
-        if decided.decision.status == http::StatusCode::UNAUTHORIZED
-            && decided.user.is_none()
-            && !gw.config.policy.dry_run
-            && let Some(s) = &gw.signin
-            && signin::should_redirect(
-                &accepted.method,
-                accepted.wants_html,
-                &identify::IdentityError::Missing,
-            )
-        {
-            return Box::pin(s.start(req.headers(), req.uri(), conn.tls, &return_path(&accepted)))
-                .await;
-        }
-        if gw.config.policy.dry_run {
-            // Dry run (OPA-Envoy's `dry-run`): the denial is logged and counted, never enforced.
-            tracing::info!(
-                reason = %decided.decision.reason,
-                family = route.family.as_str(),
-                user = decided.user.as_deref().unwrap_or("-"),
-                "dry run: request would have been denied"
-            );
-        } else {
-            return Err(GatewayError::Denied {
-                reason: decided.decision.reason.clone(),
-                status: decided.decision.status,
-            });
-        }
-    }
-    let _upstream_slot = gw.upstream_slots.try_acquire()?;
-    let filter = (route.rewrites.filter_spaces && decided.decision.guest)
-        .then(|| decide::viewable_spaces(snapshot, &accepted, &route, &decided));
-    let plan = rewrite::RewritePlan::new(
-        snapshot,
-        &gw.config.rewrite,
-        &accepted.method,
-        &route,
-        filter,
-    );
-    let response = forward::forward(
-        &gw.upstream,
-        limits::limit_body(req, body_limit),
-        &accepted,
-        ForwardIdentity {
-            user: decided.user.as_deref(),
-            guest: decided.decision.guest,
-            identity_encoding: plan.is_some(),
-        },
-        conn,
-    )
-    .await?;
-    match plan {
-        Some(plan) => rewrite::apply(response, plan).await,
-        None => Ok(response.map(|b| {
-            http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
-                b,
-                |e| -> crate::error::BoxError { Box::new(e) },
-            ))
-        })),
     }
 }
 

@@ -12,7 +12,9 @@ use lol_html::html_content::ContentType;
 use lol_html::send::{ElementContentHandlers, HtmlRewriter, Settings};
 use lol_html::{AsciiCompatibleEncoding, Selector};
 
-use crate::error::{BoxError, html_escape};
+use crate::http::body::BoxError;
+use crate::http::page::escape as html_escape;
+use crate::routes::extract::UserNameSource;
 
 pub const LABEL_HTML: &str = "<span class=\"guestgate-guest-label\">GUEST</span>";
 
@@ -31,31 +33,17 @@ pub fn banner_html(text: &str) -> String {
     )
 }
 
-/// Where a user link names its user, from the profile's `user_link_name`: an attribute and
-/// a regex whose `user` capture (or whole match) is the name, taken as written (MediaWiki's
-/// `title="User:Gary"`).
-#[derive(Debug, Clone)]
-pub struct UserNameSource {
-    pub attribute: String,
-    pub pattern: regex::Regex,
-}
-
-impl UserNameSource {
-    fn name_in(&self, el: &lol_html::send::Element<'_, '_>) -> Option<String> {
-        let value = el.get_attribute(&self.attribute)?;
-        let caps = self.pattern.captures(&value)?;
-        let name = caps.name("user").or_else(|| caps.get(0))?.as_str();
-        (!name.is_empty()).then(|| name.to_string())
-    }
-}
-
 /// Finds the username a user link points at: `data-username`, the profile / personal
 /// space URL in `href`, or else the profile's own sources.
 fn username_of(el: &lol_html::send::Element<'_, '_>, sources: &[UserNameSource]) -> Option<String> {
     if let Some(name) = el.get_attribute("data-username").filter(|n| !n.is_empty()) {
         return Some(name);
     }
-    confluence_username(el).or_else(|| sources.iter().find_map(|s| s.name_in(el)))
+    confluence_username(el).or_else(|| {
+        sources
+            .iter()
+            .find_map(|s| s.name_in(&el.get_attribute(&s.attribute)?))
+    })
 }
 
 fn confluence_username(el: &lol_html::send::Element<'_, '_>) -> Option<String> {

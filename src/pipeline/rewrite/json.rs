@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use regex::Regex;
+use crate::routes::extract::SpaceExtractor;
 
 /// Nesting deeper than this is refused rather than risking the stack.
 const MAX_DEPTH: usize = 256;
@@ -20,37 +20,6 @@ pub enum JsonError {
     TooDeep,
     #[error("no listing array to filter")]
     NotAListing,
-}
-
-/// Where a listing item names its space: a JSON pointer, and optionally a regex whose
-/// `space` capture (or whole match) is the key.
-#[derive(Debug, Clone)]
-pub struct SpaceExtractor {
-    pub pointer: Vec<String>,
-    pub pattern: Option<Regex>,
-}
-
-impl SpaceExtractor {
-    /// Parses an RFC 6901 pointer such as `/space/key`.
-    pub fn new(pointer: &str, pattern: Option<Regex>) -> Option<SpaceExtractor> {
-        let rest = pointer.strip_prefix('/')?;
-        let pointer = rest
-            .split('/')
-            .map(|s| s.replace("~1", "/").replace("~0", "~"))
-            .collect();
-        Some(SpaceExtractor { pointer, pattern })
-    }
-
-    fn extract(&self, value: &str) -> Option<String> {
-        let key = match &self.pattern {
-            None => value,
-            Some(re) => {
-                let caps = re.captures(value)?;
-                caps.name("space").or_else(|| caps.get(0))?.as_str()
-            }
-        };
-        (!key.is_empty()).then(|| key.to_uppercase())
-    }
 }
 
 /// Username → `Some(is_guest)` for directory users, `None` for others (left untagged).
@@ -293,7 +262,7 @@ impl<'s> Scanner<'s, '_> {
     /// Records `s` as the item's space when extractor `index` accepts it.
     fn consider_space(&mut self, index: usize, s: &str) {
         if let Some(extractors) = self.extractors
-            && let Some(space) = extractors[index].extract(s)
+            && let Some(space) = extractors[index].name.key_in(s)
         {
             self.item_space = Some((index, space));
         }
@@ -581,6 +550,7 @@ fn deletion_ranges(items: &[Item], keep: &[bool]) -> Vec<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use regex::Regex;
 
     fn lookup(name: &str) -> Option<bool> {
         match name {

@@ -22,7 +22,8 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming};
 
 use crate::config::RewriteConfig;
-use crate::error::{BoxError, GatewayError, ProxyBody, full_body};
+use crate::http::body::{BoxError, ProxyBody, full_body};
+use crate::pipeline::error::GatewayError;
 use crate::routes::Route;
 use crate::snapshot::Snapshot;
 

@@ -2,34 +2,30 @@
 //! listener, with graceful shutdown, and the limits that belong to connections: how many
 //! may be open, how long one may sit idle, how many HTTP/2 streams it may carry. The proxy
 //! listener accepts on the caller's runtime and hands each connection to a worker thread
-//! ([`crate::workers`]), which serves it to the end. Every request runs inside a panic
+//! ([`workers`]), which serves it to the end. Every request runs inside a panic
 //! guard: a bug answers 500, it does not take the process down.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+pub mod connection;
+pub mod workers;
 
-use futures_util::FutureExt as _;
-use http::{Request, Response};
-use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::TlsFiles;
-use crate::error::{GatewayError, ProxyBody};
 use crate::gateway::Gateway;
-use crate::pipeline::{self, forward::ConnInfo};
-use crate::workers::Workers;
+use crate::pipeline::forward::ConnInfo;
+use connection::serve_connection;
+use workers::Workers;
 
 /// Why the listeners could not start.
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +120,7 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
     })?;
     let workers = Workers::start(config.server.workers).map_err(ServerError::Workers)?;
     let (shutdown, rx) = watch::channel(false);
-    crate::notify::start(&gw);
+    crate::changes::notify::start(&gw.notifier, &gw.store);
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper also runs the header timer while an idle HTTP/1.1 connection waits for its next
@@ -144,7 +140,7 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
     let builder = Arc::new(builder);
 
     let proxy_task = {
-        let gw = gw.clone();
+        let pipeline = gw.pipeline.clone();
         let mut rx = rx.clone();
         let max_connections = config.server.max_connections;
         // One permit per open connection. All permits back means all connections closed,
@@ -173,7 +169,7 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
                         // Handed over as a plain socket: it joins the reactor of the worker
                         // that serves it.
                         let Ok(stream) = stream.into_std() else { continue };
-                        let gw = gw.clone();
+                        let pipeline = pipeline.clone();
                         let builder = builder.clone();
                         let tls = tls.clone();
                         let shutdown = rx.clone();
@@ -184,14 +180,14 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
                             match tls {
                                 Some(acceptor) => {
                                     // A client that never finishes the handshake must not hold the slot.
-                                    let timeout = gw.config.server.header_read_timeout;
+                                    let timeout = pipeline.config.server.header_read_timeout;
                                     let handshake = acceptor.accept(stream);
                                     let Ok(Ok(stream)) = tokio::time::timeout(timeout, handshake).await else {
                                         return;
                                     };
-                                    serve_connection(&builder, stream, gw, conn, shutdown).await;
+                                    serve_connection(&builder, stream, pipeline, conn, shutdown).await;
                                 }
-                                None => serve_connection(&builder, stream, gw, conn, shutdown).await,
+                                None => serve_connection(&builder, stream, pipeline, conn, shutdown).await,
                             }
                         });
                     }
@@ -245,186 +241,6 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
     })
 }
 
-/// Serves one client connection until it ends. It is closed gracefully — the request in
-/// progress finishes, then the connection closes (HTTP/2: GOAWAY) — when the gateway shuts
-/// down or when no request has been in progress for `server.idle_timeout`.
-async fn serve_connection<I>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
-    gw: Arc<Gateway>,
-    conn: ConnInfo,
-    mut shutdown: watch::Receiver<bool>,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let idle_timeout = gw.config.server.idle_timeout;
-    let activity = Arc::new(Activity::new());
-    let service = {
-        let activity = activity.clone();
-        service_fn(move |req| {
-            let gw = gw.clone();
-            let busy = activity.begin();
-            // Boxed: hyper keeps a slot the size of this future for every connection, idle or
-            // not (its `in_flight`); a pointer there instead of the whole request future
-            // saves about 3.5 KB per idle keep-alive connection for one allocation per request.
-            let request: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
-                let response = respond(&gw, req, conn).await;
-                // The request stays in progress until its response body has been sent (or
-                // dropped), so a long download is never taken for an idle connection.
-                let response = response.map(|body| {
-                    body.map_frame(move |frame| {
-                        let _in_progress = &busy;
-                        frame
-                    })
-                    .boxed_unsync()
-                });
-                Ok::<_, Infallible>(response)
-            });
-            request
-        })
-    };
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(connection);
-    let mut closing = *shutdown.borrow();
-    if closing {
-        connection.as_mut().graceful_shutdown();
-    }
-    // Set when an idle connection is being closed. Nothing is in progress on it, so if the
-    // client does not take part in the graceful close (an HTTP/2 client that never answers
-    // the GOAWAY's PING) it is dropped after another `idle_timeout`: an idle client must not
-    // be able to keep its connection — and its `max_connections` slot — for ever.
-    let mut drop_at: Option<tokio::time::Instant> = None;
-    loop {
-        let idle_at = tokio::time::Instant::from_std(activity.idle_deadline(idle_timeout));
-        tokio::select! {
-            _ = connection.as_mut() => break,
-            _ = shutdown.changed(), if !closing => {
-                connection.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ = tokio::time::sleep_until(idle_at), if !closing => {
-                if activity.idle_for() >= idle_timeout {
-                    connection.as_mut().graceful_shutdown();
-                    closing = true;
-                    drop_at = Some(tokio::time::Instant::now() + idle_timeout);
-                }
-            }
-            _ = sleep_until_some(drop_at) => {
-                if activity.idle_for() >= idle_timeout {
-                    tracing::debug!("idle connection did not close gracefully; dropped");
-                    break;
-                }
-                drop_at = Some(tokio::time::Instant::now() + idle_timeout);
-            }
-        }
-    }
-}
-
-/// Sleeps until `at`, or for ever when it is `None`.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// When a connection last had a request in progress, and how many it has now.
-struct Activity {
-    in_flight: AtomicUsize,
-    last: Mutex<Instant>,
-}
-
-/// A request in progress on a connection; dropping it marks the connection active now.
-struct Busy(Arc<Activity>);
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            in_flight: AtomicUsize::new(0),
-            last: Mutex::new(Instant::now()),
-        }
-    }
-
-    fn begin(self: &Arc<Self>) -> Busy {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        self.touch();
-        Busy(self.clone())
-    }
-
-    fn touch(&self) {
-        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
-    }
-
-    /// How long the connection has had no request in progress (zero while one is).
-    fn idle_for(&self) -> Duration {
-        if self.in_flight.load(Ordering::SeqCst) > 0 {
-            return Duration::ZERO;
-        }
-        self.last
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .elapsed()
-    }
-
-    /// When the connection will have been idle for `timeout`, if nothing happens before.
-    fn idle_deadline(&self, timeout: Duration) -> Instant {
-        Instant::now() + timeout.saturating_sub(self.idle_for())
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.0.touch();
-    }
-}
-
-/// Runs one request through the pipeline, inside the panic guard.
-async fn respond(gw: &Gateway, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
-    let started = Instant::now();
-    let (response, panicked) = catch_panics(pipeline::handle(gw, req, conn)).await;
-    if panicked {
-        // `handle` records every answer it gives; this one it never got to give.
-        gw.metrics
-            .observe_request(response.status(), started.elapsed());
-    }
-    response
-}
-
-/// Awaits a request's future; if it panics, the panic is logged and the request answered
-/// 500 (`internal_error`) — the connection and the process carry on. The `bool` says
-/// whether that happened.
-///
-/// `AssertUnwindSafe` is sound here because nothing the request shares with others is left
-/// half-changed by an unwinding request: the snapshot is immutable behind an `Arc`, caches
-/// and counters update atomically, and the few `Mutex`es are recovered from poisoning.
-/// Panics while a response body streams (after this returns) end that connection's task,
-/// which tokio contains the same way. Needs `panic = "unwind"` (the default profile).
-pub fn catch_panics<F>(request: F) -> impl Future<Output = (Response<ProxyBody>, bool)>
-where
-    F: Future<Output = Response<ProxyBody>>,
-{
-    // A combinator, not an `async fn`: an async fn would hold `request` twice (the
-    // argument and the guarded copy), and this future is moved for every request.
-    AssertUnwindSafe(request)
-        .catch_unwind()
-        .map(|outcome| match outcome {
-            Ok(response) => (response, false),
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .copied()
-                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("(not a string)");
-                tracing::error!(panic = message, "request task panicked; answered 500");
-                (
-                    GatewayError::Internal("internal_error").into_response(false),
-                    true,
-                )
-            }
-        })
-}
-
 /// The whole answer to a connection above `server.max_connections`.
 fn over_capacity_response(retry_after: Duration) -> Vec<u8> {
     let body = r#"{"error":"unavailable","reason":"too_many_connections"}"#;
@@ -469,64 +285,6 @@ fn turn_away(stream: TcpStream, tls: bool, turned_away: &Arc<Semaphore>, answer:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::StatusCode;
-    use http_body_util::BodyExt;
-
-    #[tokio::test]
-    async fn a_panicking_request_is_answered_500_and_the_next_one_is_served() {
-        let (response, panicked) = catch_panics(async {
-            if Instant::now().elapsed() < Duration::from_secs(3600) {
-                panic!("a bug in some stage");
-            }
-            Response::new(crate::error::full_body("unreachable"))
-        })
-        .await;
-        assert!(panicked);
-        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let json: serde_json::Value =
-            serde_json::from_slice(&body).unwrap_or_else(|e| panic!("not JSON: {e}"));
-        assert_eq!(
-            json,
-            serde_json::json!({"error": "internal_error", "reason": "internal_error"})
-        );
-
-        // A panic with a formatted message, then a request that does not panic.
-        let (response, panicked) = catch_panics(async {
-            let stage = "decide";
-            if Instant::now().elapsed() < Duration::from_secs(3600) {
-                panic!("{stage} failed");
-            }
-            Response::new(crate::error::full_body(""))
-        })
-        .await;
-        assert!(panicked);
-        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let (response, panicked) =
-            catch_panics(async { Response::new(crate::error::full_body("fine")) }).await;
-        assert!(!panicked);
-        assert_eq!(response.status(), StatusCode::OK);
-    }
-
-    #[test]
-    fn activity_counts_idle_time_only_between_requests() {
-        let activity = Arc::new(Activity::new());
-        let busy = activity.begin();
-        std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(activity.idle_for(), Duration::ZERO, "busy is not idle");
-        drop(busy);
-        std::thread::sleep(Duration::from_millis(20));
-        assert!(activity.idle_for() >= Duration::from_millis(20));
-        assert!(
-            activity.idle_deadline(Duration::from_secs(1))
-                < Instant::now() + Duration::from_secs(1)
-        );
-    }
 
     #[test]
     fn the_over_capacity_answer_is_a_complete_http_response() {

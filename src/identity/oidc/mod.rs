@@ -5,14 +5,14 @@
 //! - **identify**: when no token was sent, [`SignIn::session_caller`] opens the
 //!   `guestgate_session` cookie (refreshing it first when it is due) into the same
 //!   [`Identity`] a bearer token gives, so decide treats both alike.
-//! - **the `/_guestgate/` namespace**: requests under [`PREFIX`] are the gateway's own
+//! - **the `/_guestgate/` namespace**: requests under `/_guestgate/` are the gateway's own
 //!   (login, callback, logout, signed-out). They are answered by [`endpoint`], never
 //!   classified by the route profile and never forwarded to the wiki.
 //!
 //! A browser (`Accept: text/html`, `GET`/`HEAD`) that has no valid session where one is
 //! needed is sent to the provider by [`SignIn::start`] instead of getting a 401.
 
-pub mod cookies;
+pub mod error;
 mod provider;
 pub mod seal;
 
@@ -23,21 +23,17 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, header};
 
-use super::accept::Accepted;
-use super::identify::{
-    Caller, ClaimRules, Identity, IdentityError, RemoteKeys, decode_claims, groups_of, sha256,
-    unix_now,
-};
 use crate::config::{IdentityConfig, OidcConfig};
-use crate::error::{GatewayError, ProxyBody, full_body, html_escape};
+use crate::http::body::{ProxyBody, full_body};
+use crate::http::cookies;
+use crate::http::gateway_paths::{
+    self, LOGIN as LOGIN_PATH, LOGOUT as LOGOUT_PATH, SIGNED_OUT as SIGNED_OUT_PATH,
+};
+use crate::identity::verify::{ClaimRules, decode_claims, groups_of};
+use crate::identity::{Caller, Identity, IdentityError, RemoteKeys, sha256, unix_now};
+pub use error::{ProviderError, SignInError};
 use provider::IdpClient;
 use seal::{Sealer, random_token};
-
-/// Paths under this prefix belong to the gateway.
-pub const PREFIX: &str = "/_guestgate/";
-pub const LOGIN_PATH: &str = "/_guestgate/login";
-pub const LOGOUT_PATH: &str = "/_guestgate/logout";
-pub const SIGNED_OUT_PATH: &str = "/_guestgate/signed-out";
 
 /// Browsers keep cookies up to 4096 bytes (name, value and attributes together).
 const MAX_COOKIE_VALUE: usize = 3800;
@@ -47,147 +43,6 @@ const MAX_RETURN_PATH: usize = 512;
 const MAX_TOKEN_LIFETIME: u64 = 366 * 86_400;
 /// How long a refresh's result is shared by the requests that carry the old cookie.
 const REFRESH_SHARED_FOR: Duration = Duration::from_secs(30);
-
-/// True for a path the gateway answers itself.
-pub fn is_gateway_path(path: &str) -> bool {
-    path.starts_with(PREFIX) || path == "/_guestgate"
-}
-
-/// Why a sign-in step was refused. Mapped to a response in `error.rs`.
-#[derive(Debug, thiserror::Error)]
-pub enum SignInError {
-    #[error("browser sign-in is not configured")]
-    NotConfigured,
-    #[error("no such gateway endpoint")]
-    UnknownEndpoint,
-    #[error("the callback carries no state")]
-    StateMissing,
-    /// No sign-in started in this browser matches the callback's state: a tampered or
-    /// forged callback, another browser's callback, or cookies refused.
-    #[error("no sign-in in progress in this browser matches the callback's state")]
-    StateMismatch,
-    #[error("the sign-in took too long")]
-    StateExpired,
-    #[error("this sign-in has already been completed")]
-    StateReused,
-    #[error("the callback names another issuer")]
-    IssuerMismatch,
-    #[error("the identity provider refused the sign-in: {0}")]
-    IdpRefused(String),
-    #[error("the callback carries no code")]
-    CodeMissing,
-    #[error("the identity provider refused the code: {error}")]
-    TokenRejected { error: String },
-    #[error("the token response has no ID token")]
-    NoIdToken,
-    #[error("the ID token is not valid: {0}")]
-    IdToken(#[source] IdentityError),
-    #[error("the ID token's nonce is not the one this sign-in sent")]
-    NonceMismatch,
-    #[error("userinfo: {0}")]
-    Userinfo(String),
-    #[error("identity provider unavailable: {0}")]
-    IdpUnavailable(String),
-    /// Neither the ID token nor userinfo says which groups the person is in (or Entra ID
-    /// left them out for having too many): without them a guest would pass as a regular user.
-    #[error("the identity provider did not say which groups the user is in")]
-    GroupsUnavailable,
-    /// Neither the ID token nor userinfo names the user by `identity.user_claim`.
-    #[error("the identity provider did not give the user's name")]
-    UserUnavailable,
-    #[error("the session does not fit in a cookie")]
-    SessionTooLarge,
-    #[error("the request names no host")]
-    NoHost,
-    /// A logout posted from another site: a page elsewhere must not sign people out.
-    #[error("a logout from another site")]
-    CrossSite,
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl SignInError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::NotConfigured | Self::UnknownEndpoint => StatusCode::NOT_FOUND,
-            Self::StateMissing
-            | Self::StateMismatch
-            | Self::StateExpired
-            | Self::StateReused
-            | Self::IssuerMismatch
-            | Self::CodeMissing
-            | Self::TokenRejected { .. }
-            | Self::NoHost => StatusCode::BAD_REQUEST,
-            Self::IdpRefused(_)
-            | Self::GroupsUnavailable
-            | Self::UserUnavailable
-            | Self::CrossSite => StatusCode::FORBIDDEN,
-            Self::NoIdToken | Self::IdToken(_) | Self::NonceMismatch => StatusCode::UNAUTHORIZED,
-            Self::Userinfo(_) | Self::IdpUnavailable(_) => StatusCode::BAD_GATEWAY,
-            Self::SessionTooLarge | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::NotConfigured | Self::UnknownEndpoint => "not_found",
-            Self::StateMissing => "state_missing",
-            Self::StateMismatch => "state_mismatch",
-            Self::StateExpired => "state_expired",
-            Self::StateReused => "state_reused",
-            Self::IssuerMismatch => "issuer_mismatch",
-            Self::IdpRefused(_) => "sign_in_refused",
-            Self::CodeMissing => "code_missing",
-            Self::TokenRejected { .. } => "code_rejected",
-            Self::NoIdToken => "no_id_token",
-            Self::IdToken(_) => "invalid_id_token",
-            Self::NonceMismatch => "nonce_mismatch",
-            Self::Userinfo(_) => "userinfo_failed",
-            Self::IdpUnavailable(_) => "idp_unavailable",
-            Self::GroupsUnavailable => "groups_unavailable",
-            Self::UserUnavailable => "user_unavailable",
-            Self::SessionTooLarge => "session_too_large",
-            Self::NoHost => "missing_host",
-            Self::CrossSite => "cross_site_request",
-            Self::Internal(_) => "internal_error",
-        }
-    }
-
-    /// What the error page tells the person: a fixed sentence. The details (provider
-    /// URLs, transport and parse errors, the provider's own words) go to the log only.
-    pub fn public_message(&self) -> &'static str {
-        match self {
-            Self::NotConfigured | Self::UnknownEndpoint => "no such page",
-            Self::StateMissing => "the answer from the identity provider carries no state",
-            Self::StateMismatch => "no sign-in started in this browser matches this answer",
-            Self::StateExpired => "the sign-in took too long",
-            Self::StateReused => "this sign-in has already been completed",
-            Self::IssuerMismatch => "the answer names another identity provider",
-            Self::IdpRefused(_) => "the identity provider refused the sign-in",
-            Self::CodeMissing => "the answer from the identity provider carries no code",
-            Self::TokenRejected { .. } => "the identity provider refused the sign-in code",
-            Self::NoIdToken => "the identity provider sent no ID token",
-            Self::IdToken(_) => "the ID token is not valid",
-            Self::NonceMismatch => "the ID token belongs to another sign-in",
-            Self::Userinfo(_) => "the user information from the identity provider is not usable",
-            Self::IdpUnavailable(_) => "the identity provider cannot be reached",
-            Self::GroupsUnavailable => "the identity provider did not say which groups you are in",
-            Self::UserUnavailable => "the identity provider did not give your user name",
-            Self::SessionTooLarge => "the session does not fit in a cookie",
-            Self::NoHost => "the request names no host",
-            Self::CrossSite => "a page of another site asked to sign you out",
-            Self::Internal(_) => "an internal error occurred",
-        }
-    }
-
-    /// Whether a person can fix this by signing in again (the error page offers it).
-    pub fn offers_sign_in(&self) -> bool {
-        !matches!(
-            self,
-            Self::NotConfigured | Self::UnknownEndpoint | Self::CrossSite
-        )
-    }
-}
 
 /// One sign-in in progress, sealed in its `guestgate_state_…` cookie. The return path
 /// lives here, not in the round trip through the provider, so nobody can change it.
@@ -287,7 +142,7 @@ impl SignIn {
         keys.start();
         let lifetime = config.session_lifetime;
         Ok(Some(Arc::new(SignIn {
-            idp: IdpClient::new(config, secret)?,
+            idp: IdpClient::new(config, secret).map_err(|e| e.to_string())?,
             keys,
             sealer,
             user_claim: identity.user_claim.clone(),
@@ -596,7 +451,7 @@ impl SignIn {
         uri: &Uri,
         tls: bool,
         return_to: &str,
-    ) -> Result<Response<ProxyBody>, GatewayError> {
+    ) -> Result<Response<ProxyBody>, SignInError> {
         let meta = self.idp.metadata().await?;
         let origin = self.origin(headers, uri, tls)?;
         let random = || random_token(32).map_err(SignInError::Internal);
@@ -652,11 +507,10 @@ impl SignIn {
         headers: &HeaderMap,
         uri: &Uri,
         tls: bool,
-        accepted: &Accepted,
-    ) -> Result<Response<ProxyBody>, GatewayError> {
+        params: &[(String, String)],
+    ) -> Result<Response<ProxyBody>, SignInError> {
         let param = |name: &str| {
-            accepted
-                .params
+            params
                 .iter()
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.as_str())
@@ -872,9 +726,7 @@ impl SignIn {
         };
         // OIDC Core §5.3.2: userinfo about anyone else must not be used.
         if info.get("sub").and_then(|v| v.as_str()) != Some(sub) {
-            return Err(SignInError::Userinfo(
-                "userinfo names another subject".into(),
-            ));
+            return Err(SignInError::Userinfo(ProviderError::SubjectMismatch));
         }
         Ok(Some(info))
     }
@@ -902,7 +754,7 @@ impl SignIn {
         headers: &HeaderMap,
         uri: &Uri,
         tls: bool,
-    ) -> Result<Response<ProxyBody>, GatewayError> {
+    ) -> Result<Response<ProxyBody>, SignInError> {
         let secure = self.secure(tls);
         let session = cookies::get(headers, cookies::SESSION).and_then(|value| {
             let hash = sha256(value.as_bytes());
@@ -965,7 +817,7 @@ fn userinfo_group_list(
     groups_claim: &str,
 ) -> Result<Vec<String>, SignInError> {
     let groups = groups_of(info.get(groups_claim))
-        .map_err(|_| SignInError::Userinfo("groups claim is not a list of strings".into()))?;
+        .map_err(|_| SignInError::Userinfo(ProviderError::GroupsNotStrings))?;
     Ok(groups.iter().map(|g| g.to_string()).collect())
 }
 
@@ -1016,10 +868,10 @@ pub fn safe_return_path(p: &str) -> String {
     }
     let p = encode_non_ascii(p);
     let (path, rest) = p.split_at(p.find(['?', '#']).unwrap_or(p.len()));
-    match super::canonical::canonicalize(path) {
+    match crate::http::canonical::canonicalize(path) {
         Ok(canonical)
             if !canonical.starts_with("//")
-                && !is_gateway_path(&canonical)
+                && !gateway_paths::contains(&canonical)
                 && canonical.len() + rest.len() <= MAX_RETURN_PATH =>
         {
             format!("{canonical}{rest}")
@@ -1044,18 +896,6 @@ fn encode_non_ascii(s: &str) -> String {
     out
 }
 
-/// Whether an unauthenticated request should be sent to sign in rather than answered
-/// 401: a browser's navigation (prefers HTML, `GET`/`HEAD`) without usable credentials.
-/// A rejected bearer token stays a 401: that client is not a person at a browser.
-pub fn should_redirect(method: &Method, wants_html: bool, error: &IdentityError) -> bool {
-    wants_html
-        && (method == Method::GET || method == Method::HEAD)
-        && matches!(
-            error,
-            IdentityError::Missing | IdentityError::SessionExpired | IdentityError::SessionInvalid
-        )
-}
-
 fn redirect<const N: usize>(location: &str, cookies: [HeaderValue; N]) -> Response<ProxyBody> {
     let mut response = Response::new(full_body(bytes::Bytes::new()));
     *response.status_mut() = StatusCode::FOUND;
@@ -1073,49 +913,70 @@ fn redirect<const N: usize>(location: &str, cookies: [HeaderValue; N]) -> Respon
 }
 
 fn page(title: &str, body_html: &str) -> Response<ProxyBody> {
-    let html = format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title></head>\
-         <body style=\"font-family:sans-serif;margin:3em\"><h1>{t}</h1>{body_html}</body></html>\n",
-        t = html_escape(title)
-    );
-    let mut response = Response::new(full_body(html));
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    crate::http::page::html(StatusCode::OK, title, body_html)
 }
 
-/// Answers a request under [`PREFIX`]. Runs right after accept; nothing here is classified
-/// by the route profile or forwarded.
+/// A request to the gateway's own namespace, as the pipeline accepted it.
+pub struct EndpointRequest<'a> {
+    pub method: &'a Method,
+    /// The canonical path.
+    pub path: &'a str,
+    /// The query's parameters, decoded.
+    pub params: &'a [(String, String)],
+    pub headers: &'a HeaderMap,
+    pub uri: &'a Uri,
+    /// The browser reached the gateway over TLS.
+    pub tls: bool,
+}
+
+/// A refused request to the gateway's namespace, and the cookie that goes with the answer
+/// (a failed callback's sign-in state, cleared).
+#[derive(Debug)]
+pub struct EndpointError {
+    pub error: SignInError,
+    pub clear_cookie: Option<HeaderValue>,
+}
+
+impl From<SignInError> for EndpointError {
+    fn from(error: SignInError) -> EndpointError {
+        EndpointError {
+            error,
+            clear_cookie: None,
+        }
+    }
+}
+
+/// Answers a request under the gateway's own prefix. Runs right after accept; nothing here
+/// is classified by the route profile or forwarded.
 pub async fn endpoint(
     signin: Option<&SignIn>,
-    headers: &HeaderMap,
-    uri: &Uri,
-    tls: bool,
-    accepted: &Accepted,
-) -> Result<Response<ProxyBody>, GatewayError> {
+    request: &EndpointRequest<'_>,
+) -> Result<Response<ProxyBody>, EndpointError> {
     let Some(s) = signin else {
         return Err(SignInError::NotConfigured.into());
     };
-    let path = accepted.path.as_str();
-    let read = accepted.method == Method::GET || accepted.method == Method::HEAD;
+    let EndpointRequest {
+        method,
+        path,
+        params,
+        headers,
+        uri,
+        tls,
+    } = *request;
+    let read = method == Method::GET || method == Method::HEAD;
     if read && path == LOGIN_PATH {
-        let rd = accepted
-            .params
+        let rd = params
             .iter()
             .find(|(k, _)| k == "rd")
             .map_or("/", |(_, v)| v.as_str());
-        return s.start(headers, uri, tls, rd).await;
+        return Ok(s.start(headers, uri, tls, rd).await?);
     }
     if path == LOGOUT_PATH {
-        if accepted.method == Method::POST {
+        if method == Method::POST {
             if !s.same_origin(headers, uri, tls) {
                 return Err(SignInError::CrossSite.into());
             }
-            return s.logout(headers, uri, tls).await;
+            return Ok(s.logout(headers, uri, tls).await?);
         }
         // A GET (a link, an `<img>` of another site) only asks: the logout itself is a
         // same-origin POST, so no other page can sign people out.
@@ -1137,34 +998,26 @@ pub async fn endpoint(
             ),
         ));
     }
-    if accepted.method == Method::GET && path == s.config.redirect_path {
-        let result = s.callback(headers, uri, tls, accepted).await;
+    if method == Method::GET && path == s.config.redirect_path {
+        let result = s.callback(headers, uri, tls, params).await;
         let slot = usize::from(result.is_err());
         crate::telemetry::count(&crate::telemetry::SIGN_INS, slot);
-        let state_cookie = accepted
-            .params
-            .iter()
-            .find(|(k, v)| k == "state" && !v.is_empty())
-            .map(|(_, v)| state_cookie_name(v));
-        return match (result, state_cookie) {
-            // A failed callback ends the sign-in its state names (the provider's answer was
-            // used or is unusable): its cookie goes now rather than at `state_ttl`. Other
-            // sign-ins of this browser (other tabs) keep theirs.
-            (Err(GatewayError::SignIn(error)), Some(name)) => {
-                tracing::warn!(error = %error, source = ?std::error::Error::source(&error), reason = error.reason(), "sign-in failed");
-                let mut response = GatewayError::SignIn(error).into_response(accepted.wants_html);
-                cookies::append_all(
-                    response.headers_mut(),
-                    [cookies::clear(
-                        &name,
+        // A failed callback ends the sign-in its state names (the provider's answer was
+        // used or is unusable): its cookie goes now rather than at `state_ttl`. Other
+        // sign-ins of this browser (other tabs) keep theirs.
+        return result.map_err(|error| EndpointError {
+            error,
+            clear_cookie: params
+                .iter()
+                .find(|(k, v)| k == "state" && !v.is_empty())
+                .map(|(_, v)| {
+                    cookies::clear(
+                        &state_cookie_name(v),
                         &s.config.redirect_path,
                         s.secure(tls),
-                    )],
-                );
-                Ok(response)
-            }
-            (result, _) => result,
-        };
+                    )
+                }),
+        });
     }
     Err(SignInError::UnknownEndpoint.into())
 }
@@ -1218,26 +1071,6 @@ mod tests {
         let encoded = safe_return_path("/display/ENG/Caf\u{e9}?q=\u{fc}");
         assert_eq!(encoded, "/display/ENG/Caf%C3%A9?q=%C3%BC");
         assert!(HeaderValue::from_str(&encoded).is_ok());
-    }
-
-    #[test]
-    fn only_browser_navigations_without_credentials_are_redirected() {
-        use IdentityError::*;
-        assert!(should_redirect(&Method::GET, true, &Missing));
-        assert!(should_redirect(&Method::HEAD, true, &SessionExpired));
-        assert!(should_redirect(&Method::GET, true, &SessionInvalid));
-        assert!(
-            !should_redirect(&Method::GET, false, &Missing),
-            "API client"
-        );
-        assert!(
-            !should_redirect(&Method::POST, true, &Missing),
-            "a body would be lost"
-        );
-        assert!(
-            !should_redirect(&Method::GET, true, &InvalidSignature),
-            "bad bearer token"
-        );
     }
 
     #[test]

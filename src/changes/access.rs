@@ -16,7 +16,7 @@ use crate::directory::{Directory, Grant};
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Fact {
     /// A space grant to a guest group or a single user.
-    Grant { space: String, principal: Principal },
+    Grant { space: String, grantee: Grantee },
     /// A guest in a guest group (and so in every space granted to the group).
     Membership { user: String, group: String },
     /// A directory user who is a guest.
@@ -24,23 +24,23 @@ pub enum Fact {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Principal {
+pub enum Grantee {
     Group(String),
     User(String),
 }
 
-impl Principal {
+impl Grantee {
     fn json(&self) -> Value {
         match self {
-            Principal::Group(g) => json!({"type": "group", "name": g}),
-            Principal::User(u) => json!({"type": "user", "name": u}),
+            Grantee::Group(g) => json!({"type": "group", "name": g}),
+            Grantee::User(u) => json!({"type": "user", "name": u}),
         }
     }
 
     fn describe(&self) -> String {
         match self {
-            Principal::Group(g) => format!("guest group {g}"),
-            Principal::User(u) => format!("guest {u}"),
+            Grantee::Group(g) => format!("guest group {g}"),
+            Grantee::User(u) => format!("guest {u}"),
         }
     }
 }
@@ -78,7 +78,7 @@ pub fn table(directory: &Directory, now: OffsetDateTime) -> AccessTable {
                 facts.insert(
                     Fact::Grant {
                         space: space.clone(),
-                        principal: Principal::Group(group.clone()),
+                        grantee: Grantee::Group(group.clone()),
                     },
                     terms(grant),
                 );
@@ -93,7 +93,7 @@ pub fn table(directory: &Directory, now: OffsetDateTime) -> AccessTable {
                 facts.insert(
                     Fact::Grant {
                         space: space.clone(),
-                        principal: Principal::User(user.clone()),
+                        grantee: Grantee::User(user.clone()),
                     },
                     t,
                 );
@@ -188,23 +188,23 @@ pub fn diff(
             }
         };
         let mut event = match (fact, old, new) {
-            (Fact::Grant { space, principal }, None, Some(n)) => json!({
+            (Fact::Grant { space, grantee }, None, Some(n)) => json!({
                 "event": "access_granted",
-                "space": space, "space_name": space_name(space), "principal": principal.json(),
+                "space": space, "space_name": space_name(space), "principal": grantee.json(),
                 "permissions": list(&n.permissions), "expires": rfc3339(n.expires),
-                "text": format!("{} can now {} in space {space}", principal.describe(),
+                "text": format!("{} can now {} in space {space}", grantee.describe(),
                     n.permissions.iter().copied().collect::<Vec<_>>().join(", ")),
             }),
-            (Fact::Grant { space, principal }, Some(o), None) => {
+            (Fact::Grant { space, grantee }, Some(o), None) => {
                 let (how, words) = ended(o, "revoked");
                 json!({
                     "event": format!("access_{how}"),
-                    "space": space, "space_name": space_name(space), "principal": principal.json(),
+                    "space": space, "space_name": space_name(space), "principal": grantee.json(),
                     "previous_permissions": list(&o.permissions), "expires": rfc3339(o.expires),
-                    "text": format!("{}'s access to space {space} {words}", principal.describe()),
+                    "text": format!("{}'s access to space {space} {words}", grantee.describe()),
                 })
             }
-            (Fact::Grant { space, principal }, Some(o), Some(n)) if o != n => {
+            (Fact::Grant { space, grantee }, Some(o), Some(n)) if o != n => {
                 let kind = if o.permissions == n.permissions {
                     "expiry_changed"
                 } else if n.permissions.is_superset(&o.permissions) {
@@ -216,10 +216,10 @@ pub fn diff(
                 };
                 json!({
                     "event": kind,
-                    "space": space, "space_name": space_name(space), "principal": principal.json(),
+                    "space": space, "space_name": space_name(space), "principal": grantee.json(),
                     "permissions": list(&n.permissions), "previous_permissions": list(&o.permissions),
                     "expires": rfc3339(n.expires), "previous_expires": rfc3339(o.expires),
-                    "text": format!("{} now holds {} in space {space} ({})", principal.describe(),
+                    "text": format!("{} now holds {} in space {space} ({})", grantee.describe(),
                         n.permissions.iter().copied().collect::<Vec<_>>().join(", "), kind.replace('_', " ")),
                 })
             }
@@ -273,7 +273,7 @@ pub fn diff(
             "{}|{fact:?}|{}|{event}",
             change.revision, change.previous_revision
         );
-        let id: String = crate::pipeline::identify::sha256(basis.as_bytes())[..12]
+        let id: String = crate::identity::sha256(basis.as_bytes())[..12]
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();

@@ -1,6 +1,6 @@
 //! Worker threads. Each runs its own single-threaded tokio runtime and serves the client
 //! connections handed to it, with its own pool of upstream connections
-//! ([`crate::pipeline::forward::Upstream`] keeps one per worker).
+//! (the pipeline's upstream keeps one per worker).
 //!
 //! Why not one work-stealing runtime for everything: a proxied request wakes three tasks in
 //! turn — the client connection, the upstream connection, the body channel between them. On
@@ -10,22 +10,11 @@
 //! the way nginx's worker processes serve theirs. Connections are handed to the worker with
 //! the fewest open, so long-lived keep-alive connections spread evenly.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::oneshot;
-
-thread_local! {
-    static WORKER_INDEX: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-/// The index of the worker thread this code runs on; `None` off the workers (the control
-/// runtime that runs the admin listener, reloads and background tasks, or a test's own).
-pub fn current() -> Option<usize> {
-    WORKER_INDEX.with(Cell::get)
-}
 
 struct Worker {
     handle: tokio::runtime::Handle,
@@ -63,7 +52,7 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("guestgate-worker-{index}"))
                 .spawn(move || {
-                    WORKER_INDEX.with(|i| i.set(Some(index)));
+                    crate::http::client::enter_worker(index);
                     // Tasks spawned onto the handle run while this blocks; when it returns,
                     // dropping the runtime cancels what is left.
                     let _ = runtime.block_on(stopped);

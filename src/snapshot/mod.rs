@@ -3,12 +3,16 @@
 //! the snapshot once and every stage sees the same revision; a new revision starts with
 //! empty token and decision caches, so no cache can serve an answer of an older revision.
 
+pub mod bundle;
+pub mod store;
+pub mod watch;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
 use crate::directory::{DataError, Directory};
-use crate::pipeline::identify::{KeyError, Verifier};
+use crate::identity::{KeyError, RemoteKeys, Verifier};
 use crate::policy::{Decision, Policy, PolicyError, read_policy_dir};
 use crate::routes::{ProfileError, RouteProfile};
 
@@ -81,8 +85,8 @@ impl Snapshot {
     /// data document proposed by the admin write API instead of the file on disk.
     pub fn build_with(
         config: &Config,
-        remote_keys: Option<Arc<crate::pipeline::identify::RemoteKeys>>,
-        bundle: Option<&crate::bundle::BundleContents>,
+        remote_keys: Option<Arc<RemoteKeys>>,
+        bundle: Option<&bundle::BundleContents>,
         proposed_data: Option<&str>,
     ) -> Result<Snapshot, Vec<LoadError>> {
         let mut errors: Vec<LoadError> = Vec::new();
@@ -167,7 +171,7 @@ impl Snapshot {
 
         match (routes, directory, policy, verifier) {
             (Some(routes), Some(directory), Some(policy), Some(verifier)) if errors.is_empty() => {
-                let digest = crate::pipeline::identify::sha256(&hasher);
+                let digest = crate::identity::sha256(&hasher);
                 let revision: String = match bundle.and_then(|b| b.revision.clone()) {
                     Some(manifest_revision) => manifest_revision,
                     None => digest[..6].iter().map(|b| format!("{b:02x}")).collect(),

@@ -1,5 +1,6 @@
 //! The gateway's own cookies: reading them, setting them, and keeping them from the wiki.
 
+use cookie::Cookie;
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
 
@@ -16,46 +17,62 @@ pub fn is_gateway_cookie(name: &str) -> bool {
     name == SESSION || name.starts_with(STATE_PREFIX)
 }
 
-/// The value of the first cookie called `name`.
-pub fn get<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+/// Every `name=value` pair of the request's `Cookie` headers, in order. This is the one
+/// cookie parser of the gateway: the token source, the session and the stripping of the
+/// gateway's own cookies all read pairs through it, so they can never disagree on which
+/// cookie a header holds. RFC 6265 §5.2's rules: white space around the name and the value
+/// is dropped, and a value in double quotes is read without them; a pair without `=` or
+/// with an empty name is skipped.
+pub fn pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k.trim() == name).then(|| v.trim().trim_matches('"'))
-        })
-        .filter(|v| !v.is_empty())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .filter_map(|c| Some((c.name_raw()?, c.value_raw()?)))
+        .map(|(name, value)| (name, unquoted(value)))
+}
+
+fn unquoted(value: &str) -> &str {
+    value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value)
+}
+
+/// The value of the first non-empty cookie called `name`.
+pub fn get<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    pairs(headers).find_map(|(k, v)| (k == name && !v.is_empty()).then_some(v))
 }
 
 /// Removes the gateway's cookies from `Cookie` headers (dropping a header left empty).
-/// Other cookies pass unchanged and in order.
+/// Other cookies pass unchanged and in order. A header that is not text cannot be read
+/// into pairs: it is dropped whole rather than passed on unexamined.
 pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
-    let values: Vec<HeaderValue> = headers.get_all(COOKIE).iter().cloned().collect();
-    if values.is_empty() {
-        return;
-    }
-    let touched = values.iter().any(|v| {
-        // A header that is not text cannot be parsed into pairs: it is dropped whole below
-        // rather than passed on unexamined.
+    let touched = headers.get_all(COOKIE).iter().any(|v| {
         v.to_str().map_or(true, |s| {
-            s.split(';')
-                .any(|p| is_gateway_cookie(p.trim().split('=').next().unwrap_or("").trim()))
+            Cookie::split_parse(s)
+                .filter_map(Result::ok)
+                .any(|c| c.name_raw().is_some_and(is_gateway_cookie))
         })
     });
     if !touched {
         return;
     }
+    let values: Vec<HeaderValue> = headers.get_all(COOKIE).iter().cloned().collect();
     headers.remove(COOKIE);
     for value in values {
         let Ok(text) = value.to_str() else { continue };
         let kept: Vec<&str> = text
             .split(';')
             .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .filter(|p| !is_gateway_cookie(p.split('=').next().unwrap_or("").trim()))
+            .filter(|pair| !pair.is_empty())
+            .filter(|pair| {
+                // Judged by the same parser as `pairs`; a piece it cannot read is kept as
+                // the wiki would see it (it names no gateway cookie `pairs` could find).
+                Cookie::parse(*pair).map_or(true, |c| !is_gateway_cookie(c.name()))
+            })
             .collect();
         if kept.is_empty() {
             continue;
@@ -145,5 +162,30 @@ mod tests {
         );
         assert_eq!(get(&h, SESSION), Some("abc"));
         assert_eq!(get(&h, "guestgate_sess"), None);
+    }
+
+    #[test]
+    fn reading_and_stripping_agree_on_white_space_and_quotes() {
+        // The same pair, however it is spaced or quoted, is read as the gateway's cookie
+        // and therefore also kept from the wiki.
+        for header in [
+            "guestgate_session=abc",
+            "guestgate_session =abc",
+            " guestgate_session= abc ",
+            "x=1;guestgate_session=\"abc\"",
+        ] {
+            let mut h = HeaderMap::new();
+            h.append(COOKIE, HeaderValue::from_str(header).unwrap());
+            assert_eq!(get(&h, SESSION), Some("abc"), "{header}");
+            strip_gateway_cookies(&mut h);
+            assert_eq!(get(&h, SESSION), None, "{header}");
+        }
+        let mut h = HeaderMap::new();
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("a = 1; novalue; =x; b=\"2\""),
+        );
+        let all: Vec<_> = pairs(&h).collect();
+        assert_eq!(all, [("a", "1"), ("b", "2")]);
     }
 }

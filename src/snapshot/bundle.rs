@@ -5,17 +5,19 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::Empty;
 
+use super::store::SnapshotStore;
 use crate::config::BundleConfig;
-use crate::gateway::Gateway;
+use crate::http::client::{ClientError, FetchError, HttpsClient, build, fetch};
 
 const MAX_BUNDLE_BYTES: usize = 64 << 20;
+/// One poll, download included, ends within this.
+const POLL_DEADLINE: Duration = Duration::from_secs(30);
 const MAX_UNPACKED_BYTES: u64 = 256 << 20;
 
 /// The policy part of a snapshot, taken from a bundle instead of `policy.dir`/`policy.data`.
@@ -28,10 +30,23 @@ pub struct BundleContents {
     pub data: String,
 }
 
-/// Why a bundle was refused.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("bundle: {0}")]
-pub struct BundleError(pub String);
+/// Why a bundle was refused, or could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// The archive is not a bundle the gateway can use.
+    #[error("bundle: {0}")]
+    Unpack(String),
+    #[error("bundle server: {0}")]
+    Fetch(#[from] FetchError),
+    #[error("bundle server: bundle.url")]
+    Url(#[source] http::uri::InvalidUri),
+    #[error("bundle server: cannot build the request")]
+    Request(#[source] http::Error),
+    #[error("bundle server: client")]
+    Client(#[source] ClientError),
+    #[error("bundle: unpacking task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
 
 /// Unpacks a bundle. `data.json` files at `a/b/data.json` land under `data.a.b`, as in OPA.
 pub fn unpack(gz: &[u8]) -> Result<BundleContents, BundleError> {
@@ -42,15 +57,15 @@ pub fn unpack(gz: &[u8]) -> Result<BundleContents, BundleError> {
     let mut revision = None;
     let entries = archive
         .entries()
-        .map_err(|e| BundleError(format!("not a tar.gz: {e}")))?;
+        .map_err(|e| BundleError::Unpack(format!("not a tar.gz: {e}")))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| BundleError(format!("corrupt archive: {e}")))?;
+        let mut entry = entry.map_err(|e| BundleError::Unpack(format!("corrupt archive: {e}")))?;
         if !entry.header().entry_type().is_file() {
             continue;
         }
         let path = entry
             .path()
-            .map_err(|e| BundleError(format!("bad path: {e}")))?
+            .map_err(|e| BundleError::Unpack(format!("bad path: {e}")))?
             .into_owned();
         let name = path
             .to_string_lossy()
@@ -58,15 +73,17 @@ pub fn unpack(gz: &[u8]) -> Result<BundleContents, BundleError> {
             .trim_start_matches('/')
             .to_string();
         if name.split('/').any(|seg| seg == "..") {
-            return Err(BundleError(format!("{name}: path escapes the bundle")));
+            return Err(BundleError::Unpack(format!(
+                "{name}: path escapes the bundle"
+            )));
         }
         let mut text = String::new();
         entry
             .read_to_string(&mut text)
-            .map_err(|e| BundleError(format!("{name}: {e}")))?;
+            .map_err(|e| BundleError::Unpack(format!("{name}: {e}")))?;
         if name == ".manifest" {
-            let manifest: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| BundleError(format!(".manifest: {e}")))?;
+            let manifest: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| BundleError::Unpack(format!(".manifest: {e}")))?;
             revision = manifest
                 .get("revision")
                 .and_then(|r| r.as_str())
@@ -74,18 +91,19 @@ pub fn unpack(gz: &[u8]) -> Result<BundleContents, BundleError> {
         } else if name.ends_with(".rego") {
             files.push((PathBuf::from(format!("bundle/{name}")), text));
         } else if name == "data.json" || name.ends_with("/data.json") {
-            let value: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| BundleError(format!("{name}: {e}")))?;
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| BundleError::Unpack(format!("{name}: {e}")))?;
             let prefix: Vec<&str> = name
                 .trim_end_matches("data.json")
                 .split('/')
                 .filter(|s| !s.is_empty())
                 .collect();
-            merge_at(&mut data, &prefix, value).map_err(|e| BundleError(format!("{name}: {e}")))?;
+            merge_at(&mut data, &prefix, value)
+                .map_err(|e| BundleError::Unpack(format!("{name}: {e}")))?;
         }
     }
     if files.is_empty() {
-        return Err(BundleError("no .rego files".into()));
+        return Err(BundleError::Unpack("no .rego files".into()));
     }
     files.sort();
     Ok(BundleContents {
@@ -123,7 +141,7 @@ fn merge_at(
 /// Polls the bundle server and swaps in each new bundle.
 pub struct BundlePoller {
     config: BundleConfig,
-    client: crate::http_client::HttpsClient<Empty<Bytes>>,
+    client: HttpsClient<Empty<Bytes>>,
 }
 
 /// What one poll found.
@@ -136,17 +154,14 @@ impl BundlePoller {
     pub fn new(config: BundleConfig) -> Result<BundlePoller, BundleError> {
         Ok(BundlePoller {
             config,
-            client: crate::http_client::build(None, Duration::from_secs(5)).map_err(BundleError)?,
+            client: build(None, Duration::from_secs(5)).map_err(BundleError::Client)?,
         })
     }
 
-    /// One conditional GET (`If-None-Match` with the last ETag).
+    /// One conditional GET (`If-None-Match` with the last ETag). The whole exchange, head
+    /// and body, has one deadline: a server that stalls mid-body cannot stop the polling.
     pub async fn poll(&self, etag: Option<&str>) -> Result<Poll, BundleError> {
-        let uri: Uri = self
-            .config
-            .url
-            .parse()
-            .map_err(|e| BundleError(format!("url: {e}")))?;
+        let uri: Uri = self.config.url.parse().map_err(BundleError::Url)?;
         let mut req = Request::get(uri).header(header::ACCEPT, "application/gzip");
         if let Some(etag) = etag {
             req = req.header(header::IF_NONE_MATCH, etag);
@@ -154,43 +169,35 @@ impl BundlePoller {
         if let Some(auth) = &self.config.authorization {
             req = req.header(header::AUTHORIZATION, auth.as_str());
         }
-        let req = req
-            .body(Empty::new())
-            .map_err(|e| BundleError(e.to_string()))?;
-        let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
-            .await
-            .map_err(|_| BundleError("server timed out".into()))?
-            .map_err(|e| BundleError(format!("server unreachable: {e}")))?;
-        match resp.status() {
-            StatusCode::NOT_MODIFIED => Ok(Poll::Unchanged),
-            StatusCode::OK => {
-                let etag = resp
-                    .headers()
-                    .get(header::ETAG)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                let body = Limited::new(resp.into_body(), MAX_BUNDLE_BYTES)
-                    .collect()
-                    .await
-                    .map_err(|e| BundleError(format!("download: {e}")))?
-                    .to_bytes();
-                let contents = tokio::task::spawn_blocking(move || unpack(&body))
-                    .await
-                    .map_err(|e| BundleError(e.to_string()))??;
-                Ok(Poll::New(contents, etag))
-            }
-            other => Err(BundleError(format!("server answered {other}"))),
+        let req = req.body(Empty::new()).map_err(BundleError::Request)?;
+        let fetched = fetch(&self.client, req, POLL_DEADLINE, MAX_BUNDLE_BYTES).await?;
+        if fetched.status == StatusCode::NOT_MODIFIED {
+            return Ok(Poll::Unchanged);
         }
+        let fetched = fetched.ok()?;
+        let etag = fetched
+            .headers
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = fetched.body;
+        let contents = tokio::task::spawn_blocking(move || unpack(&body))
+            .await
+            .map_err(BundleError::Task)??;
+        Ok(Poll::New(contents, etag))
     }
 
-    /// Polls forever: every `poll_interval`, ± `jitter` so replicas do not poll in step.
-    pub fn start(self, gw: Arc<Gateway>) {
+    /// Polls for as long as the runtime lives: every `poll_interval`, ± `jitter` so
+    /// replicas do not poll in step. Each new bundle goes through `store`'s keep-last-good
+    /// swap.
+    pub fn start(self, store: SnapshotStore) {
         tokio::spawn(async move {
             let mut etag: Option<String> = None;
             loop {
                 match self.poll(etag.as_deref()).await {
                     Ok(Poll::Unchanged) => {}
-                    Ok(Poll::New(contents, new_etag)) => match gw.install_bundle(contents).await {
+                    Ok(Poll::New(contents, new_etag)) => match store.install_bundle(contents).await
+                    {
                         Ok(revision) => {
                             tracing::info!(revision = %revision, "bundle activated");
                             etag = new_etag;
@@ -202,8 +209,8 @@ impl BundlePoller {
                         }
                     },
                     Err(e) => {
-                        gw.metrics.reload_failed();
-                        tracing::warn!(error = %e, "bundle poll failed; previous revision keeps serving");
+                        store.metrics().reload_failed();
+                        tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "bundle poll failed; previous revision keeps serving");
                     }
                 }
                 tokio::time::sleep(jittered(self.config.poll_interval, self.config.jitter)).await;

@@ -5,13 +5,16 @@
 //! canonical path plus the captures of the single rule that wins.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
 use regex::{Regex, RegexSet};
-use serde::Deserialize;
+
+pub mod extract;
+mod file;
+mod validate;
 
 /// What part of the wiki a request touches (contract §3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -167,10 +170,9 @@ pub struct ContentLookup {
     pub path_template: String,
     /// JSON pointer to the space key in the lookup's answer.
     pub space_pointer: String,
-    /// Optional regex on the pointed value: its `space` capture (or whole match) is the
-    /// key, as for `[listing]` (MediaWiki answers a title, `ENG:Home`, not a key). No
-    /// match: unresolved, which denies guests.
-    pub space_pattern: Option<Regex>,
+    /// How the key is read from the pointed value, as for `[listing]` (MediaWiki answers
+    /// a title, `ENG:Home`, not a key). No match: unresolved, which denies guests.
+    pub space_name: extract::SpaceName,
     pub cache_ttl: Duration,
 }
 
@@ -190,14 +192,7 @@ impl ContentLookup {
 
     /// The space key named by the value at `space_pointer`, upper-cased.
     pub fn space_of(&self, value: &str) -> Option<String> {
-        let key = match &self.space_pattern {
-            None => value,
-            Some(re) => {
-                let caps = re.captures(value)?;
-                caps.name("space").or_else(|| caps.get(0))?.as_str()
-            }
-        };
-        (!key.is_empty()).then(|| key.to_uppercase())
+        self.space_name.key_in(value)
     }
 }
 
@@ -245,7 +240,7 @@ pub struct Route {
 pub struct RouteProfile {
     pub source: PathBuf,
     pub rules: Vec<RouteRule>,
-    path_set: RegexSet,
+    pub(crate) path_set: RegexSet,
     /// Every query parameter some rule captures; a request repeating one is refused, since
     /// the gateway and the wiki could each pick a different occurrence.
     pub captured_query_params: BTreeSet<String>,
@@ -256,18 +251,18 @@ pub struct RouteProfile {
     pub user_links: Option<lol_html::Selector>,
     /// Where a user link names its user when neither `data-username` nor a Confluence
     /// profile URL does (`user_link_name`), tried in order.
-    pub user_link_names: Arc<[crate::pipeline::rewrite::html::UserNameSource]>,
+    pub user_link_names: Arc<[extract::UserNameSource]>,
     /// Object keys whose string value names a user (`json_user_keys`): such an object gets
     /// `isExternalCollaborator` like a Confluence user object.
     pub json_user_keys: Vec<String>,
     /// Query parameter names are read as PHP reads them (`query_names = "php"`).
     pub php_query_names: bool,
     /// How a listing item names its space (filter_spaces), tried in order.
-    pub listing_space: Vec<crate::pipeline::rewrite::json::SpaceExtractor>,
+    pub listing_space: Vec<extract::SpaceExtractor>,
     /// Where listings are (`[listing] arrays`), each a path of object keys; empty: the
     /// top-level `results` array.
     pub listing_arrays: Vec<Vec<String>>,
-    unmatched_name: Arc<str>,
+    pub(crate) unmatched_name: Arc<str>,
 }
 
 /// A problem in a route profile, with the file and where in it.
@@ -278,338 +273,7 @@ pub struct ProfileError {
     pub message: String,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProfileFile {
-    #[serde(default)]
-    user_link_selector: Option<String>,
-    #[serde(default)]
-    user_link_name: Vec<UserNameSourceFile>,
-    #[serde(default)]
-    json_user_keys: Vec<String>,
-    #[serde(default)]
-    query_names: Option<String>,
-    #[serde(default)]
-    content_lookup: Option<ContentLookupFile>,
-    #[serde(default)]
-    lookup: std::collections::BTreeMap<String, NamedLookupFile>,
-    #[serde(default)]
-    listing: Option<ListingFile>,
-    #[serde(default)]
-    route: Vec<RouteFile>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListingFile {
-    space: Vec<SpaceSourceFile>,
-    /// JSON pointers of the arrays to filter (default: `/results`).
-    #[serde(default)]
-    arrays: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SpaceSourceFile {
-    pointer: String,
-    #[serde(default)]
-    pattern: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ContentLookupFile {
-    path: String,
-    space_pointer: String,
-    #[serde(default)]
-    space_pattern: Option<String>,
-    #[serde(default = "default_lookup_ttl")]
-    cache_ttl_secs: u64,
-}
-
-/// `[lookup.NAME]`: like `[content_lookup]`, sharing its cache (and TTL).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NamedLookupFile {
-    path: String,
-    space_pointer: String,
-    #[serde(default)]
-    space_pattern: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UserNameSourceFile {
-    attribute: String,
-    pattern: String,
-}
-
-fn default_lookup_ttl() -> u64 {
-    300
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RouteFile {
-    name: String,
-    family: String,
-    path: String,
-    #[serde(default)]
-    methods: Option<Vec<String>>,
-    #[serde(default)]
-    query: std::collections::BTreeMap<String, String>,
-    #[serde(default)]
-    action: Option<String>,
-    #[serde(default)]
-    public: bool,
-    #[serde(default)]
-    rewrite: Vec<String>,
-    #[serde(default)]
-    max_body_bytes: Option<u64>,
-    #[serde(default)]
-    lookup: Option<String>,
-}
-
-const CAPTURE_NAMES: [&str; 3] = ["space", "content", "user"];
-
 impl RouteProfile {
-    pub fn load(path: &Path) -> Result<RouteProfile, Vec<ProfileError>> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![ProfileError {
-                file: path.to_path_buf(),
-                message: format!("cannot read route profile: {e}"),
-            }]
-        })?;
-        Self::parse(path, &text)
-    }
-
-    pub fn parse(path: &Path, text: &str) -> Result<RouteProfile, Vec<ProfileError>> {
-        let err = |message: String| ProfileError {
-            file: path.to_path_buf(),
-            message,
-        };
-        let file: ProfileFile =
-            toml::from_str(text).map_err(|e| vec![err(e.to_string().trim_end().to_string())])?;
-        let mut errors = Vec::new();
-        let ttl = Duration::from_secs(
-            file.content_lookup
-                .as_ref()
-                .map_or(default_lookup_ttl(), |c| c.cache_ttl_secs),
-        );
-        let mut lookups = Vec::with_capacity(file.lookup.len());
-        for (name, l) in &file.lookup {
-            lookups.push(build_lookup(
-                &format!("lookup.{name}"),
-                Some(Arc::from(name.as_str())),
-                &l.path,
-                &l.space_pointer,
-                l.space_pattern.as_deref(),
-                ttl,
-                &mut errors,
-                &err,
-            ));
-        }
-        let mut rules = Vec::with_capacity(file.route.len());
-        let mut captured_query_params = BTreeSet::new();
-        for (i, r) in file.route.into_iter().enumerate() {
-            let at = format!("route #{} ({})", i + 1, r.name);
-            let family = Family::parse(&r.family).unwrap_or_else(|| {
-                errors.push(err(format!("{at}: unknown family `{}`", r.family)));
-                Family::Other
-            });
-            let path_re = compile_anchored(&r.path).unwrap_or_else(|e| {
-                errors.push(err(format!("{at}: path regex: {e}")));
-                never_matches()
-            });
-            check_capture_names(&path_re, &at, &mut errors, &err);
-            let mut query = Vec::new();
-            for (param, pattern) in r.query {
-                match compile_anchored(&pattern) {
-                    Ok(re) => {
-                        check_capture_names(&re, &at, &mut errors, &err);
-                        captured_query_params.insert(param.clone());
-                        query.push((param, re));
-                    }
-                    Err(e) => errors.push(err(format!("{at}: query `{param}` regex: {e}"))),
-                }
-            }
-            let methods = r.methods.map(|ms| {
-                ms.iter()
-                    .filter_map(
-                        |m| match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
-                            Ok(m) => Some(m),
-                            Err(_) => {
-                                errors.push(err(format!("{at}: `{m}` is not an HTTP method")));
-                                None
-                            }
-                        },
-                    )
-                    .collect()
-            });
-            let action = r.action.as_deref().and_then(|a| {
-                let parsed = Action::parse(a);
-                if parsed.is_none() {
-                    errors.push(err(format!("{at}: unknown action `{a}`")));
-                }
-                parsed
-            });
-            let mut rewrites = Rewrites::default();
-            for w in &r.rewrite {
-                match w.as_str() {
-                    "tag_users" => rewrites.tag_users = true,
-                    "filter_spaces" => rewrites.filter_spaces = true,
-                    "banner" => rewrites.banner = true,
-                    other => errors.push(err(format!("{at}: unknown rewrite `{other}`"))),
-                }
-            }
-            let max_body_bytes = r.max_body_bytes.and_then(|n| {
-                let n = usize::try_from(n).ok();
-                if n.is_none() {
-                    errors.push(err(format!("{at}: max_body_bytes is too large")));
-                }
-                n
-            });
-            let lookup = r.lookup.as_deref().and_then(|name| {
-                let found = file.lookup.keys().position(|k| k == name);
-                if found.is_none() {
-                    errors.push(err(format!("{at}: no [lookup.{name}] section")));
-                }
-                found
-            });
-            if lookup.is_some() && family != Family::Content {
-                errors.push(err(format!(
-                    "{at}: `lookup` is for routes of family `content`"
-                )));
-            }
-            rules.push(RouteRule {
-                name: Arc::from(r.name.as_str()),
-                family,
-                path: path_re,
-                methods,
-                query,
-                action,
-                public: r.public,
-                rewrites,
-                max_body_bytes,
-                lookup,
-            });
-        }
-        let content_lookup = file.content_lookup.map(|c| {
-            build_lookup(
-                "content_lookup",
-                None,
-                &c.path,
-                &c.space_pointer,
-                c.space_pattern.as_deref(),
-                ttl,
-                &mut errors,
-                &err,
-            )
-        });
-        let mut user_link_names = Vec::new();
-        for (i, source) in file.user_link_name.iter().enumerate() {
-            match Regex::new(&source.pattern) {
-                Ok(re) => user_link_names.push(crate::pipeline::rewrite::html::UserNameSource {
-                    attribute: source.attribute.clone(),
-                    pattern: re,
-                }),
-                Err(e) => errors.push(err(format!("user_link_name #{}: pattern: {e}", i + 1))),
-            }
-        }
-        let php_query_names = match file.query_names.as_deref() {
-            None | Some("plain") => false,
-            Some("php") => true,
-            Some(other) => {
-                errors.push(err(format!(
-                    "query_names: `{other}` is neither `plain` nor `php`"
-                )));
-                false
-            }
-        };
-        let mut listing_space = Vec::new();
-        let (listing_sources, listing_pointers) = file
-            .listing
-            .map(|l| (l.space, l.arrays))
-            .unwrap_or_default();
-        let mut listing_arrays = Vec::new();
-        for pointer in listing_pointers {
-            match crate::pipeline::rewrite::json::SpaceExtractor::new(&pointer, None) {
-                Some(x) if !pointer.ends_with('/') => listing_arrays.push(x.pointer),
-                _ => errors.push(err(format!(
-                    "listing.arrays: `{pointer}` is not a JSON pointer like `/query/search`"
-                ))),
-            }
-        }
-        for (i, source) in listing_sources.into_iter().enumerate() {
-            let at = format!("listing.space #{}", i + 1);
-            let pattern = match source.pattern.as_deref().map(Regex::new).transpose() {
-                Ok(p) => p,
-                Err(e) => {
-                    errors.push(err(format!("{at}: pattern: {e}")));
-                    None
-                }
-            };
-            match crate::pipeline::rewrite::json::SpaceExtractor::new(&source.pointer, pattern) {
-                Some(x) => listing_space.push(x),
-                None => errors.push(err(format!(
-                    "{at}: `{}` is not a JSON pointer like `/space/key`",
-                    source.pointer
-                ))),
-            }
-        }
-        if listing_space.is_empty() && rules.iter().any(|r| r.rewrites.filter_spaces) {
-            errors.push(err(
-                "routes with the `filter_spaces` rewrite need a [listing] section saying where items name their space".into(),
-            ));
-        }
-        let user_links = match file
-            .user_link_selector
-            .as_deref()
-            .map(str::parse::<lol_html::Selector>)
-        {
-            Some(Ok(s)) => Some(s),
-            Some(Err(e)) => {
-                errors.push(err(format!("user_link_selector: {e}")));
-                None
-            }
-            None => None,
-        };
-        if content_lookup.is_none()
-            && rules
-                .iter()
-                .any(|r| r.family == Family::Content && r.lookup.is_none())
-        {
-            errors.push(err(
-                "routes of family `content` need a [content_lookup] section".into(),
-            ));
-        }
-        let path_set = regex::RegexSetBuilder::new(rules.iter().map(|r| r.path.as_str()))
-            .size_limit(64 << 20)
-            .build()
-            .map_err(|e| {
-                errors.push(err(format!("route paths: {e}")));
-            })
-            .unwrap_or_else(|()| RegexSet::empty());
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        Ok(RouteProfile {
-            source: path.to_path_buf(),
-            rules,
-            path_set,
-            captured_query_params,
-            content_lookup,
-            lookups,
-            user_links,
-            user_link_names: Arc::from(user_link_names),
-            json_user_keys: file.json_user_keys,
-            php_query_names,
-            listing_space,
-            listing_arrays,
-            unmatched_name: Arc::from("unmatched"),
-        })
-    }
-
     /// Finds the first rule that matches the canonical path, method and query parameters.
     /// A request no rule matches has family `other` (which guests are denied by default).
     pub fn classify(&self, method: &Method, path: &str, query: &[(String, String)]) -> Route {
@@ -683,43 +347,6 @@ impl RouteProfile {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn build_lookup(
-    at: &str,
-    name: Option<Arc<str>>,
-    path: &str,
-    space_pointer: &str,
-    space_pattern: Option<&str>,
-    cache_ttl: Duration,
-    errors: &mut Vec<ProfileError>,
-    err: &dyn Fn(String) -> ProfileError,
-) -> ContentLookup {
-    if !path.starts_with('/') || !path.contains("{content}") {
-        errors.push(err(format!(
-            "{at}.path: must start with `/` and contain `{{content}}`"
-        )));
-    }
-    if !space_pointer.starts_with('/') {
-        errors.push(err(format!(
-            "{at}.space_pointer: must be a JSON pointer like `/space/key`"
-        )));
-    }
-    let space_pattern = space_pattern.and_then(|p| match Regex::new(p) {
-        Ok(re) => Some(re),
-        Err(e) => {
-            errors.push(err(format!("{at}.space_pattern: {e}")));
-            None
-        }
-    });
-    ContentLookup {
-        name,
-        path_template: path.to_string(),
-        space_pointer: space_pointer.to_string(),
-        space_pattern,
-        cache_ttl,
-    }
-}
-
 fn take_captures(re: &Regex, caps: &regex::Captures<'_>, route: &mut Route) {
     for name in re.capture_names().flatten() {
         let Some(m) = caps.name(name) else { continue };
@@ -742,38 +369,10 @@ fn take_captures(re: &Regex, caps: &regex::Captures<'_>, route: &mut Route) {
     }
 }
 
-fn compile_anchored(pattern: &str) -> Result<Regex, regex::Error> {
-    // Patterns are written anchored (`^/display/...`); a pattern without `^` would match
-    // anywhere in the path, which is never what a rule author means for a security gate.
-    if pattern.starts_with('^') {
-        Regex::new(pattern)
-    } else {
-        Regex::new(&format!("^(?:{pattern})"))
-    }
-}
-
-fn never_matches() -> Regex {
-    Regex::new(r"[^\s\S]").unwrap_or_else(|_| unreachable!("constant regex"))
-}
-
-fn check_capture_names(
-    re: &Regex,
-    at: &str,
-    errors: &mut Vec<ProfileError>,
-    err: &dyn Fn(String) -> ProfileError,
-) {
-    for name in re.capture_names().flatten() {
-        if !CAPTURE_NAMES.contains(&name) {
-            errors.push(err(format!(
-                "{at}: capture `{name}` is not one of space, content, user"
-            )));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const PROFILE: &str = r#"
 [content_lookup]

@@ -1,18 +1,17 @@
 //! What triggers a reload besides SIGHUP and `POST /reload`: a watch on the files a snapshot
 //! is built from. Changes are debounced (editors and ConfigMap updates write in several
-//! steps) and then handed to `Gateway::reload`, which keeps the last good snapshot when the
+//! steps) and then handed to `SnapshotStore::reload`, which keeps the last good snapshot when the
 //! new files are invalid.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use notify_debouncer_full::notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 
+use super::store::SnapshotStore;
 use crate::config::Config;
-use crate::gateway::Gateway;
 
 /// How long the files must stay quiet before a reload starts.
 const DEBOUNCE: Duration = Duration::from_millis(300);
@@ -40,8 +39,8 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// Starts watching. Files are watched through their folders, because an editor's save or a
 /// Kubernetes ConfigMap update replaces the file rather than writing into it.
-pub fn watch(gw: Arc<Gateway>) -> notify_debouncer_full::notify::Result<FileWatch> {
-    let (files, dirs) = watched(&gw.config);
+pub fn watch(store: SnapshotStore) -> notify_debouncer_full::notify::Result<FileWatch> {
+    let (files, dirs) = watched(store.config());
     let files: BTreeSet<PathBuf> = files.iter().map(|f| absolute(f)).collect();
     let dirs: Vec<PathBuf> = dirs.iter().map(|d| absolute(d)).collect();
     let runtime = tokio::runtime::Handle::current();
@@ -62,10 +61,10 @@ pub fn watch(gw: Arc<Gateway>) -> notify_debouncer_full::notify::Result<FileWatc
                 || p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".."))
             });
         if relevant {
-            let gw = gw.clone();
+            let store = store.clone();
             runtime.spawn(async move {
                 tracing::info!("watched files changed; reloading");
-                let _ = gw.reload().await;
+                let _ = store.reload().await;
             });
         }
     })?;

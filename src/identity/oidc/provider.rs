@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 
-use super::SignInError;
+use super::error::{ProviderError, SignInError};
 use crate::config::{ClientAuth, OidcConfig};
+use crate::http::client::{ClientError, HttpsClient, build, fetch};
+use crate::identity::discovery::discover;
 
 const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,20 +48,20 @@ pub struct IdpClient {
     client_id: String,
     client_secret: String,
     client_auth: ClientAuth,
-    client: crate::http_client::HttpsClient<Full<Bytes>>,
+    client: HttpsClient<Full<Bytes>>,
     metadata: ArcSwapOption<Metadata>,
     /// Held while discovering; remembers when the last attempt started.
     discovering: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl IdpClient {
-    pub fn new(config: &OidcConfig, client_secret: String) -> Result<IdpClient, String> {
+    pub fn new(config: &OidcConfig, client_secret: String) -> Result<IdpClient, ClientError> {
         Ok(IdpClient {
             issuer: config.issuer.clone(),
             client_id: config.client_id.clone(),
             client_secret,
             client_auth: config.client_auth,
-            client: crate::http_client::build(None, Duration::from_secs(5))?,
+            client: build(None, Duration::from_secs(5))?,
             metadata: ArcSwapOption::empty(),
             discovering: tokio::sync::Mutex::new(None),
         })
@@ -78,9 +80,7 @@ impl IdpClient {
         if let Some(at) = *last
             && at.elapsed() < REDISCOVER_AFTER
         {
-            return Err(SignInError::IdpUnavailable(
-                "discovery failed moments ago".into(),
-            ));
+            return Err(SignInError::IdpUnavailable(ProviderError::RecentlyFailed));
         }
         *last = Some(Instant::now());
         let m = Arc::new(self.discover().await.map_err(SignInError::IdpUnavailable)?);
@@ -88,83 +88,30 @@ impl IdpClient {
         Ok(m)
     }
 
-    async fn discover(&self) -> Result<Metadata, String> {
-        let url = format!(
-            "{}/.well-known/openid-configuration",
-            self.issuer.trim_end_matches('/')
-        );
-        let req = Request::get(&url)
-            .header(header::ACCEPT, "application/json")
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| format!("{url}: {e}"))?;
-        let (status, doc) = self.json(req).await?;
-        if status != StatusCode::OK {
-            return Err(format!("{url}: answered {status}"));
-        }
-        // OIDC Discovery §4.3: the document must name exactly the issuer it was asked for,
-        // or a compromised document could point the gateway at another provider.
-        if doc.get("issuer").and_then(|v| v.as_str()) != Some(self.issuer.as_str()) {
-            return Err(format!("{url}: `issuer` is not `{}`", self.issuer));
-        }
-        let https_issuer = self.issuer.starts_with("https://");
-        let endpoint = |name: &str| -> Result<Option<String>, String> {
-            match doc.get(name).and_then(|v| v.as_str()) {
-                None => Ok(None),
-                Some(e) if https_issuer && !e.starts_with("https://") => {
-                    Err(format!("{url}: `{name}` is not https"))
-                }
-                Some(e) => Ok(Some(e.to_string())),
-            }
-        };
-        let uri = |name: &str| -> Result<Option<Uri>, String> {
-            endpoint(name)?
-                .map(|e| {
-                    e.parse::<Uri>()
-                        .map_err(|err| format!("{url}: `{name}`: {err}"))
-                })
-                .transpose()
-        };
-        if let Some(methods) = doc
-            .get("code_challenge_methods_supported")
-            .and_then(|v| v.as_array())
-            && !methods.iter().any(|m| m.as_str() == Some("S256"))
+    async fn discover(&self) -> Result<Metadata, ProviderError> {
+        let found = discover(&self.client, &self.issuer).await?;
+        if let Some(methods) = &found.code_challenge_methods
+            && !methods.iter().any(|m| m == "S256")
         {
-            return Err(format!(
-                "{url}: the provider does not support PKCE with S256"
-            ));
+            return Err(ProviderError::NoPkceS256);
         }
         Ok(Metadata {
-            authorization_endpoint: endpoint("authorization_endpoint")?
-                .ok_or_else(|| format!("{url}: no authorization_endpoint"))?,
-            token_endpoint: uri("token_endpoint")?
-                .ok_or_else(|| format!("{url}: no token_endpoint"))?,
-            userinfo_endpoint: uri("userinfo_endpoint")?,
-            end_session_endpoint: endpoint("end_session_endpoint")?,
-            revocation_endpoint: uri("revocation_endpoint")?,
+            authorization_endpoint: found
+                .required(&found.authorization_endpoint, "authorization_endpoint")?,
+            token_endpoint: found.required(&found.token_endpoint, "token_endpoint")?,
+            userinfo_endpoint: found.userinfo_endpoint,
+            end_session_endpoint: found.end_session_endpoint,
+            revocation_endpoint: found.revocation_endpoint,
         })
     }
 
+    /// The provider's answer to `req`, its body read as JSON (`null` when empty).
     async fn json(
         &self,
         req: Request<Full<Bytes>>,
-    ) -> Result<(StatusCode, serde_json::Value), String> {
-        let uri = req.uri().clone();
-        let resp = tokio::time::timeout(TIMEOUT, self.client.request(req))
-            .await
-            .map_err(|_| format!("{uri}: timed out"))?
-            .map_err(|e| format!("{uri}: {e}"))?;
-        let status = resp.status();
-        let body = Limited::new(resp.into_body(), MAX_DOCUMENT_BYTES)
-            .collect()
-            .await
-            .map_err(|e| format!("{uri}: {e}"))?
-            .to_bytes();
-        let value = if body.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_slice(&body).map_err(|e| format!("{uri}: {e}"))?
-        };
-        Ok((status, value))
+    ) -> Result<(StatusCode, serde_json::Value), ProviderError> {
+        let fetched = fetch(&self.client, req, TIMEOUT, MAX_DOCUMENT_BYTES).await?;
+        Ok((fetched.status, fetched.json()?))
     }
 
     /// A form POST authenticated as the client.
@@ -172,7 +119,7 @@ impl IdpClient {
         &self,
         uri: &Uri,
         form: &[(&str, &str)],
-    ) -> Result<Request<Full<Bytes>>, String> {
+    ) -> Result<Request<Full<Bytes>>, ProviderError> {
         let mut body = form_urlencoded::Serializer::new(String::new());
         for (k, v) in form {
             body.append_pair(k, v);
@@ -192,7 +139,7 @@ impl IdpClient {
                     enc(&self.client_secret)
                 ));
                 let mut value = http::HeaderValue::from_str(&format!("Basic {creds}"))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|_| ProviderError::ClientCredentials)?;
                 value.set_sensitive(true);
                 builder = builder.header(header::AUTHORIZATION, value);
             }
@@ -203,7 +150,7 @@ impl IdpClient {
         }
         builder
             .body(Full::new(Bytes::from(body.finish())))
-            .map_err(|e| e.to_string())
+            .map_err(ProviderError::Request)
     }
 
     /// Calls the token endpoint. Only `400` with the OAuth error `invalid_grant` (RFC 6749
@@ -230,12 +177,13 @@ impl IdpClient {
             if status == StatusCode::BAD_REQUEST && error == "invalid_grant" {
                 return Err(SignInError::TokenRejected { error });
             }
-            return Err(SignInError::IdpUnavailable(format!(
-                "token endpoint answered {status} ({error})"
-            )));
+            return Err(SignInError::IdpUnavailable(ProviderError::TokenEndpoint {
+                status,
+                error,
+            }));
         }
         serde_json::from_value(doc)
-            .map_err(|e| SignInError::IdpUnavailable(format!("token response: {e}")))
+            .map_err(|e| SignInError::IdpUnavailable(ProviderError::TokenResponse(e)))
     }
 
     /// The userinfo claims for an access token.
@@ -251,16 +199,14 @@ impl IdpClient {
             .header(header::ACCEPT, "application/json")
             .header(header::AUTHORIZATION, format!("Bearer {access_token}"))
             .body(Full::new(Bytes::new()))
-            .map_err(|e| SignInError::Userinfo(e.to_string()))?;
+            .map_err(|e| SignInError::Userinfo(ProviderError::Request(e)))?;
         let (status, doc) = self.json(req).await.map_err(SignInError::Userinfo)?;
         if status != StatusCode::OK {
-            return Err(SignInError::Userinfo(format!("answered {status}")));
+            return Err(SignInError::Userinfo(ProviderError::Status(status)));
         }
         match doc {
             serde_json::Value::Object(map) => Ok(Some(map)),
-            _ => Err(SignInError::Userinfo(
-                "not a JSON object (signed userinfo is not supported)".into(),
-            )),
+            _ => Err(SignInError::Userinfo(ProviderError::NotAnObject)),
         }
     }
 

@@ -5,18 +5,18 @@
 //! (and counted) when it is full.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::Value;
 use time::OffsetDateTime;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
-use crate::access::{Change, diff, table};
+use crate::changes::access::{Change, diff, table};
 use crate::config::{NotifyConfig, WebhookConfig};
-use crate::gateway::Gateway;
+use crate::snapshot::store::{SnapshotStore, WeakSnapshotStore};
 
 /// Counters for `/metrics`.
 #[derive(Default)]
@@ -31,7 +31,6 @@ pub struct Notifier {
     queue: Option<mpsc::Sender<Arc<Value>>>,
     receiver: Mutex<Option<mpsc::Receiver<Arc<Value>>>>,
     webhook: Option<WebhookConfig>,
-    revision_changed: Arc<Notify>,
     pub stats: Arc<NotifyStats>,
 }
 
@@ -48,14 +47,8 @@ impl Notifier {
             queue,
             receiver: Mutex::new(receiver),
             webhook: config.webhook.clone(),
-            revision_changed: Arc::new(Notify::new()),
             stats: Arc::default(),
         }
-    }
-
-    /// Called after every snapshot swap; the watcher diffs the new revision.
-    pub fn revision_changed(&self) {
-        self.revision_changed.notify_one();
     }
 
     /// Logs each event and queues it for the webhook.
@@ -103,25 +96,27 @@ impl Notifier {
 }
 
 /// Starts the watcher (revisions and expiries) and, with a webhook, its delivery worker.
-/// Both end when the gateway is dropped.
-pub fn start(gw: &Arc<Gateway>) {
-    let receiver = gw.notifier.receiver.lock().ok().and_then(|mut r| r.take());
-    if let (Some(receiver), Some(webhook)) = (receiver, gw.notifier.webhook.clone()) {
-        tokio::spawn(deliver(receiver, webhook, gw.notifier.stats.clone()));
+/// The watcher follows `store`'s change feed and ends when the store is gone.
+pub fn start(notifier: &Arc<Notifier>, store: &SnapshotStore) {
+    let receiver = notifier.receiver.lock().ok().and_then(|mut r| r.take());
+    if let (Some(receiver), Some(webhook)) = (receiver, notifier.webhook.clone()) {
+        tokio::spawn(deliver(receiver, webhook, notifier.stats.clone()));
     }
-    tokio::spawn(watch(
-        Arc::downgrade(gw),
-        gw.notifier.revision_changed.clone(),
-    ));
+    tokio::spawn(watch(store.downgrade(), store.changes(), notifier.clone()));
 }
 
 /// The longest the watcher sleeps without looking: wall-clock jumps are caught within it.
 const MAX_NAP: Duration = Duration::from_secs(3600);
 
-async fn watch(gw: Weak<Gateway>, revision_changed: Arc<Notify>) {
-    let Some(first) = gw.upgrade().map(|g| g.snapshot()) else {
+async fn watch(
+    store: WeakSnapshotStore,
+    mut revisions: tokio::sync::watch::Receiver<Arc<str>>,
+    notifier: Arc<Notifier>,
+) {
+    let Some(first) = store.upgrade().map(|s| s.current()) else {
         return;
     };
+    revisions.mark_unchanged();
     // The first revision is the baseline: a restart announces nothing. Expiries that passed
     // while the process was down are not announced either (see docs/OPERATIONS.md).
     let mut last_table = table(&first.directory, OffsetDateTime::now_utc());
@@ -129,8 +124,8 @@ async fn watch(gw: Weak<Gateway>, revision_changed: Arc<Notify>) {
     drop(first);
     loop {
         let nap = {
-            let Some(g) = gw.upgrade() else { return };
-            let snapshot = g.snapshot();
+            let Some(store) = store.upgrade() else { return };
+            let snapshot = store.current();
             let now = OffsetDateTime::now_utc();
             snapshot
                 .directory
@@ -140,11 +135,16 @@ async fn watch(gw: Weak<Gateway>, revision_changed: Arc<Notify>) {
                 .min(MAX_NAP)
         };
         let woken = tokio::select! {
-            _ = revision_changed.notified() => true,
+            changed = revisions.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                true
+            }
             _ = tokio::time::sleep(nap) => false,
         };
-        let Some(g) = gw.upgrade() else { return };
-        let snapshot = g.snapshot();
+        let Some(store) = store.upgrade() else { return };
+        let snapshot = store.current();
         let now = OffsetDateTime::now_utc();
         let current = table(&snapshot.directory, now);
         if woken || current != last_table {
@@ -158,7 +158,7 @@ async fn watch(gw: Weak<Gateway>, revision_changed: Arc<Notify>) {
                     now,
                 },
             );
-            g.notifier.emit(&events);
+            notifier.emit(&events);
         }
         last_table = current;
         last_revision = snapshot.revision.clone();
@@ -177,7 +177,7 @@ async fn deliver(
     webhook: WebhookConfig,
     stats: Arc<NotifyStats>,
 ) {
-    let client = match crate::http_client::build::<Full<Bytes>>(None, webhook.timeout) {
+    let client = match crate::http::client::build::<Full<Bytes>>(None, webhook.timeout) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the webhook client; notifications are only logged");
@@ -218,7 +218,7 @@ fn jittered(d: Duration) -> Duration {
 }
 
 async fn post(
-    client: &crate::http_client::HttpsClient<Full<Bytes>>,
+    client: &crate::http::client::HttpsClient<Full<Bytes>>,
     webhook: &WebhookConfig,
     body: Bytes,
 ) -> Result<(), Failure> {

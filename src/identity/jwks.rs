@@ -8,11 +8,26 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Empty, Limited};
+use http::Uri;
+use http_body_util::Empty;
 
-use super::identify::{KeyError, VerifyKey, keys_from_jwks};
+use super::discovery::{DiscoveryError, discover};
+use super::verify::{KeyError, VerifyKey, keys_from_jwks};
 use crate::config::IdentityConfig;
+use crate::http::client::{FetchError, HttpsClient, build, fetch, get_json_request};
+
+/// Why the identity provider's keys could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFetchError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    #[error("the discovery document names no jwks_uri")]
+    NoJwksUri,
+    #[error("{uri}: no usable keys")]
+    NoUsableKeys { uri: String },
+}
 
 const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,7 +41,7 @@ enum Source {
 pub struct RemoteKeys {
     source: Source,
     pub(crate) keys: ArcSwap<Vec<VerifyKey>>,
-    client: crate::http_client::HttpsClient<Empty<Bytes>>,
+    client: HttpsClient<Empty<Bytes>>,
     /// When the last fetch started; held while fetching, so concurrent refetches coalesce.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
     refresh_every: Duration,
@@ -43,9 +58,7 @@ impl RemoteKeys {
                 url.parse()
                     .map_err(|e| KeyError(format!("identity.jwks_url: `{url}`: {e}")))?,
             ),
-            (None, true, Some(issuer)) => {
-                Source::Discovery(issuer.trim_end_matches('/').to_string())
-            }
+            (None, true, Some(issuer)) => Source::Discovery(issuer.clone()),
             (None, true, None) => {
                 return Err(KeyError("identity.discovery needs identity.issuer".into()));
             }
@@ -54,7 +67,8 @@ impl RemoteKeys {
         Ok(Some(Arc::new(RemoteKeys {
             source,
             keys: ArcSwap::from_pointee(Vec::new()),
-            client: crate::http_client::build(None, Duration::from_secs(5)).map_err(KeyError)?,
+            client: build(None, Duration::from_secs(5))
+                .map_err(|e| KeyError(format!("identity provider client: {e}")))?,
             last_fetch: tokio::sync::Mutex::new(None),
             refresh_every: config.jwks_refresh,
             min_refetch: config.jwks_min_refetch,
@@ -69,9 +83,10 @@ impl RemoteKeys {
         min_refetch: Duration,
     ) -> Result<Arc<RemoteKeys>, KeyError> {
         Ok(Arc::new(RemoteKeys {
-            source: Source::Discovery(issuer.trim_end_matches('/').to_string()),
+            source: Source::Discovery(issuer.to_string()),
             keys: ArcSwap::from_pointee(Vec::new()),
-            client: crate::http_client::build(None, Duration::from_secs(5)).map_err(KeyError)?,
+            client: build(None, Duration::from_secs(5))
+                .map_err(|e| KeyError(format!("identity provider client: {e}")))?,
             last_fetch: tokio::sync::Mutex::new(None),
             refresh_every,
             min_refetch,
@@ -82,53 +97,34 @@ impl RemoteKeys {
         self.keys.load().len()
     }
 
-    async fn get_json(&self, uri: Uri) -> Result<serde_json::Value, String> {
-        let req = Request::get(uri.clone())
-            .header(header::ACCEPT, "application/json")
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
-        let resp = tokio::time::timeout(FETCH_TIMEOUT, self.client.request(req))
-            .await
-            .map_err(|_| format!("{uri}: timed out"))?
-            .map_err(|e| format!("{uri}: {e}"))?;
-        if resp.status() != StatusCode::OK {
-            return Err(format!("{uri}: answered {}", resp.status()));
-        }
-        let body = Limited::new(resp.into_body(), MAX_DOCUMENT_BYTES)
-            .collect()
-            .await
-            .map_err(|e| format!("{uri}: {e}"))?
-            .to_bytes();
-        serde_json::from_slice(&body).map_err(|e| format!("{uri}: {e}"))
-    }
-
     /// Fetches the keys now. On success they replace the current ones; on failure the
     /// current ones stay.
-    pub async fn fetch(&self) -> Result<usize, String> {
+    pub async fn fetch(&self) -> Result<usize, KeyFetchError> {
         let jwks_uri = match &self.source {
-            Source::Jwks(uri) => uri.clone(),
-            Source::Discovery(issuer) => {
-                let doc = self
-                    .get_json(
-                        format!("{issuer}/.well-known/openid-configuration")
-                            .parse()
-                            .map_err(|e| format!("discovery URL: {e}"))?,
-                    )
-                    .await?;
-                doc.get("jwks_uri")
-                    .and_then(|v| v.as_str())
-                    .ok_or("discovery document has no jwks_uri")?
-                    .parse()
-                    .map_err(|e| format!("jwks_uri: {e}"))?
-            }
+            Source::Jwks(uri) => uri.to_string(),
+            Source::Discovery(issuer) => discover(&self.client, issuer)
+                .await?
+                .jwks_uri
+                .ok_or(KeyFetchError::NoJwksUri)?
+                .to_string(),
         };
-        let doc = self.get_json(jwks_uri.clone()).await?;
-        let (keys, problems) = keys_from_jwks(&doc.to_string(), &jwks_uri.to_string());
+        let fetched = fetch(
+            &self.client,
+            get_json_request(&jwks_uri, Empty::new())?,
+            FETCH_TIMEOUT,
+            MAX_DOCUMENT_BYTES,
+        )
+        .await?
+        .ok()?;
+        let text = std::str::from_utf8(&fetched.body).map_err(|_| KeyFetchError::NoUsableKeys {
+            uri: jwks_uri.clone(),
+        })?;
+        let (keys, problems) = keys_from_jwks(text, &jwks_uri);
         for p in &problems {
             tracing::warn!(problem = %p, "skipping a key of the identity provider");
         }
         if keys.is_empty() {
-            return Err(format!("{jwks_uri}: no usable keys"));
+            return Err(KeyFetchError::NoUsableKeys { uri: jwks_uri });
         }
         let n = keys.len();
         self.keys.store(Arc::new(keys));

@@ -1,0 +1,175 @@
+//! The one rescue point: every error of the request path becomes its response here, and
+//! nowhere else — the shape of every refusal (status, JSON or HTML body,
+//! `WWW-Authenticate`, `Retry-After`) and the one decision to send a browser to sign in
+//! instead of answering 401.
+
+use http::{HeaderValue, Method, Response, StatusCode, header};
+
+use super::error::GatewayError;
+use crate::http::body::{ProxyBody, full_body};
+use crate::http::cookies;
+use crate::http::gateway_paths;
+use crate::http::page;
+use crate::identity::IdentityError;
+
+/// Whether a browser should be sent to sign in rather than answered `error`: a navigation
+/// (prefers HTML, `GET`/`HEAD`) that carried no usable credentials — none at all, or an
+/// expired or invalid session — on a route that needs them, or that the policy refused
+/// for want of a signed-in user. A rejected bearer token stays a 401: that client is not
+/// a person at a browser.
+pub fn wants_sign_in(error: &GatewayError, method: &Method, wants_html: bool) -> bool {
+    let missing_credentials = match error {
+        GatewayError::Unauthorized(e) => matches!(
+            e,
+            IdentityError::Missing | IdentityError::SessionExpired | IdentityError::SessionInvalid
+        ),
+        GatewayError::Denied {
+            status, anonymous, ..
+        } => *status == StatusCode::UNAUTHORIZED && *anonymous,
+        _ => false,
+    };
+    missing_credentials && wants_html && (method == Method::GET || method == Method::HEAD)
+}
+
+/// The response for `error`: JSON for API clients, a small page for browsers
+/// (`wants_html`). Never cached.
+pub fn refusal(error: &GatewayError, wants_html: bool) -> Response<ProxyBody> {
+    let described = error.describe();
+    let status = described.status;
+    let word = error_word(status);
+    let mut builder = Response::builder()
+        .status(status)
+        .header(header::CACHE_CONTROL, "no-store");
+    if let GatewayError::Unauthorized(e) = error {
+        builder = builder.header(header::WWW_AUTHENTICATE, e.www_authenticate());
+    }
+    if let GatewayError::Overloaded { retry_after_secs } = error {
+        builder = builder.header(header::RETRY_AFTER, *retry_after_secs);
+    }
+    let (content_type, body) = if wants_html {
+        let page = html_page(status, word, described.reason, described.sign_in_failure);
+        ("text/html; charset=utf-8", page)
+    } else {
+        let body = serde_json::json!({"error": word, "reason": described.reason});
+        ("application/json", body.to_string())
+    };
+    let mut response = builder
+        .header(header::CONTENT_TYPE, HeaderValue::from_static(content_type))
+        .body(full_body(body))
+        .unwrap_or_else(|_| {
+            let mut r = Response::new(full_body(String::new()));
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            r
+        });
+    if let GatewayError::SignIn {
+        clear_cookie: Some(cookie),
+        ..
+    } = error
+    {
+        cookies::append_all(response.headers_mut(), [cookie.clone()]);
+    }
+    response
+}
+
+/// Logs what deserves it: failures of the gateway or of the services it depends on, and
+/// failed sign-ins (whose page only says what failed in general).
+pub fn log(error: &GatewayError) {
+    if !error.describe().log {
+        return;
+    }
+    match error {
+        GatewayError::SignIn { error, .. } => tracing::warn!(
+            error = %error,
+            source = ?std::error::Error::source(error),
+            reason = error.reason(),
+            "sign-in failed"
+        ),
+        _ => tracing::warn!(
+            error = %error,
+            source = ?std::error::Error::source(error),
+            "request refused"
+        ),
+    }
+}
+
+/// The `error` field of the error body.
+fn error_word(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
+        StatusCode::BAD_GATEWAY => "bad_gateway",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        StatusCode::GATEWAY_TIMEOUT => "gateway_timeout",
+        s if s.is_client_error() => "forbidden",
+        _ => "internal_error",
+    }
+}
+
+fn html_page(status: StatusCode, word: &str, reason: &str, sign_in: Option<&str>) -> String {
+    // `reason` comes from the policy; escape it like any untrusted text.
+    let reason = page::escape(reason);
+    let title = status.canonical_reason().unwrap_or(word);
+    let extra = match sign_in {
+        Some(what) => format!(
+            "<p>Sign-in failed: {}.</p><p><a href=\"{}\">Sign in again</a></p>",
+            page::escape(what),
+            gateway_paths::LOGIN
+        ),
+        None => String::new(),
+    };
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{code} {title}</title></head>\
+         <body style=\"font-family:sans-serif;margin:3em\"><h1>{code} {title}</h1>\
+         <p>guestgate refused this request: <code>{reason}</code>.</p>{extra}</body></html>\n",
+        code = status.as_u16(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_browser_navigations_without_credentials_are_sent_to_sign_in() {
+        use IdentityError::*;
+        let unauthorized = |e| GatewayError::Unauthorized(e);
+        assert!(wants_sign_in(&unauthorized(Missing), &Method::GET, true));
+        assert!(wants_sign_in(
+            &unauthorized(SessionExpired),
+            &Method::HEAD,
+            true
+        ));
+        assert!(wants_sign_in(
+            &unauthorized(SessionInvalid),
+            &Method::GET,
+            true
+        ));
+        assert!(
+            !wants_sign_in(&unauthorized(Missing), &Method::GET, false),
+            "API client"
+        );
+        assert!(
+            !wants_sign_in(&unauthorized(Missing), &Method::POST, true),
+            "a body would be lost"
+        );
+        assert!(
+            !wants_sign_in(&unauthorized(InvalidSignature), &Method::GET, true),
+            "bad bearer token"
+        );
+        let denied = |anonymous| GatewayError::Denied {
+            reason: "sign_in_required".into(),
+            status: StatusCode::UNAUTHORIZED,
+            anonymous,
+        };
+        assert!(wants_sign_in(&denied(true), &Method::GET, true));
+        assert!(
+            !wants_sign_in(&denied(false), &Method::GET, true),
+            "a signed-in user the policy refuses is not sent to sign in again"
+        );
+    }
+}
