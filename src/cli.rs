@@ -1,4 +1,4 @@
-//! The command line (contract §1): parse arguments, load config, call into the library.
+//! The command line (README.md, `guestgate --help`): parse arguments, load config, call into the library.
 //! Exit codes: 0 success, 1 a failed check or test, 2 bad usage or an invalid config.
 
 use std::path::{Path, PathBuf};
@@ -443,7 +443,7 @@ fn eval(
             unjudged
                 .route
                 .as_ref()
-                .map_or(serde_json::Value::Null, route_json),
+                .map_or(serde_json::Value::Null, |r| route_json(r)),
             serde_json::Value::Null,
             denied(&unjudged.error),
             None,

@@ -1,4 +1,4 @@
-//! The data document (contract §4): groups, users and the spaces shared with guests.
+//! The data document (docs/CONFIGURATION.md, "Data document"): groups, users and the spaces shared with guests.
 //!
 //! It is parsed into typed form once per snapshot. The typed form answers the questions the
 //! Rust side asks (a user's effective groups, whether someone is a guest before a content
@@ -16,12 +16,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::routes::Action;
 
 /// A problem in the data document.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{}: {message}", file.display())]
-pub struct DataError {
-    pub file: PathBuf,
-    pub message: String,
-}
+pub type DataError = crate::files::FileError;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,7 +150,7 @@ pub struct SpaceGrants {
 /// The directory's facts about one caller, as the policy input carries them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallerFacts {
-    /// The guest rule (contract §4) over the caller's effective groups.
+    /// The guest rule (docs/CONFIGURATION.md, "Data document") over the caller's effective groups.
     pub guest: bool,
     /// The user's own `expires` has passed: their guest access has ended.
     pub expired: bool,
@@ -323,7 +318,7 @@ impl Directory {
         groups
     }
 
-    /// The guest rule (contract §4): at least one group, and every group a guest group.
+    /// The guest rule (docs/CONFIGURATION.md, "Data document"): at least one group, and every group a guest group.
     /// The policy decides; the gateway uses this only to know when a guest's request needs
     /// more facts (a content id's space) before the policy can decide.
     pub fn is_guest(&self, groups: &[Arc<str>]) -> bool {
@@ -333,7 +328,7 @@ impl Directory {
                 .all(|g| self.groups.get(&**g).is_some_and(|e| e.guest))
     }
 
-    /// What the directory says of a caller at `now`, for the policy input (contract §5:
+    /// What the directory says of a caller at `now`, for the policy input (docs/POLICIES.md:
     /// `input.user.guest`, `expired`, `permissions`). Computed here, by direct lookups on the
     /// typed document, because the same reasoning in Rego (an `every` over the groups, a
     /// walk over each group's grant and membership) cost three times the whole rest of an

@@ -9,6 +9,7 @@ pub mod changes;
 pub mod cli;
 pub mod config;
 pub mod directory;
+pub mod files;
 pub mod gateway;
 pub mod http;
 pub mod identity;

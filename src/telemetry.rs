@@ -32,7 +32,7 @@ pub fn init_logging(format: LogFormat) {
 /// request path never blocks on logging.
 const DECISION_QUEUE: usize = 8192;
 
-/// Decision log (contract §8): one JSON line per decision, written by its own thread.
+/// Decision log (docs/OPERATIONS.md, "Decision log"): one JSON line per decision, written by its own thread.
 pub struct DecisionLog {
     sender: Option<SyncSender<String>>,
     dropped: AtomicU64,

@@ -1,4 +1,4 @@
-# guestgate's shipped guest policy (contract §4, §5).
+# guestgate's shipped guest policy (docs/CONFIGURATION.md "Data document", docs/POLICIES.md).
 #
 # Input: request, route (family, space, content, action, public, filtered) and user (name,
 # groups — the directory's and the token's, unioned — authenticated, claims), plus what the

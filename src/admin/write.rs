@@ -2,7 +2,7 @@
 //! revoke, remove a guest. Off unless `admin.write = true`; then every call needs
 //! `Authorization: Bearer <token>` from `admin.write_token_env`. Each change edits the data
 //! document and goes through `data_file::change_data`: validated like a reload, written
-//! atomically, activated as a new revision. docs/ADMIN-API.md has the reference.
+//! atomically, activated as a new revision. docs/GUEST-LIFECYCLE.md ("The admin write API") has the reference.
 
 use std::collections::BTreeSet;
 

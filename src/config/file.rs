@@ -1,4 +1,4 @@
-//! Serde mirror of the TOML config file (contract §2). Only shape and defaults live here;
+//! Serde mirror of the TOML config file (docs/CONFIGURATION.md). Only shape and defaults live here;
 //! meaning and cross-field rules are checked in `validate.rs`.
 
 use serde::Deserialize;

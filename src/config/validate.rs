@@ -10,14 +10,10 @@ use http::HeaderName;
 
 use super::file::FileConfig;
 use super::*;
+use crate::http::gateway_paths;
 
 /// One problem with the config file.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{file}: {message}")]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub message: String,
-}
+pub type ConfigError = crate::files::FileError;
 
 /// Every problem found in one config file.
 #[derive(Debug, Clone)]
@@ -585,12 +581,12 @@ impl Validator {
             );
         }
         let reserved = [
-            "/_guestgate/login",
-            "/_guestgate/logout",
-            "/_guestgate/signed-out",
+            gateway_paths::LOGIN,
+            gateway_paths::LOGOUT,
+            gateway_paths::SIGNED_OUT,
         ];
-        let path_ok = o.redirect_path.starts_with("/_guestgate/")
-            && o.redirect_path.len() > "/_guestgate/".len()
+        let path_ok = o.redirect_path.starts_with(gateway_paths::PREFIX)
+            && o.redirect_path.len() > gateway_paths::PREFIX.len()
             && crate::http::canonical::canonicalize(&o.redirect_path)
                 .ok()
                 .as_deref()

@@ -1,4 +1,4 @@
-//! The one canonical form of a request path (contract §3.2).
+//! The one canonical form of a request path (docs/CONFIGURATION.md, "Request targets").
 //!
 //! The gateway judges a request by its path, and the wiki (Tomcat, for Confluence) acts on
 //! its own reading of that path. If the two readings can differ, a guest can walk around a

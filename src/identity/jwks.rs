@@ -12,7 +12,7 @@ use http::Uri;
 use http_body_util::Empty;
 
 use super::discovery::{DiscoveryError, discover};
-use super::verify::{KeyError, VerifyKey, keys_from_jwks};
+use super::keys::{KeyError, VerifyKey, keys_from_jwks};
 use crate::config::IdentityConfig;
 use crate::http::client::{FetchError, HttpsClient, build, fetch, get_json_request};
 

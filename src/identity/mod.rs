@@ -10,6 +10,7 @@
 
 pub mod discovery;
 pub mod jwks;
+pub mod keys;
 pub mod oidc;
 pub mod verify;
 
@@ -17,7 +18,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use jwks::RemoteKeys;
-pub use verify::{KeyError, MAX_TOKEN_BYTES, Verifier};
+pub use keys::KeyError;
+pub use verify::{MAX_TOKEN_BYTES, Verifier};
 
 /// Why a token was not accepted; each is the `reason` of a 401.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

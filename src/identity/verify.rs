@@ -7,26 +7,18 @@ use std::time::Duration;
 
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::config::{IdentityConfig, TokenSource};
 
 use super::jwks::RemoteKeys;
+use super::keys::{KeyError, VerifyKey, keys_from_jwks};
 use super::{Caller, Identity, IdentityError, sha256, unix_now};
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// A verified token is cached at most this long (and never past its `exp`).
 pub(crate) const MAX_TOKEN_CACHE: Duration = Duration::from_secs(600);
-
-/// One verification key, pinned to one algorithm.
-#[derive(Clone)]
-pub struct VerifyKey {
-    kid: Option<String>,
-    alg: Algorithm,
-    key: DecodingKey,
-}
 
 /// The keys and claim rules of one snapshot, with the cache of tokens verified under them.
 pub struct Verifier {
@@ -50,11 +42,6 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
-/// A problem loading keys.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct KeyError(pub String);
-
 pub(crate) struct UntilExp;
 
 impl moka::Expiry<[u8; 32], Arc<Identity>> for UntilExp {
@@ -66,54 +53,6 @@ impl moka::Expiry<[u8; 32], Arc<Identity>> for UntilExp {
     ) -> Option<Duration> {
         let left = value.expires_at.saturating_sub(unix_now());
         Some(Duration::from_secs(left).min(MAX_TOKEN_CACHE))
-    }
-}
-
-/// Parses a JWKS document: the usable public keys, and a problem for each unusable one.
-pub(crate) fn keys_from_jwks(text: &str, origin: &str) -> (Vec<VerifyKey>, Vec<KeyError>) {
-    let set = match serde_json::from_str::<JwkSet>(text) {
-        Ok(set) => set,
-        Err(e) => return (Vec::new(), vec![KeyError(format!("{origin}: {e}"))]),
-    };
-    let mut keys = Vec::new();
-    let mut errors = Vec::new();
-    for (i, jwk) in set.keys.iter().enumerate() {
-        let at = format!("{origin}: key #{}", i + 1);
-        let Some(alg) = jwk_algorithm(jwk) else {
-            errors.push(KeyError(format!("{at}: no supported algorithm")));
-            continue;
-        };
-        if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
-            errors.push(KeyError(format!(
-                "{at}: symmetric keys do not belong in a JWKS; use hs256_secret_env"
-            )));
-            continue;
-        }
-        match DecodingKey::from_jwk(jwk) {
-            Ok(key) => keys.push(VerifyKey {
-                kid: jwk.common.key_id.clone(),
-                alg,
-                key,
-            }),
-            Err(e) => errors.push(KeyError(format!("{at}: {e}"))),
-        }
-    }
-    (keys, errors)
-}
-
-fn jwk_algorithm(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
-    if let Some(alg) = jwk.common.key_algorithm {
-        return Algorithm::from_str(&alg.to_string()).ok();
-    }
-    match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => Some(Algorithm::RS256),
-        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
-            EllipticCurve::P256 => Some(Algorithm::ES256),
-            EllipticCurve::P384 => Some(Algorithm::ES384),
-            _ => None,
-        },
-        AlgorithmParameters::OctetKeyPair(_) => Some(Algorithm::EdDSA),
-        _ => None,
     }
 }
 

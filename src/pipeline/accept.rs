@@ -62,7 +62,7 @@ pub fn asterisk_options(head: &Parts) -> Option<Response<ProxyBody>> {
 
 /// Stage 1. `Ok`: the canonical path and the parsed query. `Err`: 405 for `CONNECT` (the
 /// gateway is no tunnel), 431 over the header limits, 400 for a path that cannot be made
-/// canonical (contract §3.2) or a repeated captured query parameter. An absolute-form
+/// canonical (docs/CONFIGURATION.md, "Request targets") or a repeated captured query parameter. An absolute-form
 /// target (`GET http://host/path`) is judged, like any other, by its path alone.
 pub fn accept(
     head: &Parts,

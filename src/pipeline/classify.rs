@@ -8,8 +8,8 @@ use http::header;
 
 use super::accept::Accepted;
 use super::forward::{Upstream, UpstreamBody};
-use crate::http::client::{FetchError, exchange, get_json_request};
-use crate::pipeline::error::GatewayError;
+use crate::http::client::{exchange, get_json_request};
+use crate::pipeline::error::{GatewayError, LookupError};
 use crate::routes::{ContentLookup, Route, RouteProfile};
 
 /// Largest lookup answer read; Confluence's content with `expand=space` is a few KB.
@@ -21,17 +21,6 @@ pub fn classify(profile: &RouteProfile, accepted: &Accepted, json_rewriting: boo
     let mut route = profile.classify(&accepted.method, &accepted.path, &accepted.params);
     route.filtered = route.rewrites.filter_spaces && json_rewriting;
     route
-}
-
-/// Why a content id's space could not be found.
-#[derive(Debug, thiserror::Error)]
-pub enum LookupError {
-    #[error("the route profile has no lookup for this route")]
-    NoLookup,
-    #[error(transparent)]
-    Fetch(#[from] FetchError),
-    #[error("the wiki's answer has no space key at {0}")]
-    NoSpace(String),
 }
 
 /// Content id → space key, shared by all snapshots (it depends on the wiki, not on policy).

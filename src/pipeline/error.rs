@@ -8,11 +8,21 @@ use std::sync::Arc;
 use http::{HeaderValue, StatusCode};
 
 use crate::http::body::{BoxError, ClientBodyError};
+use crate::http::client::FetchError;
 use crate::identity::IdentityError;
 use crate::identity::oidc::SignInError;
 use crate::policy::PolicyError;
 
-use super::classify::LookupError;
+/// Why a content id's space could not be found.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("the route profile has no lookup for this route")]
+    NoLookup,
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("the wiki's answer has no space key at {0}")]
+    NoSpace(String),
+}
 
 /// Everything that can end a request before (or instead of) the upstream's answer.
 #[derive(Debug, thiserror::Error)]

@@ -52,7 +52,7 @@ pub struct Judged {
 pub struct Unjudged {
     pub error: GatewayError,
     /// The route, when classification was reached.
-    pub route: Option<Route>,
+    pub route: Option<Box<Route>>,
 }
 
 /// Accept → classify → principal → decide, without I/O. `content_space` stands in for the
@@ -71,7 +71,7 @@ pub fn judge(
     let admitted =
         admit(snapshot, config, &accepted, &head.headers, caller).map_err(|error| Unjudged {
             error,
-            route: Some(route.clone()),
+            route: Some(Box::new(route.clone())),
         })?;
     let Admitted {
         mut route,
@@ -84,7 +84,7 @@ pub fn judge(
     let decided =
         decide::decide(snapshot, &accepted, &route, principal, true).map_err(|error| Unjudged {
             error,
-            route: Some(route.clone()),
+            route: Some(Box::new(route.clone())),
         })?;
     Ok(Judged {
         accepted,

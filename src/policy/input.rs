@@ -1,4 +1,4 @@
-//! The policy input document (contract §5), built directly as a regorus `Value` (building it
+//! The policy input document (docs/POLICIES.md), built directly as a regorus `Value` (building it
 //! through JSON text costs several times more).
 
 use std::collections::BTreeMap;

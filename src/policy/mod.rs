@@ -29,7 +29,7 @@ pub enum PolicyError {
     Shape(String),
 }
 
-/// What the policy decided for one request (contract §5).
+/// What the policy decided for one request (docs/POLICIES.md).
 #[derive(Debug, Clone)]
 pub struct Decision {
     pub allow: bool,

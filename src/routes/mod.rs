@@ -1,4 +1,4 @@
-//! Route profiles (contract §3): which requests touch which family, space, content and user.
+//! Route profiles (docs/CONFIGURATION.md, "Route profile"): which requests touch which family, space, content and user.
 //!
 //! A profile file is parsed and validated once per snapshot into a [`RouteProfile`]; the
 //! request path only runs [`RouteProfile::classify`], one `RegexSet` pass over the
@@ -16,7 +16,7 @@ pub mod extract;
 mod file;
 mod validate;
 
-/// What part of the wiki a request touches (contract §3.1).
+/// What part of the wiki a request touches (docs/CONFIGURATION.md, "Route profile").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
     Space,
@@ -152,7 +152,7 @@ impl Action {
     }
 }
 
-/// The response rewrites a route asks for (contract §6).
+/// The response rewrites a route asks for (docs/REWRITING.md).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Rewrites {
     pub tag_users: bool,
@@ -160,7 +160,7 @@ pub struct Rewrites {
     pub banner: bool,
 }
 
-/// How the space of a content id is found (contract §6).
+/// How the space of a content id is found (docs/REWRITING.md).
 #[derive(Debug, Clone)]
 pub struct ContentLookup {
     /// `None` for the profile's `[content_lookup]`; the name of a `[lookup.NAME]` otherwise
@@ -266,12 +266,7 @@ pub struct RouteProfile {
 }
 
 /// A problem in a route profile, with the file and where in it.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{}: {message}", file.display())]
-pub struct ProfileError {
-    pub file: PathBuf,
-    pub message: String,
-}
+pub type ProfileError = crate::files::FileError;
 
 impl RouteProfile {
     /// Finds the first rule that matches the canonical path, method and query parameters.

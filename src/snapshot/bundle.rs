@@ -20,15 +20,7 @@ const MAX_BUNDLE_BYTES: usize = 64 << 20;
 const POLL_DEADLINE: Duration = Duration::from_secs(30);
 const MAX_UNPACKED_BYTES: u64 = 256 << 20;
 
-/// The policy part of a snapshot, taken from a bundle instead of `policy.dir`/`policy.data`.
-#[derive(Debug, Clone)]
-pub struct BundleContents {
-    pub revision: Option<String>,
-    /// Rego files, named by their path inside the bundle.
-    pub files: Vec<(PathBuf, String)>,
-    /// The merged data document, as JSON text.
-    pub data: String,
-}
+pub use super::BundleContents;
 
 /// Why a bundle was refused, or could not be had.
 #[derive(Debug, thiserror::Error)]

@@ -7,6 +7,7 @@ pub mod bundle;
 pub mod store;
 pub mod watch;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,13 +17,22 @@ use crate::identity::{KeyError, RemoteKeys, Verifier};
 use crate::policy::{Decision, Policy, PolicyError, read_policy_dir};
 use crate::routes::{ProfileError, RouteProfile};
 
+/// The policy part of a snapshot, taken from a bundle instead of `policy.dir`/`policy.data`.
+#[derive(Debug, Clone)]
+pub struct BundleContents {
+    pub revision: Option<String>,
+    /// Rego files, named by their path inside the bundle.
+    pub files: Vec<(PathBuf, String)>,
+    /// The merged data document, as JSON text.
+    pub data: String,
+}
+
 /// One problem found while building a snapshot.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LoadError {
+    /// The route profile or the data document.
     #[error("{0}")]
-    Profile(#[from] ProfileError),
-    #[error("{0}")]
-    Data(#[from] DataError),
+    File(#[from] crate::files::FileError),
     #[error("{0}")]
     Policy(#[from] PolicyError),
     #[error("{0}")]
@@ -86,7 +96,7 @@ impl Snapshot {
     pub fn build_with(
         config: &Config,
         remote_keys: Option<Arc<RemoteKeys>>,
-        bundle: Option<&bundle::BundleContents>,
+        bundle: Option<&BundleContents>,
         proposed_data: Option<&str>,
     ) -> Result<Snapshot, Vec<LoadError>> {
         let mut errors: Vec<LoadError> = Vec::new();

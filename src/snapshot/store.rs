@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use super::Snapshot;
-use super::bundle::BundleContents;
+use super::{BundleContents, Snapshot};
 use crate::config::Config;
 use crate::identity::RemoteKeys;
 use crate::telemetry::Metrics;

@@ -524,10 +524,10 @@ impl SignIn {
             .and_then(|json| serde_json::from_slice(&json).ok())
             .ok_or(SignInError::StateMismatch)?;
         if !constant_eq(login.state.as_bytes(), state.as_bytes()) {
-            return Err(SignInError::StateMismatch.into());
+            return Err(SignInError::StateMismatch);
         }
         if unix_now() >= login.exp {
-            return Err(SignInError::StateExpired.into());
+            return Err(SignInError::StateExpired);
         }
         let first_use = self
             .used_states
@@ -535,13 +535,13 @@ impl SignIn {
             .or_insert(())
             .is_fresh();
         if !first_use {
-            return Err(SignInError::StateReused.into());
+            return Err(SignInError::StateReused);
         }
         // RFC 9207: a provider that names itself in the response must be the one asked.
         if let Some(iss) = param("iss")
             && iss != self.config.issuer
         {
-            return Err(SignInError::IssuerMismatch.into());
+            return Err(SignInError::IssuerMismatch);
         }
         if let Some(error) = param("error") {
             let error: String = error
@@ -549,7 +549,7 @@ impl SignIn {
                 .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .take(64)
                 .collect();
-            return Err(SignInError::IdpRefused(error).into());
+            return Err(SignInError::IdpRefused(error));
         }
         let code = param("code")
             .filter(|c| !c.is_empty())
@@ -584,7 +584,7 @@ impl SignIn {
             None if self.config.allow_missing_groups => Vec::new(),
             None => {
                 tracing::warn!(user = %user, claim = %self.groups_claim, "sign-in refused: the provider gave no groups claim");
-                return Err(SignInError::GroupsUnavailable.into());
+                return Err(SignInError::GroupsUnavailable);
             }
         };
         let now = unix_now();

@@ -19,7 +19,7 @@ use crate::routes::extract::UserNameSource;
 pub const LABEL_HTML: &str = "<span class=\"guestgate-guest-label\">GUEST</span>";
 
 /// Injected once, first thing in `<body>`, so labels and the banner read as such without changing
-/// their contract markup.
+/// their documented markup (docs/REWRITING.md).
 pub const STYLE_HTML: &str = "<style id=\"guestgate-style\">\
 .guestgate-guest-label{display:inline-block;margin-left:4px;padding:0 4px;border-radius:3px;\
 background:#dfe1e6;color:#42526e;font:700 11px/16px sans-serif;vertical-align:middle;text-transform:uppercase}\
@@ -155,7 +155,7 @@ fn settings_for(plan: HtmlPlan) -> Settings<'static, 'static> {
                 if !placed {
                     placed = true;
                     // prepend() inserts at the very start: the last call comes first, so the
-                    // banner ends up right after <body ...> (contract §6), the style after it.
+                    // banner ends up right after <body ...> (docs/REWRITING.md), the style after it.
                     el.prepend(STYLE_HTML, ContentType::Html);
                     if let Some(banner) = &banner {
                         el.prepend(banner, ContentType::Html);

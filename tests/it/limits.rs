@@ -2,14 +2,12 @@
 //! with `Retry-After`), connection count, idle connections, HTTP/2 stream limits.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -3,18 +3,16 @@
 //! and the Guest access page.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use support::*;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 

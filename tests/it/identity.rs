@@ -1,12 +1,10 @@
 //! Identity: token sources, signatures, algorithm pinning, claim checks, the 401 answer.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
+use crate::support::*;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use http::StatusCode;
-use support::*;
 
 async fn gateway_with(identity_extra: &str) -> (Upstream, TestGateway) {
     let up = start_upstream().await;

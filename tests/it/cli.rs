@@ -1,11 +1,9 @@
 //! The command line, run as the real binary.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 
 fn guestgate(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_guestgate"))

@@ -1,10 +1,8 @@
 //! The admin listener: health, readiness, metrics, reload, guests.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
+use crate::support::*;
 use http::StatusCode;
-use support::*;
 
 #[tokio::test]
 async fn health_readiness_and_metrics() {

@@ -3,20 +3,18 @@
 //! Confluence's REST examples and page HTML (tests/fixtures).
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
-use support::*;
 
-const CONTENT: &str = include_str!("fixtures/content.json");
-const SEARCH: &str = include_str!("fixtures/search.json");
-const PAGE: &str = include_str!("fixtures/page.html");
+const CONTENT: &str = include_str!("../fixtures/content.json");
+const SEARCH: &str = include_str!("../fixtures/search.json");
+const PAGE: &str = include_str!("../fixtures/page.html");
 const LABEL: &str = "<span class=\"guestgate-guest-label\">GUEST</span>";
 const BANNER: &str =
     "<div class=\"guestgate-guest-banner\" role=\"note\">This space is shared with guests.</div>";

@@ -2,15 +2,13 @@
 //! without Rust — through the real gateway in front of the stand-in wiki.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn confluence_policy_cases() {
     let up = start_upstream().await;
     let gw = start_gateway(TestConfig::new(&up.url())).await;
-    run_cases(&up, &gw, include_str!("cases/confluence.json"), 80).await;
+    run_cases(&up, &gw, include_str!("../cases/confluence.json"), 80).await;
 }
 
 /// The MediaWiki profile's cases, against a stand-in that answers api.php's id lookups like
@@ -57,14 +55,14 @@ async fn mediawiki_policy_cases() {
     let up = start_upstream_with(handler).await;
     let dir = tempfile::tempdir().unwrap();
     let mut c = TestConfig::new(&up.url());
-    c.data = include_str!("../examples/mediawiki/data.json").to_string();
+    c.data = include_str!("../../examples/mediawiki/data.json").to_string();
     let path = write_config(dir.path(), &c);
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("routes/confluence.toml", "routes/mediawiki.toml");
     std::fs::write(&path, text).unwrap();
     let gw = start_gateway_in(dir, &path).await;
-    run_cases(&up, &gw, include_str!("cases/mediawiki.json"), 80).await;
+    run_cases(&up, &gw, include_str!("../cases/mediawiki.json"), 80).await;
 }
 
 async fn run_cases(up: &Upstream, gw: &TestGateway, text: &str, at_least: usize) {

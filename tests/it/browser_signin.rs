@@ -3,14 +3,12 @@
 //! the guest banner, and gets the 403 page for a space that is not shared with it.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::sync::Arc;
 
+use crate::support::*;
 use http::{Response, StatusCode};
-use support::*;
 
-const PAGE: &str = include_str!("fixtures/page.html");
+const PAGE: &str = include_str!("../fixtures/page.html");
 
 /// A wiki whose pages are HTML (so the banner rewrite applies).
 fn html_wiki() -> Handler {

@@ -3,11 +3,9 @@
 //! tricks. Each case names the status it must get and what, if anything, the wiki may see.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
+use crate::support::*;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use support::*;
 
 /// What the wiki may receive for one case.
 #[derive(Debug, Clone, Copy)]
@@ -27,7 +25,7 @@ struct Case {
 
 /// The status line's code and the whole answer of one raw exchange.
 async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> (u16, String) {
-    let answer = support::raw(addr, raw).await;
+    let answer = crate::support::raw(addr, raw).await;
     let status = answer
         .strip_prefix("HTTP/1.1 ")
         .and_then(|rest| rest.get(..3))

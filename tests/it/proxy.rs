@@ -1,16 +1,14 @@
 //! The proxy itself: pass-through, forwarded headers, streaming, upstream failures, TLS + h2.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Frame;
-use support::*;
 
 #[tokio::test]
 async fn regular_user_passes_through_with_identity_and_forwarded_headers() {

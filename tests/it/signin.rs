@@ -3,12 +3,10 @@
 //! tampered state, replayed code and state, wrong nonce, expired or forged sessions.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::collections::BTreeMap;
 
+use crate::support::*;
 use http::StatusCode;
-use support::*;
 
 /// A browser stand-in: one cookie jar for 127.0.0.1 (browsers do not split cookies by
 /// port), `Accept: text/html`, redirects followed by hand so each step can be checked.

@@ -10,14 +10,12 @@
 //! script) instead of starting one.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 
-const DATA: &str = include_str!("../examples/mediawiki/data.json");
+const DATA: &str = include_str!("../../examples/mediawiki/data.json");
 
 /// A wiki started by `scripts/mediawiki.sh`, stopped (its own processes, by PID) on drop —
 /// also when a test fails.

@@ -2,10 +2,8 @@
 //! decision cache whose key covers everything a decision depends on.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
+use crate::support::*;
 use http::StatusCode;
-use support::*;
 
 async fn setup() -> (Upstream, TestGateway) {
     let up = start_upstream().await;

@@ -1,14 +1,12 @@
 //! Operations: reload storms, file watching, dry runs, keys from an identity provider.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use http::{Response, StatusCode};
-use support::*;
 
 /// 100 reloads, a third of them invalid, while a client keeps sending requests: no request
 /// fails, and the revision serving at the end is the last valid one.

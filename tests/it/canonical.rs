@@ -1,4 +1,4 @@
-//! Property tests for the canonical path (contract §3.2) against the shipped Confluence
+//! Property tests for the canonical path (docs/CONFIGURATION.md, "Request targets") against the shipped Confluence
 //! profile: whatever spelling of a path Tomcat would read as one resource, the gateway must
 //! read as one route. A few hundred cases per property keep the CI run short; the fuzz
 //! targets in `fuzz/` search much further.

@@ -1,13 +1,11 @@
 //! OPA bundles polled from a bundle server on loopback: ETags, corrupt bundles, outages.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use http::{Response, StatusCode};
-use support::*;
 
 fn bundle(revision: &str, data: &serde_json::Value) -> Vec<u8> {
     let mut tar = tar::Builder::new(Vec::new());

@@ -1,0 +1,42 @@
+//! Test support, by role: a recording upstream on loopback (`upstream`), a real gateway on
+//! port 0 in front of it (`gateway`), token minting (`tokens`), an HTTP client (`client`)
+//! and a real OpenID Provider (`oidc`). Everything binds to 127.0.0.1 port 0.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use guestgate::config::Config;
+use guestgate::gateway::Gateway;
+use guestgate::server::{self, Running};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
+pub const ISSUER: &str = "https://idp.test";
+pub const AUDIENCE: &str = "wiki";
+
+mod client;
+mod gateway;
+#[macro_use]
+mod oidc;
+mod tokens;
+mod upstream;
+
+pub use client::*;
+pub use gateway::*;
+pub use oidc::*;
+pub use tokens::*;
+pub use upstream::*;
