@@ -280,9 +280,7 @@ fn check(path: &Path) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    if let Err(e) =
-        crate::pipeline::forward::Upstream::new(&config.upstream, config.server.request_timeout, 0)
-    {
+    if let Err(e) = crate::pipeline::forward::Upstream::new(&config.upstream, &config.server) {
         eprintln!("{}: {e}", config.path.display());
         return ExitCode::from(2);
     }

@@ -13,7 +13,9 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::config::UnknownUsers;
 use crate::routes::Action;
+use crate::routes::extract::UserNames;
 
 /// A problem in the data document.
 pub type DataError = crate::files::FileError;
@@ -150,7 +152,12 @@ pub struct SpaceGrants {
 /// The directory's facts about one caller, as the policy input carries them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallerFacts {
-    /// The guest rule (docs/CONFIGURATION.md, "Data document") over the caller's effective groups.
+    /// At least one of the caller's groups is a declared regular group: the only way to be
+    /// a regular user (docs/CONFIGURATION.md, "Data document").
+    pub regular: bool,
+    /// The guest rule over the caller's effective groups: no regular group, and at least
+    /// one declared guest group — or no declared group at all under
+    /// `identity.unknown_users = "guest"`.
     pub guest: bool,
     /// The user's own `expires` has passed: their guest access has ended.
     pub expired: bool,
@@ -175,6 +182,22 @@ pub struct Directory {
     pub expiry_items: Vec<(OffsetDateTime, String)>,
     /// The document as the policy sees it under `data`.
     pub rego_data: regorus::Value,
+    /// How the wiki compares user names; every name in the document and every lookup
+    /// goes through [`UserNames::canonical`].
+    pub user_names: UserNames,
+    /// What becomes of a user with no declared group.
+    pub unknown_users: UnknownUsers,
+}
+
+/// Where a caller stands by the guest rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// At least one declared regular group (permissions are additive).
+    Regular,
+    /// Declared guest groups only.
+    Guest,
+    /// No declared group at all: unknown names, undeclared groups, no groups.
+    Unclassified,
 }
 
 impl Directory {
@@ -188,7 +211,18 @@ impl Directory {
         Self::parse(path, &text)
     }
 
+    /// Parses a document whose user names match as written, with unclassified users denied.
     pub fn parse(path: &Path, text: &str) -> Result<Directory, Vec<DataError>> {
+        Self::parse_with(path, text, UserNames::Exact, UnknownUsers::Deny)
+    }
+
+    /// Parses a document for a wiki that compares user names by `user_names`.
+    pub fn parse_with(
+        path: &Path,
+        text: &str,
+        user_names: UserNames,
+        unknown_users: UnknownUsers,
+    ) -> Result<Directory, Vec<DataError>> {
         let err = |message: String| DataError {
             file: path.to_path_buf(),
             message,
@@ -207,7 +241,13 @@ impl Directory {
             seen: Vec::new(),
         };
         let mut users = HashMap::with_capacity(file.users.len());
-        for (name, u) in &file.users {
+        for (written, u) in &file.users {
+            let name = &user_names.canonical(written).into_owned();
+            if users.contains_key(name) {
+                errors.push(err(format!(
+                    "users: `{written}` and another entry are the same user to the wiki (`{name}`)"
+                )));
+            }
             let expires = expiries.parse(&format!("users.{name}"), &u.expires, &mut errors);
             let mut groups = Vec::with_capacity(u.groups.len());
             let mut membership_expires = BTreeMap::new();
@@ -268,10 +308,15 @@ impl Directory {
                     grants.groups.insert(group.clone(), g);
                 }
             }
-            for (user, grant) in &space.guests.users {
-                let at = format!("{at}.guests.users.{user}");
-                if let Some(g) = typed_grant(&at, grant, &mut errors, &mut expiries) {
-                    grants.users.insert(user.clone(), g);
+            for (written, grant) in &space.guests.users {
+                let at = format!("{at}.guests.users.{written}");
+                let user = user_names.canonical(written).into_owned();
+                if let Some(g) = typed_grant(&at, grant, &mut errors, &mut expiries)
+                    && grants.users.insert(user.clone(), g).is_some()
+                {
+                    errors.push(err(format!(
+                        "{at}: another entry is the same user to the wiki (`{user}`)"
+                    )));
                 }
             }
             if spaces.insert(upper.clone(), grants).is_some() {
@@ -292,6 +337,15 @@ impl Directory {
                 .collect();
             *spaces_json = upper;
         }
+        // And users by the wiki's spelling of their names, as the input names them.
+        if user_names != UserNames::Exact {
+            canonical_keys(json.get_mut("users"), user_names);
+            if let Some(serde_json::Value::Object(spaces_json)) = json.get_mut("spaces") {
+                for space in spaces_json.values_mut() {
+                    canonical_keys(space.pointer_mut("/guests/users"), user_names);
+                }
+            }
+        }
         let rego_data: regorus::Value =
             serde_json::from_value(json).map_err(|e| vec![err(format!("data document: {e}"))])?;
         let mut expiry_items = expiries.seen;
@@ -304,28 +358,63 @@ impl Directory {
             expiries,
             expiry_items,
             rego_data,
+            user_names,
+            unknown_users,
         })
     }
 
     /// A user's groups: the directory's ∪ the token's, sorted and without duplicates.
+    /// Groups the document does not declare (and empty names) are left out: a token that
+    /// names `offline_access` or `""` says nothing about who the user is to the wiki.
+    /// `user` is the wiki's spelling of the name ([`UserNames::canonical`]).
     pub fn effective_groups(&self, user: &str, token_groups: &[Arc<str>]) -> Vec<Arc<str>> {
-        let mut groups: Vec<Arc<str>> = token_groups.to_vec();
+        let mut groups: Vec<Arc<str>> = token_groups
+            .iter()
+            .filter(|g| self.groups.contains_key(&***g))
+            .cloned()
+            .collect();
         if let Some(u) = self.users.get(user) {
-            groups.extend(u.groups.iter().cloned());
+            groups.extend(
+                u.groups
+                    .iter()
+                    .filter(|g| self.groups.contains_key(&***g))
+                    .cloned(),
+            );
         }
         groups.sort();
         groups.dedup();
         groups
     }
 
-    /// The guest rule (docs/CONFIGURATION.md, "Data document"): at least one group, and every group a guest group.
-    /// The policy decides; the gateway uses this only to know when a guest's request needs
-    /// more facts (a content id's space) before the policy can decide.
+    /// The guest rule (docs/CONFIGURATION.md, "Data document"): one declared regular group
+    /// makes a user regular; declared guest groups only make a guest; nothing else places a
+    /// user at all.
+    pub fn standing(&self, groups: &[Arc<str>]) -> Standing {
+        let mut guest = false;
+        for g in groups {
+            match self.groups.get(&**g) {
+                Some(entry) if !entry.guest => return Standing::Regular,
+                Some(_) => guest = true,
+                None => {}
+            }
+        }
+        if guest {
+            Standing::Guest
+        } else {
+            Standing::Unclassified
+        }
+    }
+
+    /// Whether these groups are judged as a guest's: by the guest rule, or for want of any
+    /// declared group under `identity.unknown_users = "guest"`. The policy decides; the
+    /// gateway uses this to know when a request needs more facts (a content id's space)
+    /// before the policy can decide, and whom to tag.
     pub fn is_guest(&self, groups: &[Arc<str>]) -> bool {
-        !groups.is_empty()
-            && groups
-                .iter()
-                .all(|g| self.groups.get(&**g).is_some_and(|e| e.guest))
+        match self.standing(groups) {
+            Standing::Guest => true,
+            Standing::Regular => false,
+            Standing::Unclassified => self.unknown_users == UnknownUsers::Guest,
+        }
     }
 
     /// What the directory says of a caller at `now`, for the policy input (docs/POLICIES.md:
@@ -348,6 +437,7 @@ impl Directory {
             .and_then(|u| u.expires)
             .is_some_and(|expires| now >= expires);
         let mut facts = CallerFacts {
+            regular: self.standing(groups) == Standing::Regular,
             guest: self.is_guest(groups),
             expired,
             permissions: Vec::new(),
@@ -408,6 +498,17 @@ impl Directory {
     pub fn next_expiry_after(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
         let i = self.expiries.partition_point(|e| *e <= now);
         self.expiries.get(i).copied()
+    }
+}
+
+/// Re-keys a JSON object by the wiki's spelling of user names.
+fn canonical_keys(object: Option<&mut serde_json::Value>, names: UserNames) {
+    if let Some(serde_json::Value::Object(map)) = object {
+        let renamed: serde_json::Map<String, serde_json::Value> = std::mem::take(map)
+            .into_iter()
+            .map(|(k, v)| (names.canonical(&k).into_owned(), v))
+            .collect();
+        *map = renamed;
     }
 }
 
@@ -586,13 +687,79 @@ mod tests {
 
     #[test]
     fn facts_follow_the_guest_rule() {
-        assert!(facts("gary", &["acme-guests"], None, NOW).guest);
-        assert!(!facts("mia", &["acme-guests", "staff"], None, NOW).guest);
+        let gary = facts("gary", &["acme-guests"], None, NOW);
+        assert!(gary.guest && !gary.regular);
+        let mia = facts("mia", &["acme-guests", "staff"], None, NOW);
         assert!(
-            !facts("x", &["acme-guests", "not-in-directory"], None, NOW).guest,
-            "an unknown group counts as regular"
+            mia.regular && !mia.guest,
+            "one regular group makes a user regular"
         );
-        assert!(!facts("nobody", &[], Some("ENG"), NOW).guest);
+        let x = facts("x", &["acme-guests", "not-in-directory", ""], None, NOW);
+        assert!(
+            x.guest && !x.regular,
+            "undeclared and empty groups are ignored, never regular"
+        );
+        for (user, token) in [
+            ("nobody", &[][..]),
+            ("nobody", &["offline_access"][..]),
+            ("nobody", &[""][..]),
+        ] {
+            let f = facts(user, token, Some("ENG"), NOW);
+            assert!(
+                !f.guest && !f.regular,
+                "{user} {token:?}: no declared group places nobody"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_users_can_be_judged_as_guests() {
+        let d = Directory::parse_with(
+            Path::new("d.json"),
+            FACTS_DATA,
+            UserNames::Exact,
+            UnknownUsers::Guest,
+        )
+        .expect("valid");
+        let groups = d.effective_groups("nobody", &[Arc::from("offline_access")]);
+        assert!(groups.is_empty());
+        let f = d.facts(Some("nobody"), &groups, Some("ENG"), at(NOW));
+        assert!(f.guest && !f.regular && f.permissions.is_empty());
+    }
+
+    #[test]
+    fn names_match_as_the_wiki_matches_them() {
+        let d = Directory::parse_with(
+            Path::new("d.json"),
+            FACTS_DATA,
+            UserNames::CaseInsensitive,
+            UnknownUsers::Deny,
+        )
+        .expect("valid");
+        assert!(d.users.contains_key("tess"));
+        let cased = FACTS_DATA.replace("\"tess\"", "\"Tess\"");
+        let d = Directory::parse_with(
+            Path::new("d.json"),
+            &cased,
+            UserNames::CaseInsensitive,
+            UnknownUsers::Deny,
+        )
+        .expect("valid");
+        assert_eq!(
+            d.effective_groups("tess", &[]).len(),
+            1,
+            "the directory's Tess is the wiki's tess"
+        );
+        let twice = r#"{"groups": {"g": {"guest": true}},
+            "users": {"Gary": {"groups": ["g"]}, "gary": {"groups": ["g"]}}}"#;
+        let errs = Directory::parse_with(
+            Path::new("d.json"),
+            twice,
+            UserNames::CaseInsensitive,
+            UnknownUsers::Deny,
+        )
+        .expect_err("one user twice");
+        assert!(errs[0].message.contains("same user"), "{errs:?}");
     }
 
     #[test]

@@ -11,3 +11,12 @@ pub struct FileError {
     pub file: PathBuf,
     pub message: String,
 }
+
+/// Whether `name` can name something the operator or the wiki holds: not empty, no white
+/// space around it, no control characters.
+pub fn is_printable_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(char::is_whitespace)
+        && !name.ends_with(char::is_whitespace)
+        && !name.chars().any(char::is_control)
+}

@@ -3,7 +3,9 @@
 # Input: request, route (family, space, content, action, public, filtered) and user (name,
 # groups — the directory's and the token's, unioned — authenticated, claims), plus what the
 # gateway's directory says of the user at the request's instant:
-#   input.user.guest        the guest rule: at least one group, every one a guest group;
+#   input.user.regular      at least one of the user's groups is a declared regular group;
+#   input.user.guest        the guest rule: declared guest groups only (or no declared
+#                           group at all under identity.unknown_users = "guest");
 #   input.user.expired      the user's own `expires` has passed;
 #   input.user.permissions  what the user's active grants give in input.route.space (their
 #                           own grant and those of groups whose membership has not lapsed;
@@ -61,8 +63,11 @@ decision := allow("public_route") if {
 } else := deny("unauthenticated", 401) if {
 	input.user.authenticated != true
 } else := {"allow": true, "reason": "regular_user", "guest": false, "status": 200} if {
-	input.user.guest != true
-} else := guest_decision
+	input.user.regular == true
+} else := guest_decision if {
+	input.user.regular == false
+	input.user.guest == true
+} else := deny("user_unclassified", 403)
 
 # A guest's request is judged by the kind of family it touches; dispatching once on the
 # family keeps an evaluation to the few rules of that kind (regorus walks an else chain
@@ -93,15 +98,18 @@ profile_decision := guest_allow("own_profile") if {
 	shares_space_with(input.route.user)
 } else := guest_deny("profile_not_shared", 403)
 
-space_decision := guest_deny("space_unresolved", 403) if {
+# The one allowing branch states every fact it needs, so a missing or malformed fact can
+# only deny, in regorus and in OPA alike.
+space_decision := guest_allow("guest_space_permission") if {
+	is_string(input.route.space)
+	input.user.expired == false
+	input.route.action in input.user.permissions
+	# Defence in depth: the gateway never lists `admin` in the permissions.
+	grantable[input.route.action]
+} else := guest_deny("space_unresolved", 403) if {
 	not is_string(input.route.space)
 } else := guest_deny("space_not_granted", 403) if {
 	count(input.user.permissions) == 0
-} else := guest_deny(concat("", ["missing_permission_", input.route.action]), 403) if {
-	not input.route.action in input.user.permissions
-} else := guest_allow("guest_space_permission") if {
-	# Defence in depth: the gateway never lists `admin` in the permissions.
-	grantable[input.route.action]
 } else := guest_deny(concat("", ["missing_permission_", input.route.action]), 403)
 
 # Spaces whose items a guest's listings keep (the filter_spaces rewrite asks this rule,
@@ -135,9 +143,10 @@ shares_space_with(other) if {
 	data.spaces[key].guests.groups[membership_group(m)]
 }
 
-# A guest: at least one group, and every group a guest group. One regular group (or a group
-# the directory does not know, which counts as regular) makes the user regular. The gateway
-# applies the rule to the user's effective groups (input.user.guest).
+# A guest by the guest rule: declared guest groups only. One declared regular group makes a
+# user regular; groups the directory does not declare are ignored, so a user with none
+# declared is neither (and refused, unless identity.unknown_users = "guest"). The gateway
+# applies the rule to the user's effective groups (input.user.guest, input.user.regular).
 guest if input.user.guest == true
 
 guest_flag := true if guest

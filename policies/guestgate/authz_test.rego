@@ -36,9 +36,12 @@ fx_users := {
 
 # What the gateway's directory says of a guest holding `permissions` in the route's space,
 # and of a regular user.
-fx_guest(permissions) := {"guest": true, "expired": false, "permissions": permissions}
+fx_guest(permissions) := {"regular": false, "guest": true, "expired": false, "permissions": permissions}
 
-fx_regular := {"guest": false, "expired": false, "permissions": []}
+fx_regular := {"regular": true, "guest": false, "expired": false, "permissions": []}
+
+# Neither: no declared group at all (an unknown user, undeclared or no groups).
+fx_unclassified := {"regular": false, "guest": false, "expired": false, "permissions": []}
 
 fx_input(family, space, action, name, groups, facts) := {
 	"request": {"method": "GET", "path": "/", "query": {}},
@@ -68,21 +71,55 @@ test_regular_user_passes if {
 	d.guest == false
 }
 
-# Groups alone never make a guest: the directory's guest rule does (input.user.guest).
-test_guest_groups_without_the_guest_fact_are_regular if {
+# Groups alone never make a user regular or a guest: the directory's facts do
+# (input.user.regular, input.user.guest).
+test_guest_groups_with_the_regular_fact_are_regular if {
 	d := fx_decide(fx_input("people_directory", null, "view", "mia", ["acme-guests", "staff"], fx_regular))
 	d.allow == true
 	d.guest == false
 }
 
+test_regular_group_names_without_the_regular_fact_are_not_regular if {
+	d := fx_decide(fx_input("space", "ENG", "view", "x", ["staff"], fx_unclassified))
+	d.allow == false
+	d.reason == "user_unclassified"
+}
+
 # The gateway always sends the facts; an input without them (a hand-written one, a caller
-# other than the gateway) is judged as a guest's with nothing granted: it fails closed.
+# other than the gateway) is neither regular nor a guest: it fails closed.
 test_missing_facts_fail_closed if {
 	inp := fx_input("admin", null, "view", "x", ["staff"], {})
 	d := fx_decide(inp)
 	d.allow == false
-	d.reason == "guest_blocked_family"
+	d.reason == "user_unclassified"
 	fx_decide(fx_input("space", "ENG", "view", "x", ["staff"], {})).allow == false
+}
+
+# Every fact an allowed guest request rests on, taken away one at a time, denies.
+fx_allowed_guest := fx_gary("space", "ENG", "view", ["view", "comment"])
+
+# (object.union merges nested objects, so a fact is taken away by rebuilding the user.)
+fx_without(fact) := {
+	"request": fx_allowed_guest.request,
+	"route": fx_allowed_guest.route,
+	"user": {k: v | some k, v in fx_allowed_guest.user; k != fact},
+}
+
+fx_with_fact(fact, value) := object.union(fx_allowed_guest, {"user": object.union(fx_allowed_guest.user, {fact: value})})
+
+test_each_dropped_fact_denies if {
+	fx_decide(fx_allowed_guest).allow == true
+	fx_decide(fx_without("regular")).allow == false
+	fx_decide(fx_without("guest")).allow == false
+	fx_decide(fx_without("expired")).allow == false
+	fx_decide(fx_without("permissions")).allow == false
+}
+
+test_each_malformed_fact_denies if {
+	fx_decide(fx_with_fact("regular", "no")).allow == false
+	fx_decide(fx_with_fact("guest", "yes")).allow == false
+	fx_decide(fx_with_fact("expired", "no")).allow == false
+	fx_decide(fx_with_fact("permissions", "view")).allow == false
 }
 
 test_guest_views_granted_space if {
@@ -178,14 +215,14 @@ test_unresolved_space_denies_guest if {
 }
 
 test_expired_guest_user_denied if {
-	inp := fx_input("space", "ENG", "view", "gone", ["acme-guests"], {"guest": true, "expired": true, "permissions": []})
+	inp := fx_input("space", "ENG", "view", "gone", ["acme-guests"], {"regular": false, "guest": true, "expired": true, "permissions": []})
 	d := fx_decide(inp)
 	d.allow == false
 	d.reason == "guest_access_expired"
 }
 
 test_expired_guest_denied_even_with_permissions if {
-	inp := fx_input("space", "ENG", "view", "gone", ["acme-guests"], {"guest": true, "expired": true, "permissions": ["view"]})
+	inp := fx_input("space", "ENG", "view", "gone", ["acme-guests"], {"regular": false, "guest": true, "expired": true, "permissions": ["view"]})
 	fx_decide(inp).reason == "guest_access_expired"
 }
 

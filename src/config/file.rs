@@ -83,6 +83,7 @@ pub struct ServerFile {
     pub max_upstream_in_flight: usize,
     pub retry_after_secs: u64,
     pub workers: usize,
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerFile {
@@ -104,6 +105,7 @@ impl Default for ServerFile {
             max_upstream_in_flight: 256,
             retry_after_secs: 1,
             workers: 0,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -116,6 +118,7 @@ pub struct UpstreamFile {
     pub ca_file: Option<String>,
     pub user_header: Option<String>,
     pub service_authorization_env: Option<String>,
+    pub pass_authorization: bool,
 }
 
 impl Default for UpstreamFile {
@@ -126,6 +129,7 @@ impl Default for UpstreamFile {
             ca_file: None,
             user_header: None,
             service_authorization_env: None,
+            pass_authorization: false,
         }
     }
 }
@@ -147,6 +151,7 @@ pub struct IdentityFile {
     pub user_claim: String,
     pub groups_claim: String,
     pub anonymous: String,
+    pub unknown_users: String,
     pub token_cache_max_entries: u64,
     /// Browser sign-in (`[identity.oidc]`).
     pub oidc: Option<OidcFile>,
@@ -227,6 +232,7 @@ impl Default for IdentityFile {
             user_claim: "preferred_username".into(),
             groups_claim: "groups".into(),
             anonymous: "deny".into(),
+            unknown_users: "deny".into(),
             token_cache_max_entries: 100_000,
             oidc: None,
         }

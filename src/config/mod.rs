@@ -84,6 +84,9 @@ pub struct ServerConfig {
     pub max_upstream_in_flight: usize,
     /// The `Retry-After` of a load-shedding 503.
     pub retry_after: Duration,
+    /// Peers whose `X-Forwarded-For` is kept (and extended); from anyone else it is replaced
+    /// by the peer's own address (`server.trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Threads that serve client connections, each with its own runtime and its own pool of
     /// upstream connections (`server.workers`; 0 in the file means one per CPU).
     pub workers: usize,
@@ -108,6 +111,9 @@ pub struct UpstreamConfig {
     /// Name of the environment variable holding the `Authorization` value used for
     /// gateway-initiated lookups (content id → space).
     pub service_authorization_env: Option<String>,
+    /// Forward the client's `Authorization` header to the wiki (`upstream.pass_authorization`,
+    /// off by default: the wiki could read it as another identity than the gateway's).
+    pub pass_authorization: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +132,17 @@ pub enum AnonymousMode {
     Deny,
     /// Requests without a token go to the policy as an unauthenticated user.
     Policy,
+}
+
+/// What becomes of a signed-in user the directory cannot place: no declared group at all
+/// (unknown names, undeclared groups, an empty group list). Never regular.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UnknownUsers {
+    /// Refused (403 `user_unclassified`).
+    #[default]
+    Deny,
+    /// Judged as a guest with nothing granted beyond their own user grants.
+    Guest,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +165,8 @@ pub struct IdentityConfig {
     pub user_claim: String,
     pub groups_claim: String,
     pub anonymous: AnonymousMode,
+    /// Users with no declared group (`identity.unknown_users`).
+    pub unknown_users: UnknownUsers,
     pub token_cache_max_entries: u64,
     /// Browser sign-in with OpenID Connect; `None` when not configured.
     pub oidc: Option<OidcConfig>,

@@ -343,6 +343,21 @@ impl Validator {
             h2_max_pending_reset_streams: s.h2_max_pending_reset_streams,
             max_upstream_in_flight: s.max_upstream_in_flight,
             retry_after: self.secs("server.retry_after_secs", s.retry_after_secs),
+            trusted_proxies: s
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| {
+                    p.parse::<ipnet::IpNet>()
+                        .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| {
+                            self.error(
+                                "server.trusted_proxies",
+                                format_args!("`{p}` is neither an IP address nor a CIDR block"),
+                            )
+                        })
+                        .ok()
+                })
+                .collect(),
             workers,
         }
     }
@@ -399,6 +414,7 @@ impl Validator {
             ca_file: u.ca_file.as_deref().map(|p| self.resolve(p)),
             user_header,
             service_authorization_env: u.service_authorization_env,
+            pass_authorization: u.pass_authorization,
         }
     }
 
@@ -456,6 +472,17 @@ impl Validator {
                 AnonymousMode::Deny
             }
         };
+        let unknown_users = match i.unknown_users.as_str() {
+            "deny" => UnknownUsers::Deny,
+            "guest" => UnknownUsers::Guest,
+            other => {
+                self.error(
+                    "identity.unknown_users",
+                    format_args!("`{other}` is not `deny` or `guest`"),
+                );
+                UnknownUsers::Deny
+            }
+        };
         if i.user_claim.is_empty() {
             self.error("identity.user_claim", "must not be empty");
         }
@@ -497,6 +524,7 @@ impl Validator {
             user_claim: i.user_claim,
             groups_claim: i.groups_claim,
             anonymous,
+            unknown_users,
             token_cache_max_entries: i.token_cache_max_entries,
         }
     }

@@ -1,7 +1,6 @@
 //! Body types: what the gateway answers with, and a client's request body on its way on.
 
 use bytes::Bytes;
-use http::Request;
 use http_body_util::combinators::MapErr;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -35,7 +34,7 @@ pub type RequestBody = Limited<MapErr<Incoming, fn(hyper::Error) -> ClientBodyEr
 pub struct ClientBodyError(#[source] pub hyper::Error);
 
 /// Wraps the body so that it fails once more than `limit` bytes have streamed through.
-pub fn limited(req: Request<Incoming>, limit: usize) -> Request<RequestBody> {
+pub fn limited(body: Incoming, limit: usize) -> RequestBody {
     let client_error: fn(hyper::Error) -> ClientBodyError = ClientBodyError;
-    req.map(|body| Limited::new(body.map_err(client_error), limit))
+    Limited::new(body.map_err(client_error), limit)
 }

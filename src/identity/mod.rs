@@ -54,6 +54,10 @@ pub enum IdentityError {
     InvalidClaims,
     #[error("token names no user")]
     MissingSubject,
+    /// The user name has white space around it or a control character in it: the wiki
+    /// would read it as another name (or none), so it names nobody.
+    #[error("the user name is not one the wiki could hold")]
+    InvalidUserName,
     #[error("no verification keys configured")]
     NoKeys,
     /// A token with a `nonce`: an ID token (the code flow always sets one), which proves a
@@ -87,6 +91,7 @@ impl IdentityError {
             Self::InvalidSignature => "invalid_signature",
             Self::InvalidClaims => "invalid_claims",
             Self::MissingSubject => "missing_subject",
+            Self::InvalidUserName => "invalid_user_name",
             Self::NoKeys => "no_keys",
             Self::IdTokenAsBearer => "id_token_not_accepted",
             Self::SessionExpired => "session_expired",
@@ -128,6 +133,13 @@ pub enum Caller {
     Authenticated(Arc<Identity>),
     Anonymous,
     Rejected(IdentityError),
+}
+
+/// Whether `name` can name a wiki user: not empty, no white space around it (Confluence
+/// looks names up untrimmed, and Crowd refuses to create such names), no control
+/// characters (a header value could not carry them faithfully).
+pub fn is_valid_user_name(name: &str) -> bool {
+    crate::files::is_printable_name(name)
 }
 
 /// Seconds since the epoch.

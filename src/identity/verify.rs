@@ -282,6 +282,9 @@ pub(crate) fn name_and_groups(
         .or_else(|| claims.get("sub").and_then(serde_json::Value::as_str))
         .filter(|n| !n.is_empty())
         .ok_or(IdentityError::MissingSubject)?;
+    if !super::is_valid_user_name(name) {
+        return Err(IdentityError::InvalidUserName);
+    }
     let groups = groups_of(claims.get(groups_claim))?;
     Ok((Arc::from(name), groups))
 }

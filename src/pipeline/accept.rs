@@ -17,8 +17,12 @@ pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 #[derive(Debug, Clone)]
 pub struct Accepted {
     pub method: Method,
-    /// The canonical path: what routes match, what the policy sees, what goes upstream.
+    /// The canonical path: what the policy sees, what goes upstream.
     pub path: String,
+    /// The path the wiki serves this request as, when it forwards it internally (the
+    /// profile's `forwards`: Confluence serves `/s/<anything>/_/<path>` as `/<path>`).
+    /// Routes match this one; `None`: the path itself.
+    pub served_as: Option<String>,
     /// The raw query string, forwarded unchanged.
     pub query: Option<String>,
     /// Decoded query parameters, in order.
@@ -91,14 +95,47 @@ pub fn accept(
     }
     let path = canonicalize(head.uri.path()).map_err(|e| GatewayError::BadRequest(e.reason()))?;
     let query = head.uri.query().map(str::to_string);
+    if query
+        .as_ref()
+        .is_some_and(|q| q.len() > profile.max_query_bytes)
+    {
+        return Err(GatewayError::BadRequest("query_too_long"));
+    }
     let params = parse_query(query.as_deref(), profile)?;
+    if params.len() > profile.max_parameters {
+        return Err(GatewayError::BadRequest("too_many_parameters"));
+    }
+    let served_as = served_as(&path, profile)?;
     Ok(Accepted {
         method: head.method.clone(),
+        served_as,
         path,
         query,
         params,
         wants_html: prefers_html(headers),
     })
+}
+
+/// The path the wiki will serve `path` as, if a `forwards` pattern of the profile matches
+/// it. The wiki decodes the forwarded part again (Confluence's
+/// `ConfluenceResourceDownloadRewriteRule` URL-decodes it until it is stable): a forwarded
+/// part that any further decoding would change, or that could carry a query, is refused.
+fn served_as(path: &str, profile: &RouteProfile) -> Result<Option<String>, GatewayError> {
+    for forward in &profile.forwards {
+        let Some(inner) = forward.captures(path).and_then(|c| c.name("path")) else {
+            continue;
+        };
+        let inner = inner.as_str();
+        if inner.contains(['%', '+', '?', '#', ';', '\\']) || inner.chars().any(char::is_control) {
+            return Err(GatewayError::BadRequest("forwarded_path_not_canonical"));
+        }
+        let target = format!("/{}", inner.trim_start_matches('/'));
+        return match canonicalize(&target) {
+            Ok(canonical) if canonical == target => Ok(Some(canonical)),
+            _ => Err(GatewayError::BadRequest("forwarded_path_not_canonical")),
+        };
+    }
+    Ok(None)
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`, and a valid one; anything

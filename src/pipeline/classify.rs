@@ -18,7 +18,8 @@ const MAX_LOOKUP_BYTES: usize = 1 << 20;
 /// `json_rewriting` is `rewrite.json`: without it no listing can be filtered, and the
 /// route must say so to the policy.
 pub fn classify(profile: &RouteProfile, accepted: &Accepted, json_rewriting: bool) -> Route {
-    let mut route = profile.classify(&accepted.method, &accepted.path, &accepted.params);
+    let path = accepted.served_as.as_deref().unwrap_or(&accepted.path);
+    let mut route = profile.classify(&accepted.method, path, &accepted.params);
     route.filtered = route.rewrites.filter_spaces && json_rewriting;
     route
 }
@@ -80,7 +81,7 @@ async fn fetch_space(
     let uri = upstream.uri_for(&lookup.path_for(content));
     let mut req = get_json_request::<UpstreamBody>(
         &uri.to_string(),
-        http_body_util::Either::Right(http_body_util::Empty::new()),
+        http_body_util::Either::Right(http_body_util::Full::new(bytes::Bytes::new())),
     )?;
     if let Some(auth) = &upstream.service_authorization {
         req.headers_mut()

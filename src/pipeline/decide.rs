@@ -66,6 +66,7 @@ impl Decided {
 }
 
 /// The user a request acts as, once the 401 rules have been applied.
+#[derive(Clone)]
 pub struct Principal {
     pub user: Option<Arc<str>>,
     pub identity: Option<Arc<crate::identity::Identity>>,
@@ -81,13 +82,20 @@ pub fn principal(
     anonymous: AnonymousMode,
 ) -> Result<Principal, GatewayError> {
     match caller {
-        Caller::Authenticated(identity) => Ok(Principal {
-            user: Some(identity.name.clone()),
-            groups: snapshot
-                .directory
-                .effective_groups(&identity.name, &identity.token_groups),
-            identity: Some(identity.clone()),
-        }),
+        Caller::Authenticated(identity) => {
+            // The wiki's own spelling of the name: `Gary` is `gary` to Confluence.
+            let user: Arc<str> = match snapshot.directory.user_names.canonical(&identity.name) {
+                std::borrow::Cow::Borrowed(_) => identity.name.clone(),
+                std::borrow::Cow::Owned(name) => Arc::from(name),
+            };
+            Ok(Principal {
+                groups: snapshot
+                    .directory
+                    .effective_groups(&user, &identity.token_groups),
+                user: Some(user),
+                identity: Some(identity.clone()),
+            })
+        }
         // No key to check any token with (the identity provider was never reachable): the
         // gateway cannot tell anyone apart, so it is unavailable rather than "unauthorized".
         Caller::Rejected(IdentityError::NoKeys) if !route.public => {

@@ -7,18 +7,20 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::accept::Accepted;
-use crate::config::UpstreamConfig;
+use crate::config::{ServerConfig, UpstreamConfig};
 use crate::http::client::{ClientError, HttpsClient, build_local, current_worker};
 use crate::pipeline::error::GatewayError;
 
 /// Request bodies towards the wiki: the client's, streamed (cut off at its route's limit),
 /// or none (lookups).
-pub type UpstreamBody = Either<crate::http::body::RequestBody, Empty<Bytes>>;
+/// A request body towards the wiki: the client's, streamed through its limit, or one the
+/// gateway holds whole (a guest's form or JSON body it has judged; a lookup's empty one).
+pub type UpstreamBody = Either<crate::http::body::RequestBody, Full<Bytes>>;
 
 static X_GUESTGATE_USER: HeaderName = HeaderName::from_static("x-guestgate-user");
 static X_GUESTGATE_GUEST: HeaderName = HeaderName::from_static("x-guestgate-guest");
@@ -38,6 +40,8 @@ pub struct Upstream {
     user_header: Option<HeaderName>,
     request_timeout: Duration,
     pub service_authorization: Option<HeaderValue>,
+    trusted_proxies: Vec<ipnet::IpNet>,
+    pass_authorization: bool,
 }
 
 /// A problem building the upstream client.
@@ -52,11 +56,8 @@ pub enum UpstreamError {
 }
 
 impl Upstream {
-    pub fn new(
-        config: &UpstreamConfig,
-        request_timeout: Duration,
-        workers: usize,
-    ) -> Result<Upstream, UpstreamError> {
+    pub fn new(config: &UpstreamConfig, server: &ServerConfig) -> Result<Upstream, UpstreamError> {
+        let workers = server.workers;
         // Clones share one pool; each worker needs a pool of its own. Together they keep
         // about as many idle connections to the wiki as one shared pool of 256 would.
         let max_idle = (256 / (workers + 1)).max(8);
@@ -83,8 +84,10 @@ impl Upstream {
             authority: config.authority.clone(),
             base_path: config.base_path.clone(),
             user_header: config.user_header.clone(),
-            request_timeout,
+            request_timeout: server.request_timeout,
             service_authorization,
+            trusted_proxies: server.trusted_proxies.clone(),
+            pass_authorization: config.pass_authorization,
         })
     }
 
@@ -158,6 +161,85 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Headers a client could use to make the wiki act on something other than what the
+/// gateway judged, or to speak for the gateway: the identity headers (in any spelling PHP
+/// or CGI folds to the same name: `X_Guestgate_User` is `X-Guestgate-User` there), the
+/// configured user header, URL and method overrides, and the forwarding headers, which
+/// the gateway sets itself. `Authorization` too, unless `upstream.pass_authorization`:
+/// Confluence 7.9+ reads `Bearer` as a personal access token and `Basic` as a sign-in of
+/// its own, either of which could be another user than the one the gateway judged.
+fn drop_client_controlled(headers: &mut HeaderMap, upstream: &Upstream) {
+    let user_header = upstream.user_header.as_ref().map(HeaderName::as_str);
+    let dropped: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            (name == "authorization" && !upstream.pass_authorization)
+                || starts_dashed(name, "x-guestgate-")
+                || user_header.is_some_and(|h| eq_dashed(name, h))
+                || starts_dashed(name, "x-forwarded-")
+                || CLIENT_CONTROLLED.iter().any(|c| eq_dashed(name, c))
+        })
+        .cloned()
+        .collect();
+    for name in dropped {
+        headers.remove(&name);
+    }
+}
+
+/// Request headers no client gets to set for the wiki (see [`drop_client_controlled`]).
+const CLIENT_CONTROLLED: [&str; 8] = [
+    "forwarded",
+    "x-real-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-host",
+];
+
+/// `a == b` where `_` in `a` counts as `-` (header names are lower case already).
+fn eq_dashed(a: &str, b: &str) -> bool {
+    a.len() == b.len() && starts_dashed(a, b)
+}
+
+/// `a` starts with `prefix`, where `_` in `a` counts as `-`.
+fn starts_dashed(a: &str, prefix: &str) -> bool {
+    a.len() >= prefix.len()
+        && a.bytes()
+            .zip(prefix.bytes())
+            .all(|(x, y)| x == y || (x == b'_' && y == b'-'))
+}
+
+/// The client's `X-Forwarded-For` as one list, when it is text.
+fn conn_prior_xff(values: &[HeaderValue]) -> Option<String> {
+    let parts: Vec<&str> = values.iter().filter_map(|v| v.to_str().ok()).collect();
+    (!parts.is_empty() && parts.len() == values.len()).then(|| parts.join(", "))
+}
+
+/// HTTP/2 may split `Cookie` into several fields; towards the wiki (HTTP/1.1) they are one
+/// field again, joined with `; ` (RFC 9113 §8.2.3), so that the wiki reads every cookie.
+fn join_cookie_crumbs(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    let joined = joined.join(&b"; "[..]);
+    match HeaderValue::from_bytes(&joined) {
+        Ok(v) => {
+            headers.insert(header::COOKIE, v);
+        }
+        Err(_) => {
+            headers.remove(header::COOKIE);
+        }
+    }
+}
+
 /// Only websocket upgrades are tunnelled. Any other (`h2c` above all) is dropped with the
 /// hop-by-hop headers: a tunnel to a wiki that speaks h2c would carry requests the gateway
 /// never sees (h2c smuggling).
@@ -201,7 +283,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 pub async fn forward(
     upstream: &Upstream,
-    mut req: Request<crate::http::body::RequestBody>,
+    mut req: Request<UpstreamBody>,
     accepted: &Accepted,
     identity: ForwardIdentity<'_>,
     conn: ConnInfo,
@@ -214,28 +296,33 @@ pub async fn forward(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     let (mut parts, body) = req.into_parts();
+    // Taken before the client's forwarding headers are dropped.
+    let parts_xff: Vec<HeaderValue> = parts
+        .headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .cloned()
+        .collect();
 
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers, upgrade);
-    // Identity headers are the gateway's alone: whatever the client sent is dropped first.
-    let spoofable: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-guestgate-"))
-        .cloned()
-        .collect();
-    for name in spoofable {
-        headers.remove(&name);
-    }
-    if let Some(h) = &upstream.user_header {
-        headers.remove(h);
-    }
+    drop_client_controlled(headers, upstream);
     // The browser session and sign-in state are the gateway's; the wiki never sees them.
     crate::http::cookies::strip_gateway_cookies(headers);
+    join_cookie_crumbs(headers);
     headers.remove(header::HOST);
-    let client_ip = conn.remote.ip().to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+    // The client's own X-Forwarded-For only counts when it comes through a proxy this
+    // deployment trusts; from anyone else it is whatever the client wanted the wiki to log.
+    let client_ip = conn.remote.ip();
+    let prior = upstream
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&client_ip))
+        .then(|| conn_prior_xff(&parts_xff))
+        .flatten();
+    let xff = match prior {
         Some(prior) => format!("{prior}, {client_ip}"),
-        None => client_ip,
+        None => client_ip.to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
@@ -274,7 +361,7 @@ pub async fn forward(
     parts.uri = upstream.uri_for(&path_and_query);
     // The client may speak HTTP/2; the wiki is spoken to in HTTP/1.1.
     parts.version = Version::HTTP_11;
-    let upstream_req = Request::from_parts(parts, Either::Left(body));
+    let upstream_req = Request::from_parts(parts, body);
 
     let mut resp = upstream.send(upstream_req).await?;
 

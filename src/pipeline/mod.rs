@@ -15,6 +15,7 @@ pub mod classify;
 pub mod decide;
 pub mod error;
 pub mod forward;
+pub mod identifiers;
 pub mod judge;
 pub mod limits;
 pub mod rescue;
@@ -37,8 +38,10 @@ use crate::snapshot::store::SnapshotStore;
 use crate::telemetry::{DecisionLog, Metrics};
 use accept::Accepted;
 use classify::{ContentCache, content_cache};
+use decide::Decided;
 use error::GatewayError;
-use forward::{ConnInfo, ForwardIdentity, Upstream, UpstreamError};
+use forward::{ConnInfo, ForwardIdentity, Upstream, UpstreamBody, UpstreamError};
+use http_body_util::{Either, Full};
 use judge::Admitted;
 use limits::UpstreamSlots;
 
@@ -98,11 +101,7 @@ impl Pipeline {
         metrics: Arc<Metrics>,
     ) -> Result<Pipeline, PipelineError> {
         let signin = SignIn::new(&config.identity).map_err(PipelineError::SignIn)?;
-        let upstream = Upstream::new(
-            &config.upstream,
-            config.server.request_timeout,
-            config.server.workers,
-        )?;
+        let upstream = Upstream::new(&config.upstream, &config.server)?;
         let ttl = store
             .current()
             .routes
@@ -202,6 +201,18 @@ impl Pipeline {
         } = judge::admit(snapshot, &self.config, accepted, &head.headers, &caller)?;
         self.resolve_content_space(snapshot, &mut route, &principal.groups)
             .await?;
+        let guest = snapshot.directory.is_guest(&principal.groups);
+        // Only a guest's further identifiers are judged: the wiki enforces its own
+        // permissions for everyone else. A malformed one is refused before anything is
+        // decided, whichever rule its request would otherwise have matched.
+        let guest_principal = guest.then(|| principal.clone());
+        if guest {
+            let query = accepted
+                .params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()));
+            identifiers::in_params(&snapshot.routes.identifiers, query)?;
+        }
         let decided = decide::decide(
             snapshot,
             accepted,
@@ -209,11 +220,25 @@ impl Pipeline {
             principal,
             self.decision_log.enabled(),
         )?;
-        let record = decided.record();
-        self.decision_log
-            .record(&snapshot.revision, &record, self.config.policy.dry_run);
-        self.metrics.observe_decision(&route, &record);
+        self.observe(snapshot, &route, &decided);
         decided.enforce(&route, self.config.policy.dry_run)?;
+        let body = match guest_principal {
+            Some(principal) => {
+                let (body, targets) = Box::pin(self.guest_body_and_targets(
+                    snapshot,
+                    accepted,
+                    &route,
+                    &head.headers,
+                    body,
+                    body_limit,
+                ))
+                .await?;
+                Box::pin(self.judge_targets(snapshot, accepted, &route, &principal, targets))
+                    .await?;
+                body
+            }
+            None => Either::Left(limited(body, body_limit)),
+        };
         let _upstream_slot = self.upstream_slots.try_acquire()?;
         let filter = (route.rewrites.filter_spaces && decided.decision.guest)
             .then(|| decide::viewable_spaces(snapshot, accepted, &route, &decided));
@@ -229,7 +254,7 @@ impl Pipeline {
             .ok_or(GatewayError::Internal("request_head_taken"))?;
         let response = forward::forward(
             &self.upstream,
-            limited(Request::from_parts(head, body), body_limit),
+            Request::from_parts(head, body),
             accepted,
             ForwardIdentity {
                 user: decided.user.as_deref(),
@@ -243,6 +268,120 @@ impl Pipeline {
             Some(plan) => rewrite::apply(response, plan).await,
             None => Ok(response.map(streamed)),
         }
+    }
+
+    /// Logs and counts a decision.
+    fn observe(&self, snapshot: &Snapshot, route: &crate::routes::Route, decided: &Decided) {
+        let record = decided.record();
+        self.decision_log
+            .record(&snapshot.revision, &record, self.config.policy.dry_run);
+        self.metrics.observe_decision(route, &record);
+    }
+
+    /// A guest's request body, read whole when it can name identifiers (a form, or JSON on
+    /// a write), and every identifier the request names beyond its route's own capture.
+    async fn guest_body_and_targets(
+        &self,
+        snapshot: &Snapshot,
+        accepted: &Accepted,
+        route: &crate::routes::Route,
+        headers: &http::HeaderMap,
+        body: Incoming,
+        body_limit: usize,
+    ) -> Result<(UpstreamBody, Vec<identifiers::Target>), GatewayError> {
+        let profile = &snapshot.routes;
+        let query = accepted
+            .params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        let kind = body_kind(&accepted.method, headers);
+        let read_whole = match kind {
+            BodyKind::Form => !profile.identifiers.is_empty(),
+            BodyKind::Json => true,
+            BodyKind::Other => false,
+        };
+        if !read_whole {
+            let targets = identifiers::in_params(&profile.identifiers, query)?;
+            return Ok((Either::Left(limited(body, body_limit)), targets));
+        }
+        let bytes = read_body(body, body_limit).await?;
+        let targets = match kind {
+            BodyKind::Form => {
+                let form = identifiers::form_params(&bytes)?;
+                if accepted.params.len() + form.len() > profile.max_parameters {
+                    return Err(GatewayError::BadRequest("too_many_parameters"));
+                }
+                let form = form.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+                identifiers::in_params(&profile.identifiers, query.chain(form))?
+            }
+            _ => {
+                let mut targets = identifiers::in_params(&profile.identifiers, query)?;
+                if !bytes.is_empty() {
+                    let rule = route.rule.and_then(|i| profile.rules.get(i));
+                    let Some(pointers) = rule.and_then(|r| r.json_identifiers.as_deref()) else {
+                        // The profile does not say where this body names what it acts
+                        // on: it cannot be judged, so it does not reach the wiki.
+                        return Err(GatewayError::Denied {
+                            reason: "unjudged_request_body".into(),
+                            status: http::StatusCode::FORBIDDEN,
+                            anonymous: false,
+                        });
+                    };
+                    let json: serde_json::Value = serde_json::from_slice(&bytes)
+                        .map_err(|_| GatewayError::BadRequest("invalid_json_body"))?;
+                    targets.extend(identifiers::in_json(&profile.identifiers, pointers, &json)?);
+                }
+                targets
+            }
+        };
+        Ok((Either::Right(Full::new(bytes)), targets))
+    }
+
+    /// Judges each identifier a guest's request names beyond its route's own capture: the
+    /// same decision as the route's, for the identifier's space and the permission it
+    /// needs. Any refusal refuses the request.
+    async fn judge_targets(
+        &self,
+        snapshot: &Snapshot,
+        accepted: &Accepted,
+        route: &crate::routes::Route,
+        principal: &decide::Principal,
+        targets: Vec<identifiers::Target>,
+    ) -> Result<(), GatewayError> {
+        let mut judged: Vec<crate::routes::Route> = Vec::new();
+        for target in targets {
+            let Some(mut target_route) = target.route(route) else {
+                continue;
+            };
+            if classify::needs_lookup(&target_route) {
+                let lookup = snapshot.routes.lookup_for(&target_route);
+                classify::resolve_space(
+                    &mut target_route,
+                    lookup,
+                    &self.content_cache,
+                    &self.upstream,
+                )
+                .await?;
+            }
+            let same_as_route = target_route.space == route.space
+                && target_route.user == route.user
+                && target_route.action == route.action
+                && route.family != crate::routes::Family::UserProfile;
+            if same_as_route || judged.contains(&target_route) {
+                continue;
+            }
+            let decided = decide::decide(
+                snapshot,
+                accepted,
+                &target_route,
+                principal.clone(),
+                self.decision_log.enabled(),
+            )?;
+            self.observe(snapshot, &target_route, &decided);
+            decided.enforce(&target_route, self.config.policy.dry_run)?;
+            judged.push(target_route);
+        }
+        Ok(())
     }
 
     /// Identify: a token, when one is sent, decides who the caller is; a browser's
@@ -344,6 +483,53 @@ impl Pipeline {
         }
         rescue::log(&error);
         rescue::refusal(&error, ctx.wants_html)
+    }
+}
+
+/// What a request body is, as far as naming identifiers goes.
+#[derive(Clone, Copy)]
+enum BodyKind {
+    /// `application/x-www-form-urlencoded`: parameters, read as the query's are.
+    Form,
+    /// JSON on a write.
+    Json,
+    Other,
+}
+
+fn body_kind(method: &http::Method, headers: &http::HeaderMap) -> BodyKind {
+    if matches!(
+        *method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    ) {
+        return BodyKind::Other;
+    }
+    let media = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    if media == "application/x-www-form-urlencoded" {
+        BodyKind::Form
+    } else if media == "application/json" || media.ends_with("+json") {
+        BodyKind::Json
+    } else {
+        BodyKind::Other
+    }
+}
+
+/// A client's body, whole, within its route's limit.
+async fn read_body(body: Incoming, limit: usize) -> Result<bytes::Bytes, GatewayError> {
+    use http_body_util::BodyExt as _;
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::PayloadTooLarge),
+        Err(_) => Err(GatewayError::BadRequest("invalid_request_body")),
     }
 }
 

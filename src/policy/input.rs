@@ -60,6 +60,7 @@ pub fn user_value(user: &UserInput<'_>) -> Value {
         ),
         ("authenticated", Value::from(user.authenticated)),
         ("claims", user.claims.clone()),
+        ("regular", Value::from(user.facts.regular)),
         ("guest", Value::from(user.facts.guest)),
         ("expired", Value::from(user.facts.expired)),
         (
@@ -117,6 +118,7 @@ pub fn sample() -> Value {
         max_body_bytes: None,
         filtered: false,
         lookup: None,
+        rule: None,
     };
     let claims = Value::new_object();
     build(

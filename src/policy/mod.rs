@@ -236,11 +236,12 @@ impl Policy {
 /// Parts of the input the decision cache keys on without looking at the whole input. The
 /// directory's facts (`guest`, `expired`, `permissions`) follow from the user, the groups and
 /// the route's space, and no cached answer outlives the next expiry that could change them.
-const KEYED_INPUT_PATHS: [&str; 7] = [
+const KEYED_INPUT_PATHS: [&str; 8] = [
     "input.route.",
     "input.user.name",
     "input.user.groups",
     "input.user.authenticated",
+    "input.user.regular",
     "input.user.guest",
     "input.user.expired",
     "input.user.permissions",

@@ -66,3 +66,64 @@ impl UserNameSource {
         (!name.is_empty()).then(|| name.to_string())
     }
 }
+
+/// How the wiki compares user names (`user_names` in the profile). The directory and every
+/// lookup by name use the wiki's own rule, so that `Gary` and `gary` are one person exactly
+/// when the wiki says so.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UserNames {
+    /// Names match as written.
+    #[default]
+    Exact,
+    /// Case-insensitive: Confluence looks users up by their lower-cased name
+    /// (`HibernateConfluenceUserDao.findByUsername` through `IdentifierUtils.toLowerCase`).
+    CaseInsensitive,
+    /// MediaWiki's canonical user name (`UserNameUtils::getCanonical`): the first letter
+    /// upper-cased, `_` read as a space.
+    MediaWiki,
+}
+
+impl UserNames {
+    /// The one spelling of `name` under this rule.
+    pub fn canonical<'n>(self, name: &'n str) -> std::borrow::Cow<'n, str> {
+        use std::borrow::Cow;
+        match self {
+            UserNames::Exact => Cow::Borrowed(name),
+            UserNames::CaseInsensitive => {
+                if name.chars().any(char::is_uppercase) {
+                    Cow::Owned(name.to_lowercase())
+                } else {
+                    Cow::Borrowed(name)
+                }
+            }
+            UserNames::MediaWiki => {
+                let mut chars = name.chars();
+                let Some(first) = chars.next() else {
+                    return Cow::Borrowed(name);
+                };
+                if !first.is_lowercase() && !name.contains('_') {
+                    return Cow::Borrowed(name);
+                }
+                let mut out: String = first.to_uppercase().collect();
+                out.extend(chars.map(|c| if c == '_' { ' ' } else { c }));
+                Cow::Owned(out)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_names_take_the_wikis_one_spelling() {
+        assert_eq!(UserNames::Exact.canonical("Gary"), "Gary");
+        assert_eq!(UserNames::CaseInsensitive.canonical("GaRy"), "gary");
+        assert_eq!(UserNames::CaseInsensitive.canonical("gary"), "gary");
+        assert_eq!(UserNames::MediaWiki.canonical("gary_smith"), "Gary smith");
+        assert_eq!(UserNames::MediaWiki.canonical("Gary Smith"), "Gary Smith");
+        assert_eq!(UserNames::MediaWiki.canonical("émile"), "Émile");
+        assert_eq!(UserNames::MediaWiki.canonical(""), "");
+    }
+}

@@ -15,6 +15,16 @@ pub(super) struct ProfileFile {
     #[serde(default)]
     pub(super) query_names: Option<String>,
     #[serde(default)]
+    pub(super) user_names: Option<String>,
+    #[serde(default)]
+    pub(super) identifiers: Option<IdentifiersFile>,
+    #[serde(default)]
+    pub(super) max_parameters: Option<usize>,
+    #[serde(default)]
+    pub(super) max_query_bytes: Option<usize>,
+    #[serde(default)]
+    pub(super) forwards: Vec<String>,
+    #[serde(default)]
     pub(super) content_lookup: Option<ContentLookupFile>,
     #[serde(default)]
     pub(super) lookup: std::collections::BTreeMap<String, LookupFile>,
@@ -104,4 +114,34 @@ pub(super) struct RouteFile {
     pub(super) max_body_bytes: Option<u64>,
     #[serde(default)]
     pub(super) lookup: Option<String>,
+    #[serde(default)]
+    pub(super) json_identifiers: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// `[identifiers]`: the parameters that name content, a space or a user.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct IdentifiersFile {
+    #[serde(default)]
+    pub(super) case_insensitive_names: bool,
+    #[serde(default)]
+    pub(super) space_key: Option<String>,
+    #[serde(default)]
+    pub(super) content: std::collections::BTreeMap<String, IdentifierFile>,
+    #[serde(default)]
+    pub(super) space: std::collections::BTreeMap<String, IdentifierFile>,
+    #[serde(default)]
+    pub(super) user: std::collections::BTreeMap<String, IdentifierFile>,
+}
+
+/// One identifier: what it needs (`"route"` or a permission), or a table with a lookup.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum IdentifierFile {
+    Needs(String),
+    Table {
+        needs: String,
+        #[serde(default)]
+        lookup: Option<String>,
+    },
 }

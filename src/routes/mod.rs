@@ -14,6 +14,7 @@ use regex::{Regex, RegexSet};
 
 pub mod extract;
 mod file;
+pub mod identifiers;
 mod validate;
 
 /// What part of the wiki a request touches (docs/CONFIGURATION.md, "Route profile").
@@ -211,6 +212,9 @@ pub struct RouteRule {
     pub max_body_bytes: Option<usize>,
     /// Index into [`RouteProfile::lookups`] of the rule's `lookup`; `None`: `[content_lookup]`.
     pub lookup: Option<usize>,
+    /// Where a request body names identifiers (`json_identifiers`). `None`: the rule does
+    /// not say, and a guest's write with a JSON body is refused.
+    pub json_identifiers: Option<Vec<identifiers::JsonIdentifier>>,
 }
 
 /// The route of one request: what the profile says it touches.
@@ -233,6 +237,8 @@ pub struct Route {
     /// Which lookup resolves `content` (index into [`RouteProfile::lookups`]); `None`: the
     /// profile's `[content_lookup]`.
     pub lookup: Option<usize>,
+    /// The rule that matched (index into [`RouteProfile::rules`]); `None`: none did.
+    pub rule: Option<usize>,
 }
 
 /// A compiled route profile.
@@ -257,6 +263,19 @@ pub struct RouteProfile {
     pub json_user_keys: Vec<String>,
     /// Query parameter names are read as PHP reads them (`query_names = "php"`).
     pub php_query_names: bool,
+    /// How the wiki compares user names (`user_names`).
+    pub user_names: extract::UserNames,
+    /// The parameters that name content, a space or a user (`[identifiers]`).
+    pub identifiers: identifiers::Identifiers,
+    /// Most parameters (query and form body together) a request may carry
+    /// (`max_parameters`): beyond the wiki's own limit, parameters the gateway judged
+    /// would never reach it (Tomcat ignores those past `maxParameterCount`).
+    pub max_parameters: usize,
+    /// Longest query string a request may carry (`max_query_bytes`).
+    pub max_query_bytes: usize,
+    /// Paths the wiki forwards internally to another path (`forwards`): each a regex
+    /// whose `path` capture is what the wiki serves. Classified as that path.
+    pub forwards: Vec<Regex>,
     /// How a listing item names its space (filter_spaces), tried in order.
     pub listing_space: Vec<extract::SpaceExtractor>,
     /// Where listings are (`[listing] arrays`), each a path of object keys; empty: the
@@ -306,6 +325,7 @@ impl RouteProfile {
                 max_body_bytes: rule.max_body_bytes,
                 filtered: false,
                 lookup: rule.lookup,
+                rule: Some(index),
             };
             if let Some(caps) = rule.path.captures(path) {
                 take_captures(&rule.path, &caps, &mut route);
@@ -329,6 +349,7 @@ impl RouteProfile {
             max_body_bytes: None,
             filtered: false,
             lookup: None,
+            rule: None,
         }
     }
 

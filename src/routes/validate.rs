@@ -9,11 +9,19 @@ use std::time::Duration;
 use http::Method;
 use regex::{Regex, RegexSet};
 
-use super::extract::{SpaceExtractor, SpaceName, UserNameSource};
+use super::extract::{SpaceExtractor, SpaceName, UserNameSource, UserNames};
 use super::file::{
-    ListingFile, LookupFile, ProfileFile, RouteFile, UserNameSourceFile, default_lookup_ttl,
+    IdentifierFile, IdentifiersFile, ListingFile, LookupFile, ProfileFile, RouteFile,
+    UserNameSourceFile, default_lookup_ttl,
 };
+use super::identifiers::{Identifier, Identifiers, JsonIdentifier, Kind, Needs, default_space_key};
 use super::{Action, ContentLookup, Family, ProfileError, Rewrites, RouteProfile, RouteRule};
+
+/// Tomcat 11's default `maxParameterCount` (9 and 10.1 allow 10,000 and silently drop the
+/// rest; 11 refuses beyond 1,000): at or below every wiki's own limit.
+const DEFAULT_MAX_PARAMETERS: usize = 1000;
+/// Tomcat's default `maxHttpHeaderSize` is 8 KiB for the whole request line and headers.
+const DEFAULT_MAX_QUERY_BYTES: usize = 8192;
 
 /// The names a rule's regexes may capture.
 const CAPTURE_NAMES: [&str; 3] = ["space", "content", "user"];
@@ -69,6 +77,23 @@ impl RouteProfile {
             })
             .collect();
         let lookup_names: Vec<&String> = file.lookup.keys().collect();
+        let identifiers = identifiers(file.identifiers.as_ref(), &lookup_names, &mut problems);
+        let forwards = file
+            .forwards
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| match compile_anchored(f) {
+                Ok(re) if re.capture_names().flatten().any(|n| n == "path") => Some(re),
+                Ok(_) => {
+                    problems.push(format!("forwards #{}: needs a `path` capture", i + 1));
+                    None
+                }
+                Err(e) => {
+                    problems.push(format!("forwards #{}: {e}", i + 1));
+                    None
+                }
+            })
+            .collect();
         let mut captured_query_params = BTreeSet::new();
         let rules: Vec<RouteRule> = file
             .route
@@ -90,6 +115,7 @@ impl RouteProfile {
             .map(|c| lookup("content_lookup", None, &c.lookup(), ttl, &mut problems));
         let user_link_names = user_link_names(&file.user_link_name, &mut problems);
         let php_query_names = query_names(file.query_names.as_deref(), &mut problems);
+        let user_names = user_names(file.user_names.as_deref(), &mut problems);
         let (listing_space, listing_arrays) = listing(file.listing, &mut problems);
         let user_links = user_links(file.user_link_selector.as_deref(), &mut problems);
         if listing_space.is_empty() && rules.iter().any(|r| r.rewrites.filter_spaces) {
@@ -125,6 +151,11 @@ impl RouteProfile {
             user_link_names: Arc::from(user_link_names),
             json_user_keys: file.json_user_keys,
             php_query_names,
+            user_names,
+            identifiers,
+            max_parameters: file.max_parameters.unwrap_or(DEFAULT_MAX_PARAMETERS),
+            max_query_bytes: file.max_query_bytes.unwrap_or(DEFAULT_MAX_QUERY_BYTES),
+            forwards,
             listing_space,
             listing_arrays,
             unmatched_name: Arc::from("unmatched"),
@@ -207,6 +238,14 @@ fn rule(
     if lookup.is_some() && family != Family::Content {
         problems.push(format!("{at}: `lookup` is for routes of family `content`"));
     }
+    let json_identifiers = r.json_identifiers.as_ref().map(|pointers| {
+        pointers
+            .iter()
+            .filter_map(|(pointer, what)| {
+                json_identifier(&at, pointer, what, lookup_names, problems)
+            })
+            .collect()
+    });
     RouteRule {
         name: Arc::from(r.name.as_str()),
         family,
@@ -218,7 +257,138 @@ fn rule(
         rewrites,
         max_body_bytes,
         lookup,
+        json_identifiers,
     }
+}
+
+/// `kind:needs`, e.g. `content:edit`, `space:route`.
+fn kind_and_needs(at: &str, what: &str, problems: &mut Problems<'_>) -> Option<(Kind, Needs)> {
+    let (kind, needs) = what.split_once(':').unwrap_or((what, "route"));
+    let kind = match kind {
+        "content" => Kind::Content,
+        "space" => Kind::Space,
+        "user" => Kind::User,
+        other => {
+            problems.push(format!(
+                "{at}: `{other}` is none of `content`, `space`, `user`"
+            ));
+            return None;
+        }
+    };
+    Some((kind, self::needs(at, needs, problems)?))
+}
+
+fn needs(at: &str, needs: &str, problems: &mut Problems<'_>) -> Option<Needs> {
+    if needs == "route" {
+        return Some(Needs::Route);
+    }
+    match Action::parse(needs) {
+        Some(a) => Some(Needs::Action(a)),
+        None => {
+            problems.push(format!(
+                "{at}: `{needs}` is neither `route` nor a permission"
+            ));
+            None
+        }
+    }
+}
+
+/// `kind:needs`, optionally `@lookup` (a content id another lookup resolves).
+fn json_identifier(
+    at: &str,
+    pointer: &str,
+    what: &str,
+    lookup_names: &[&String],
+    problems: &mut Problems<'_>,
+) -> Option<JsonIdentifier> {
+    let at = format!("{at}: json_identifiers.\"{pointer}\"");
+    let Some(rest) = pointer.strip_prefix('/') else {
+        problems.push(format!("{at}: not a JSON pointer like `/space/key`"));
+        return None;
+    };
+    let (what, lookup) = match what.split_once('@') {
+        Some((what, name)) => {
+            let found = lookup_names.iter().position(|k| *k == name);
+            if found.is_none() {
+                problems.push(format!("{at}: no [lookup.{name}] section"));
+            }
+            (what, found)
+        }
+        None => (what, None),
+    };
+    let (kind, needs) = kind_and_needs(&at, what, problems)?;
+    Some(JsonIdentifier {
+        pointer: rest
+            .split('/')
+            .map(|s| s.replace("~1", "/").replace("~0", "~"))
+            .collect(),
+        kind,
+        needs,
+        lookup,
+    })
+}
+
+/// `[identifiers]`.
+fn identifiers(
+    file: Option<&IdentifiersFile>,
+    lookup_names: &[&String],
+    problems: &mut Problems<'_>,
+) -> Identifiers {
+    let Some(file) = file else {
+        return Identifiers::default();
+    };
+    let space_key = match file.space_key.as_deref().map(compile_anchored) {
+        None => default_space_key(),
+        Some(Ok(re)) => re,
+        Some(Err(e)) => {
+            problems.push(format!("identifiers.space_key: {e}"));
+            default_space_key()
+        }
+    };
+    let mut declared = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (kind, section, entries) in [
+        (Kind::Content, "content", &file.content),
+        (Kind::Space, "space", &file.space),
+        (Kind::User, "user", &file.user),
+    ] {
+        for (name, spec) in entries {
+            let at = format!("identifiers.{section}.{name}");
+            let folded = if file.case_insensitive_names {
+                name.to_ascii_lowercase()
+            } else {
+                name.clone()
+            };
+            if !seen.insert(folded) {
+                problems.push(format!("{at}: declared twice"));
+                continue;
+            }
+            let (needs_text, lookup_name) = match spec {
+                IdentifierFile::Needs(n) => (n.as_str(), None),
+                IdentifierFile::Table { needs, lookup } => (needs.as_str(), lookup.as_deref()),
+            };
+            let Some(needs) = needs(&at, needs_text, problems) else {
+                continue;
+            };
+            let lookup = lookup_name.and_then(|l| {
+                let found = lookup_names.iter().position(|k| *k == l);
+                if found.is_none() {
+                    problems.push(format!("{at}: no [lookup.{l}] section"));
+                }
+                found
+            });
+            if lookup.is_some() && kind != Kind::Content {
+                problems.push(format!("{at}: `lookup` is for content identifiers"));
+            }
+            declared.push(Identifier {
+                name: name.clone(),
+                kind,
+                needs,
+                lookup,
+            });
+        }
+    }
+    Identifiers::new(declared, file.case_insensitive_names, space_key)
 }
 
 /// `[content_lookup]` or one `[lookup.NAME]` (which shares the former's cache TTL).
@@ -286,6 +456,21 @@ fn query_names(value: Option<&str>, problems: &mut Problems<'_>) -> bool {
                 "query_names: `{other}` is neither `plain` nor `php`"
             ));
             false
+        }
+    }
+}
+
+/// `user_names`: how the wiki compares user names.
+fn user_names(value: Option<&str>, problems: &mut Problems<'_>) -> UserNames {
+    match value {
+        None | Some("exact") => UserNames::Exact,
+        Some("case_insensitive") => UserNames::CaseInsensitive,
+        Some("mediawiki") => UserNames::MediaWiki,
+        Some(other) => {
+            problems.push(format!(
+                "user_names: `{other}` is none of `exact`, `case_insensitive`, `mediawiki`"
+            ));
+            UserNames::Exact
         }
     }
 }

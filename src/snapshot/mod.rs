@@ -130,9 +130,16 @@ impl Snapshot {
         let directory = match &data_text {
             Ok(text) => {
                 hasher.extend_from_slice(text.as_bytes());
-                Directory::parse(&config.policy.data, text)
-                    .map_err(|es| errors.extend(es.into_iter().map(LoadError::from)))
-                    .ok()
+                Directory::parse_with(
+                    &config.policy.data,
+                    text,
+                    routes
+                        .as_ref()
+                        .map_or_else(Default::default, |r| r.user_names),
+                    config.identity.unknown_users,
+                )
+                .map_err(|es| errors.extend(es.into_iter().map(LoadError::from)))
+                .ok()
             }
             Err(e) => {
                 errors.push(

@@ -244,7 +244,12 @@ async fn invite_assign_revoke_remove_round_trip() {
     let original = std::fs::read_to_string(gw.path("data.json")).unwrap();
     let gwen = bearer(&token("gwen", &[]));
     let a = get(&gw.url("/display/ENG/Home"), &[("authorization", &gwen)]).await;
-    assert_eq!(a.status, StatusCode::OK, "unknown users are regular");
+    assert_eq!(
+        a.status,
+        StatusCode::FORBIDDEN,
+        "a user no declared group places is refused, never regular"
+    );
+    assert!(a.text().contains("user_unclassified"), "{}", a.text());
 
     // Invite: gwen becomes a guest of acme-guests (ENG: view, comment).
     let a = admin_post(

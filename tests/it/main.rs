@@ -14,6 +14,7 @@ mod canonical;
 mod cli;
 mod guests;
 mod hostile;
+mod hostile_cases;
 mod identity;
 mod lifecycle;
 mod limits;

@@ -263,7 +263,7 @@ async fn jwks_rotation_unknown_kids_and_outages() {
             .await
             .is_err()
     );
-    let a = status(bearer(&es256(&k2, "k2", "bob"))).await;
+    let a = status(bearer(&es256(&k2, "k2", "alice"))).await;
     assert_eq!(a.status, StatusCode::OK, "stale keys keep serving");
 }
 

@@ -212,6 +212,7 @@ fn facts_and_policy_decide_as_the_pure_rego_policy_did() {
             max_body_bytes: None,
             filtered: case.filtered,
             lookup: None,
+            rule: None,
         };
         let facts = directory.facts(case.user, &groups, case.space, now);
         let mut doc = input::build(

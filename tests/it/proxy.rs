@@ -11,6 +11,26 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Frame;
 
 #[tokio::test]
+async fn trusted_proxies_extend_x_forwarded_for_and_authorization_passes_when_asked() {
+    let up = start_upstream().await;
+    let mut c = TestConfig::new(&up.url());
+    c.server_extra = "trusted_proxies = [\"127.0.0.0/8\"]\n".into();
+    c.upstream_extra = "pass_authorization = true\n".into();
+    let gw = start_gateway(c).await;
+    let auth = bearer(&token("alice", &[]));
+    let a = get(
+        &gw.url("/display/ENG/Home"),
+        &[("authorization", &auth), ("x-forwarded-for", "203.0.113.9")],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let seen = up.forwarded();
+    let s = &seen[0];
+    assert_eq!(s.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
+    assert_eq!(s.header("authorization"), Some(auth.as_str()));
+}
+
+#[tokio::test]
 async fn regular_user_passes_through_with_identity_and_forwarded_headers() {
     let up = start_upstream().await;
     let gw = start_gateway(TestConfig::new(&up.url())).await;
@@ -42,10 +62,14 @@ async fn regular_user_passes_through_with_identity_and_forwarded_headers() {
     assert_eq!(s.header("x-guestgate-guest"), Some("false"));
     assert_eq!(
         s.header("authorization"),
-        Some(auth.as_str()),
-        "token forwarded unchanged"
+        None,
+        "the wiki never reads the client's credentials as a sign-in of its own"
     );
-    assert_eq!(s.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
+    assert_eq!(
+        s.header("x-forwarded-for"),
+        Some("127.0.0.1"),
+        "a client that is no trusted proxy does not write the wiki's log"
+    );
     assert_eq!(s.header("x-forwarded-proto"), Some("http"));
     assert_eq!(s.header("x-forwarded-host"), Some("wiki.example.com"));
     assert_eq!(s.header("host"), Some(up.addr.to_string().as_str()));

@@ -826,21 +826,22 @@ async fn a_sign_in_without_a_groups_claim_is_refused_unless_allowed() {
     assert_eq!(a.status, StatusCode::FOUND, "still not signed in");
     assert!(up.forwarded().is_empty());
 
-    // An empty groups claim is a claim: erin signs in.
+    // An empty groups claim is a claim: erin signs in — and, placed by no declared group,
+    // is refused rather than taken for a regular user.
     let mut b = Browser::default();
     sign_in(&mut b, &gw, &idp, "erin", "/display/ENG/Home").await;
-    assert_eq!(
-        b.get(&gw.url("/display/ENG/Home")).await.status,
-        StatusCode::OK
-    );
+    let a = b.get(&gw.url("/display/ENG/Home")).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(a.text().contains("user_unclassified"), "{}", a.text());
 
-    // With the explicit opt-out, the directory alone decides: nina signs in.
-    let gw = start_oidc_gateway(
-        TestConfig::new(&up.url()),
-        &idp.issuer,
-        "allow_missing_groups = true",
-    )
-    .await;
+    // With the explicit opt-out, the directory alone decides: nina signs in, and the
+    // directory's regular group makes her regular.
+    let mut config = TestConfig::new(&up.url());
+    config.data = TEST_DATA.replace(
+        r#""alice": {"#,
+        r#""nina": {"groups": ["confluence-users"]}, "alice": {"#,
+    );
+    let gw = start_oidc_gateway(config, &idp.issuer, "allow_missing_groups = true").await;
     let mut b = Browser::default();
     sign_in(&mut b, &gw, &idp, "nina", "/display/ENG/Home").await;
     assert_eq!(

@@ -706,7 +706,8 @@ impl SignIn {
             }
         }
         let user = match user {
-            Some(user) => user,
+            Some(user) if crate::identity::is_valid_user_name(&user) => user,
+            Some(_) => return Err(SignInError::IdToken(IdentityError::InvalidUserName)),
             None => {
                 tracing::warn!(claim = %self.user_claim, "sign-in refused: the provider gave no user claim");
                 return Err(SignInError::UserUnavailable);
