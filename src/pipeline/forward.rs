@@ -286,6 +286,7 @@ pub async fn forward(
     mut req: Request<UpstreamBody>,
     accepted: &Accepted,
     identity: ForwardIdentity<'_>,
+    query: Option<&str>,
     conn: ConnInfo,
 ) -> Result<Response<Incoming>, GatewayError> {
     let upgrade = is_upgrade(req.headers());
@@ -354,7 +355,8 @@ pub async fn forward(
         );
     }
 
-    let path_and_query = match &accepted.query {
+    // A guest's search narrowed to their spaces replaces the query (`pipeline::scope`).
+    let path_and_query = match query.or(accepted.query.as_deref()) {
         Some(q) => format!("{}?{q}", accepted.path),
         None => accepted.path.clone(),
     };

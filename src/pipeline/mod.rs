@@ -20,6 +20,7 @@ pub mod judge;
 pub mod limits;
 pub mod rescue;
 pub mod rewrite;
+pub mod scope;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -242,6 +243,14 @@ impl Pipeline {
         let _upstream_slot = self.upstream_slots.try_acquire()?;
         let filter = (route.rewrites.filter_spaces && decided.decision.guest)
             .then(|| decide::viewable_spaces(snapshot, accepted, &route, &decided));
+        // A guest's HEAD of a listing would answer the unfiltered body's length.
+        if filter.is_some() && accepted.method == http::Method::HEAD {
+            return Err(GatewayError::MethodNotAllowed("head_of_a_filtered_listing"));
+        }
+        let scoped_query = match (&filter, guest_scope(snapshot, &route)) {
+            (Some(spaces), Some(param)) => Some(scoped_query(accepted, param, spaces)?),
+            _ => None,
+        };
         let plan = rewrite::RewritePlan::new(
             snapshot,
             &self.config.rewrite,
@@ -261,12 +270,48 @@ impl Pipeline {
                 guest: decided.decision.guest,
                 identity_encoding: plan.is_some(),
             },
+            scoped_query.as_deref(),
             *conn,
         )
         .await?;
+        self.forget_moved_content(snapshot, &route, &accepted.method, response.status())
+            .await;
         match plan {
             Some(plan) => rewrite::apply(response, plan).await,
             None => Ok(response.map(streamed)),
+        }
+    }
+
+    /// The content cache must not outlive what it caches: a content id the wiki answers
+    /// as gone is forgotten, and so is every id once an edit or a delete succeeds in a
+    /// space — a move or a rename is one, and may take any page elsewhere (MediaWiki moves
+    /// by title, so the ids it moves are not in the request).
+    async fn forget_moved_content(
+        &self,
+        snapshot: &Snapshot,
+        route: &crate::routes::Route,
+        method: &http::Method,
+        status: http::StatusCode,
+    ) {
+        use crate::routes::{Action, Family};
+        if matches!(status, http::StatusCode::NOT_FOUND | http::StatusCode::GONE)
+            && let (Some(content), Some(lookup)) =
+                (&route.content, snapshot.routes.lookup_for(route))
+        {
+            self.content_cache
+                .invalidate(&lookup.cache_key(content))
+                .await;
+        }
+        let write = !matches!(
+            *method,
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+        );
+        if write
+            && status.is_success()
+            && matches!(route.family, Family::Space | Family::Content)
+            && matches!(route.action, Action::Edit | Action::Delete | Action::Admin)
+        {
+            self.content_cache.invalidate_all();
         }
     }
 
@@ -484,6 +529,35 @@ impl Pipeline {
         rescue::log(&error);
         rescue::refusal(&error, ctx.wants_html)
     }
+}
+
+/// The query parameter of this route that holds a search to narrow for guests.
+fn guest_scope<'s>(snapshot: &'s Snapshot, route: &crate::routes::Route) -> Option<&'s str> {
+    route
+        .rule
+        .and_then(|i| snapshot.routes.rules.get(i))
+        .and_then(|r| r.guest_scope.as_deref())
+}
+
+/// The query with the search in `param` narrowed to `spaces` (a guest's viewable ones).
+fn scoped_query(
+    accepted: &Accepted,
+    param: &str,
+    spaces: &crate::snapshot::SpaceSet,
+) -> Result<String, GatewayError> {
+    let Some(cql) = accepted
+        .params
+        .iter()
+        .find(|(k, _)| k == param)
+        .map(|(_, v)| v)
+    else {
+        // No search at all: the wiki answers its own error, which names no space.
+        return Ok(accepted.query.clone().unwrap_or_default());
+    };
+    let mut keys: Vec<&str> = spaces.iter().map(String::as_str).collect();
+    keys.sort_unstable();
+    let narrowed = scope::scoped_cql(cql, keys.into_iter())?;
+    scope::with_param(&accepted.params, param, &narrowed)
 }
 
 /// What a request body is, as far as naming identifiers goes.

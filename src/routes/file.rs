@@ -116,6 +116,16 @@ pub(super) struct RouteFile {
     pub(super) lookup: Option<String>,
     #[serde(default)]
     pub(super) json_identifiers: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    pub(super) guest_scope: Option<GuestScopeFile>,
+}
+
+/// `guest_scope`: a query parameter holding a search the wiki runs, narrowed for guests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GuestScopeFile {
+    pub(super) param: String,
+    pub(super) language: String,
 }
 
 /// `[identifiers]`: the parameters that name content, a space or a user.

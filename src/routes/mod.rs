@@ -215,6 +215,9 @@ pub struct RouteRule {
     /// Where a request body names identifiers (`json_identifiers`). `None`: the rule does
     /// not say, and a guest's write with a JSON body is refused.
     pub json_identifiers: Option<Vec<identifiers::JsonIdentifier>>,
+    /// The query parameter holding a CQL search, narrowed to a guest's spaces before the
+    /// wiki runs it (`guest_scope`).
+    pub guest_scope: Option<String>,
 }
 
 /// The route of one request: what the profile says it touches.

@@ -246,6 +246,21 @@ fn rule(
             })
             .collect()
     });
+    let guest_scope = r.guest_scope.as_ref().and_then(|g| {
+        if g.language != "cql" {
+            problems.push(format!(
+                "{at}: guest_scope.language: `{}` is not `cql`",
+                g.language
+            ));
+            return None;
+        }
+        if !rewrites.filter_spaces {
+            problems.push(format!(
+                "{at}: guest_scope needs the `filter_spaces` rewrite (what the scope cannot express is still filtered)"
+            ));
+        }
+        Some(g.param.clone())
+    });
     RouteRule {
         name: Arc::from(r.name.as_str()),
         family,
@@ -258,6 +273,7 @@ fn rule(
         max_body_bytes,
         lookup,
         json_identifiers,
+        guest_scope,
     }
 }
 
