@@ -42,8 +42,8 @@ enum Command {
         #[arg(long, default_value = "GET")]
         method: String,
         /// Path and query (`/display/ENG/Home`) or a full URL.
-        #[arg(long)]
-        url: String,
+        #[arg(long, required_unless_present = "batch")]
+        url: Option<String>,
         /// Act as this user (no token needed).
         #[arg(long)]
         user: Option<String>,
@@ -53,6 +53,11 @@ enum Command {
         /// A token to verify and act as.
         #[arg(long)]
         token: Option<String>,
+        /// Judge a batch instead: a JSON file `{"requests": [{"method", "url", "user",
+        /// "groups"}], "inputs": [<policy input>]}`; prints the data the policy sees, each
+        /// request's decision and whole input, and each input's decision.
+        #[arg(long, conflicts_with_all = ["url", "user", "token"])]
+        batch: Option<PathBuf>,
     },
     /// Run the Rego unit tests (`test_*` rules) of policy.dir.
     Test(ConfigArg),
@@ -91,7 +96,16 @@ pub fn main() -> ExitCode {
             user,
             groups,
             token,
-        } => eval(&config.config, &method, &url, user, groups, token),
+            batch,
+        } => eval(
+            &config.config,
+            &method,
+            url.as_deref(),
+            user,
+            groups,
+            token,
+            batch.as_deref(),
+        ),
         Command::Test(c) => test(&c.config),
         Command::Token {
             config,
@@ -329,6 +343,14 @@ fn check(path: &Path) -> ExitCode {
             .unwrap_or_default();
         println!("warning:  {item} expired at {at} and no longer counts; remove it or extend it");
     }
+    for (at, item) in snapshot.directory.expiries_out_of_nanosecond_range() {
+        let at = at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        println!(
+            "warning:  {item} expires at {at}, outside 1678–2262: OPA (and the listing rule under regorus) cannot read it (time.parse_rfc3339_ns); write an instant within that range"
+        );
+    }
     println!("revision: {}", snapshot.revision);
     println!("tests:    {passed} passed, {failed} failed");
     if failed > 0 {
@@ -363,12 +385,12 @@ fn test(path: &Path) -> ExitCode {
 fn eval(
     path: &Path,
     method: &str,
-    url: &str,
+    url: Option<&str>,
     user: Option<String>,
     groups: Vec<String>,
     token: Option<String>,
+    batch: Option<&Path>,
 ) -> ExitCode {
-    use crate::identity::Caller;
     let config = match load_config(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -377,57 +399,177 @@ fn eval(
         Ok(s) => s,
         Err(code) => return code,
     };
-    let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
-        eprintln!("--method: `{method}` is not an HTTP method");
+    if let Some(batch) = batch {
+        return eval_batch(&config, &snapshot, batch);
+    }
+    let Some(url) = url else {
+        eprintln!("--url is required (or --batch)");
         return ExitCode::from(2);
     };
+    let request = EvalRequest {
+        method: method.to_string(),
+        url: url.to_string(),
+        user,
+        groups,
+        token,
+    };
+    match eval_request(&config, &snapshot, &request, false) {
+        Ok(out) => {
+            println!("{out:#}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// One request for `eval`, as the flags (or a batch file) give it.
+#[derive(Debug, serde::Deserialize)]
+struct EvalRequest {
+    #[serde(default = "default_method")]
+    method: String,
+    url: String,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    token: Option<String>,
+}
+
+fn default_method() -> String {
+    "GET".into()
+}
+
+/// A batch for `eval --batch`: requests judged as by `--url`, and policy input documents
+/// evaluated as they are (what a policy author would hand `opa eval`).
+#[derive(Debug, serde::Deserialize)]
+struct EvalBatch {
+    #[serde(default)]
+    requests: Vec<EvalRequest>,
+    #[serde(default)]
+    inputs: Vec<serde_json::Value>,
+}
+
+/// Judges a batch and prints one JSON document: the data the policy sees, each request's
+/// route, user, decision and whole input, and each given input's decision. The OPA
+/// differential check (`tests/opa/`) runs the same inputs under OPA and compares.
+fn eval_batch(config: &Config, snapshot: &Snapshot, path: &Path) -> ExitCode {
+    let batch: EvalBatch = match std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let mut requests = Vec::with_capacity(batch.requests.len());
+    for request in &batch.requests {
+        match eval_request(config, snapshot, request, true) {
+            Ok(out) => requests.push(out),
+            Err(message) => {
+                eprintln!("{}: {}: {message}", path.display(), request.url);
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let inputs: Vec<serde_json::Value> = batch
+        .inputs
+        .into_iter()
+        .map(|input| {
+            let decision = serde_json::from_value::<regorus::Value>(input)
+                .map_err(|e| e.to_string())
+                .and_then(|value| snapshot.policy.evaluate(value).map_err(|e| e.to_string()));
+            match decision {
+                Ok(d) => serde_json::json!({"decision": decision_json(&d)}),
+                Err(e) => serde_json::json!({"error": e}),
+            }
+        })
+        .collect();
+    let out = serde_json::json!({
+        "revision": &*snapshot.revision,
+        "data": serde_json::to_value(&snapshot.directory.rego_data).unwrap_or_default(),
+        "requests": requests,
+        "inputs": inputs,
+    });
+    println!("{out}");
+    ExitCode::SUCCESS
+}
+
+fn decision_json(d: &crate::policy::Decision) -> serde_json::Value {
+    let mut result = serde_json::to_value(&d.result).unwrap_or_default();
+    if let Some(obj) = result.as_object_mut() {
+        obj.entry("status").or_insert(d.status.as_u16().into());
+    }
+    result
+}
+
+/// What `eval` prints for one request; with `with_input`, the whole policy input too.
+fn eval_request(
+    config: &Config,
+    snapshot: &Snapshot,
+    request: &EvalRequest,
+    with_input: bool,
+) -> Result<serde_json::Value, String> {
+    use crate::identity::Caller;
+    let method = &request.method;
+    let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+        return Err(format!("--method: `{method}` is not an HTTP method"));
+    };
+    let url = &request.url;
     let Ok(uri) = url.parse::<http::Uri>() else {
-        eprintln!("--url: `{url}` is not a URL or path");
-        return ExitCode::from(2);
+        return Err(format!("--url: `{url}` is not a URL or path"));
     };
     let host = uri
         .authority()
         .map(|a| a.as_str().to_string())
         .unwrap_or_else(|| "localhost".to_string());
-    let mut request = http::Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
+    let mut head = http::Request::new(()).into_parts().0;
+    head.method = method;
+    head.uri = uri;
     if let Ok(host) = http::HeaderValue::from_str(&host) {
-        request.headers_mut().insert(http::header::HOST, host);
+        head.headers.insert(http::header::HOST, host);
     }
-    let caller = match (&token, &user) {
+    let caller = match (&request.token, &request.user) {
         (Some(t), _) => match snapshot.verifier.verify(t) {
             Ok(identity) => Caller::Authenticated(identity),
             Err(e) => Caller::Rejected(e),
         },
         (None, Some(name)) => Caller::Authenticated(Arc::new(crate::identity::Identity {
             name: Arc::from(name.as_str()),
-            token_groups: groups.iter().map(|g| Arc::from(g.as_str())).collect(),
+            token_groups: request
+                .groups
+                .iter()
+                .map(|g| Arc::from(g.as_str()))
+                .collect(),
             claims: regorus::Value::new_object(),
             token_hash: [0; 32],
             expires_at: u64::MAX,
         })),
         (None, None) => Caller::Anonymous,
     };
-    let (head, ()) = request.into_parts();
     let route_json = |route: &crate::routes::Route| {
         serde_json::to_value(crate::policy::input::route_value(route)).unwrap_or_default()
     };
     let denied = |e: &crate::pipeline::error::GatewayError| serde_json::json!({"allow": false, "reason": e.reason(), "status": e.status().as_u16()});
+    let mut input_json = serde_json::Value::Null;
     let (route_json, user_json, decision_json, note) = match crate::pipeline::judge(
-        &snapshot, &config, &head, &caller, None,
+        snapshot, config, &head, &caller, None,
     ) {
         Ok(judged) => {
             let d = &judged.decided;
-            let user_json = d
+            let input = d
                 .input
                 .as_ref()
-                .and_then(|i| serde_json::to_value(&i["user"]).ok())
+                .and_then(|i| serde_json::to_value(i).ok())
                 .unwrap_or_default();
-            let mut result = serde_json::to_value(&d.decision.result).unwrap_or_default();
-            if let Some(obj) = result.as_object_mut() {
-                obj.entry("status")
-                    .or_insert(d.decision.status.as_u16().into());
+            let user_json = input["user"].clone();
+            if with_input {
+                input_json = input;
             }
             let guest_needs_space = snapshot.directory.is_guest(&d.groups)
                 && judged.route.content.is_some()
@@ -435,7 +577,12 @@ fn eval(
             let note = guest_needs_space.then_some(
                     "the content id's space is looked up at the wiki when serving; eval does not, so the space is null here",
                 );
-            (route_json(&judged.route), user_json, result, note)
+            (
+                route_json(&judged.route),
+                user_json,
+                decision_json(&d.decision),
+                note,
+            )
         }
         Err(unjudged) => (
             unjudged
@@ -456,8 +603,10 @@ fn eval(
     if let Some(note) = note {
         out["note"] = note.into();
     }
-    println!("{out:#}");
-    ExitCode::SUCCESS
+    if with_input {
+        out["input"] = input_json;
+    }
+    Ok(out)
 }
 
 fn token(path: &Path, sub: &str, groups: &[String], ttl: u64) -> ExitCode {

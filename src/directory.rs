@@ -494,6 +494,17 @@ impl Directory {
         self.expiry_items.iter().take_while(move |(t, _)| *t <= now)
     }
 
+    /// Expiries Rego's `time.parse_rfc3339_ns` cannot read: it counts nanoseconds since
+    /// 1970 in a signed 64-bit integer, so only instants from 1677-09-21 to 2262-04-11 fit.
+    pub fn expiries_out_of_nanosecond_range(
+        &self,
+    ) -> impl Iterator<Item = &(OffsetDateTime, String)> {
+        self.expiry_items.iter().filter(|(t, _)| {
+            t.unix_timestamp_nanos() > i128::from(i64::MAX)
+                || t.unix_timestamp_nanos() < i128::from(i64::MIN)
+        })
+    }
+
     /// The first expiry strictly after `now`, if any.
     pub fn next_expiry_after(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
         let i = self.expiries.partition_point(|e| *e <= now);

@@ -25,7 +25,7 @@ fx_spaces := {
 	}},
 	"HR": {"guests": {"groups": {"beta-guests": ["view"]}}},
 	"OLD": {"guests": {"groups": {"acme-guests": {"permissions": ["view"], "expires": "2001-01-01T00:00:00Z"}}}},
-	"NEW": {"guests": {"groups": {"acme-guests": {"permissions": ["view"], "expires": "2999-01-01T00:00:00Z"}}}},
+	"NEW": {"guests": {"groups": {"acme-guests": {"permissions": ["view"], "expires": "2199-01-01T00:00:00Z"}}}},
 }
 
 fx_users := {
@@ -309,4 +309,12 @@ test_viewable_spaces_drop_a_lapsed_membership if {
 	inp := fx_input("search", null, "view", "bob", ["beta-guests"], fx_guest([]))
 	fx_viewable_at(inp, fx_just_before) == {"TMP"}
 	count(fx_viewable_at(inp, fx_at_expiry)) == 0
+}
+
+# Allowed guest requests outside a space (UI, profiles) stand on the facts too.
+test_incomplete_facts_deny_outside_spaces_too if {
+	ui := fx_gary("static", null, "view", [])
+	fx_decide(ui).allow == true
+	fx_decide({"request": ui.request, "route": ui.route, "user": {k: v | some k, v in ui.user; k != "permissions"}}).allow == false
+	fx_decide({"request": ui.request, "route": ui.route, "user": {k: v | some k, v in ui.user; k != "expired"}}).allow == false
 }
