@@ -75,17 +75,18 @@ decision := allow("public_route") if {
 # input's facts directly: each rule an evaluation passes through costs regorus 2–3 µs.
 guest_decision := guest_deny("guest_access_expired", 403) if {
 	input.user.expired == true
+} else := space_decision if {
+	space_families[input.route.family]
+} else := guest_deny("guest_blocked_family", 403) if {
+	guest_blocked_families[input.route.family]
 } else := guest_deny("incomplete_facts", 403) if {
-	# Every branch below may allow: each stands on the facts being there and well formed.
+	# Every branch below may allow: each stands on the facts being there and well formed
+	# (the space branch above states what it needs itself).
 	not input.user.expired == false
 } else := guest_deny("incomplete_facts", 403) if {
 	# Through a rule: OPA reads `not is_array(x)` with `x` undefined as not satisfied,
 	# regorus as satisfied; `not <rule>` means the same in both.
 	not permissions_listed
-} else := space_decision if {
-	space_families[input.route.family]
-} else := guest_deny("guest_blocked_family", 403) if {
-	guest_blocked_families[input.route.family]
 } else := listing_decision if {
 	input.route.family == "search"
 } else := guest_allow("guest_ui") if {
@@ -105,18 +106,17 @@ profile_decision := guest_allow("own_profile") if {
 	shares_space_with(input.route.user)
 } else := guest_deny("profile_not_shared", 403)
 
-# The one allowing branch states every fact it needs, so a missing or malformed fact can
-# only deny, in regorus and in OPA alike.
-space_decision := guest_allow("guest_space_permission") if {
-	is_string(input.route.space)
+space_decision := guest_deny("space_unresolved", 403) if {
+	not is_string(input.route.space)
+} else := guest_deny("space_not_granted", 403) if {
+	count(input.user.permissions) == 0
+} else := guest_allow("guest_space_permission") if {
+	# The one allowing branch states every fact it needs, so a missing or malformed fact
+	# can only deny, in regorus and in OPA alike.
 	input.user.expired == false
 	input.route.action in input.user.permissions
 	# Defence in depth: the gateway never lists `admin` in the permissions.
 	grantable[input.route.action]
-} else := guest_deny("space_unresolved", 403) if {
-	not is_string(input.route.space)
-} else := guest_deny("space_not_granted", 403) if {
-	count(input.user.permissions) == 0
 } else := guest_deny(concat("", ["missing_permission_", input.route.action]), 403)
 
 # Spaces whose items a guest's listings keep (the filter_spaces rewrite asks this rule,

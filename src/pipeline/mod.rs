@@ -283,9 +283,9 @@ impl Pipeline {
     }
 
     /// The content cache must not outlive what it caches: a content id the wiki answers
-    /// as gone is forgotten, and so is every id once an edit or a delete succeeds in a
-    /// space — a move or a rename is one, and may take any page elsewhere (MediaWiki moves
-    /// by title, so the ids it moves are not in the request).
+    /// as gone is forgotten, and every id once a write succeeds — a move or a rename may
+    /// take any page elsewhere, and MediaWiki moves by title, so the ids it moves are not
+    /// in the request.
     async fn forget_moved_content(
         &self,
         snapshot: &Snapshot,
@@ -293,7 +293,7 @@ impl Pipeline {
         method: &http::Method,
         status: http::StatusCode,
     ) {
-        use crate::routes::{Action, Family};
+        use crate::routes::Family;
         if matches!(status, http::StatusCode::NOT_FOUND | http::StatusCode::GONE)
             && let (Some(content), Some(lookup)) =
                 (&route.content, snapshot.routes.lookup_for(route))
@@ -306,10 +306,12 @@ impl Pipeline {
             *method,
             http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
         );
+        // Moves and renames are reached through many routes (MediaWiki's Special:MovePage
+        // and api.php, Confluence's move actions): any successful write outside the
+        // families that cannot move content counts.
         if write
-            && status.is_success()
-            && matches!(route.family, Family::Space | Family::Content)
-            && matches!(route.action, Action::Edit | Action::Delete | Action::Admin)
+            && (status.is_success() || status.is_redirection())
+            && !matches!(route.family, Family::Static | Family::Auth | Family::Collab)
         {
             self.content_cache.invalidate_all();
         }

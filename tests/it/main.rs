@@ -12,6 +12,7 @@ mod browser_signin;
 mod bundles;
 mod canonical;
 mod cli;
+mod content_cache;
 mod guests;
 mod hostile;
 mod hostile_cases;
