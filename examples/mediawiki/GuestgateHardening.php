@@ -9,6 +9,11 @@
  *   $wgNonincludableNamespaces gets every space namespace and its talk namespace. (Pages of
  *   a space then cannot transclude pages of the same space either: MediaWiki has no
  *   per-target setting.)
+ * - transclusion through a redirect (`{{:Salaries}}`, where the main-namespace `Salaries`
+ *   redirects to `HR:Salaries`): the parser follows up to two redirects and checks
+ *   $wgNonincludableNamespaces on the first title only, so every hop is judged by the
+ *   BeforeParserFetchTemplateRevisionRecord hook, which Parser::statelessFetchTemplate runs
+ *   for each title it fetches.
  * - transclusion of special pages (`{{Special:ListUsers}}`, `{{Special:RecentChanges}}`):
  *   $wgAllowSpecialInclusion = false.
  * - redirects: for guests (guestgate sets `X-Guestgate-Guest: true`, and strips any copy a
@@ -36,6 +41,23 @@ class GuestgateHardening {
 		}
 		$wgAllowSpecialInclusion = false;
 		$wgHooks['InitializeArticleMaybeRedirect'][] = [ self::class, 'onInitializeArticleMaybeRedirect' ];
+		$wgHooks['BeforeParserFetchTemplateRevisionRecord'][] =
+			[ self::class, 'onBeforeParserFetchTemplateRevisionRecord' ];
+	}
+
+	/**
+	 * Runs for each title a transclusion fetches, the hops of a redirect included: a title
+	 * in a non-includable namespace is skipped (rendered as a link), whatever the first
+	 * title was.
+	 */
+	public static function onBeforeParserFetchTemplateRevisionRecord(
+		$contextTitle, $title, &$skip, &$revRecord
+	) {
+		global $wgNonincludableNamespaces;
+		if ( in_array( $title->getNamespace(), $wgNonincludableNamespaces, true ) ) {
+			$skip = true;
+		}
+		return true;
 	}
 
 	/**

@@ -365,3 +365,49 @@ session_keys_file = "session_keys"
         "names the file: {err}"
     );
 }
+
+#[test]
+fn check_warns_about_expiries_rego_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = TestConfig {
+        data: TEST_DATA.replace(
+            r#""DOCS": {"guests": {"groups": {"partner-guests": ["view"]}}}"#,
+            r#""DOCS": {"guests": {"groups": {"partner-guests": {"permissions": ["view"], "expires": "2999-01-01T00:00:00Z"}}}}"#,
+        ),
+        ..TestConfig::new("http://127.0.0.1:9")
+    };
+    assert!(c.data.contains("2999"), "the fixture changed");
+    let path = write_config(dir.path(), &c);
+    let (code, out, err) = guestgate(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("spaces.DOCS.guests.groups.partner-guests")
+            && out.contains("outside 1678–2262"),
+        "{out}"
+    );
+}
+
+#[test]
+fn eval_batch_prints_inputs_and_decides_given_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch = dir.path().join("batch.json");
+    std::fs::write(
+        &batch,
+        r#"{"requests": [{"url": "/display/ENG/Home", "user": "gary"}],
+            "inputs": [{"route": {"public": true}}]}"#,
+    )
+    .unwrap();
+    let (code, out, err) = guestgate(&[
+        "eval",
+        "--config",
+        &shipped(),
+        "--batch",
+        batch.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["requests"][0]["decision"]["allow"], true);
+    assert_eq!(v["requests"][0]["input"]["user"]["guest"], true);
+    assert_eq!(v["inputs"][0]["decision"]["reason"], "public_route");
+    assert!(v["data"]["spaces"]["ENG"].is_object());
+}

@@ -312,6 +312,20 @@ async fn mediawiki_behind_guestgate() {
         format!("/index.php/Special:Redirect/page/{hr_page}"),
         format!("/index.php/Special:Redirect/revision/{hr_rev}"),
         "/index.php?title=ENG:New&action=edit&preload=HR:Salaries".to_string(),
+        // An id route with other parameters MediaWiki acts on: another page's text
+        // preloaded, an editor opened for a view-only guest, a diff against another
+        // namespace's revision.
+        format!("/index.php?curid={eng_page}&action=edit&section=new&preload=HR:Salaries"),
+        format!("/index.php?curid={eng_page}&action=edit"),
+        format!("/index.php?curid={eng_page}&action=submit"),
+        format!("/index.php?oldid={eng_rev}&action=edit&preload=HR:Salaries"),
+        format!("/index.php?curid={eng_page}&editintro=HR:Salaries"),
+        format!(
+            "/api.php?action=query&titles=ENG:Roadmap&prop=revisions&rvdiffto={hr_rev}&format=json"
+        ),
+        format!(
+            "/api.php?action=query&revids={eng_rev}&prop=revisions&rvdiffto={hr_rev}&format=json"
+        ),
         "/api.php?action=query&titles=HR:Salaries&prop=revisions&rvprop=content&format=json"
             .to_string(),
         "/api.php?action=query&titles=ENG:Roadmap|HR:Salaries&prop=revisions&format=json"
@@ -604,6 +618,30 @@ async fn mediawiki_behind_guestgate() {
         ),
     );
 
+    // A main-namespace redirect into HR, made by a regular user: transcluding it follows
+    // the redirect, so the hardening must judge every hop, not the first title alone.
+    let csrf_alice = alice.get(&gw.url(tokens)).await.json()["query"]["tokens"]["csrftoken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = format!(
+        "action=edit&title=Salaries&text={}&summary=redirect&format=json&token={}",
+        encode("#REDIRECT [[HR:Salaries]]"),
+        encode(&csrf_alice)
+    );
+    let a = alice
+        .send(
+            "POST",
+            &gw.url("/api.php"),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            &body,
+        )
+        .await;
+    r.check(
+        a.json()["edit"]["result"] == "Success",
+        format!("Alice's redirect page: {}", a.text()),
+    );
+
     // A guest who may edit ENG cannot pull another namespace in through the wiki itself:
     // transclusion and cross-namespace redirects (examples/mediawiki/GuestgateHardening.php).
     for (title, source) in [
@@ -612,6 +650,10 @@ async fn mediawiki_behind_guestgate() {
             "Before {{:HR:Salaries}} {{HR:Salaries}} {{Special:ListUsers}} after",
         ),
         ("ENG:Shortcut", "#REDIRECT [[HR:Salaries]]"),
+        (
+            "ENG:IncludeRedirect",
+            "Before {{:Salaries}} {{msgnw::Salaries}} after",
+        ),
     ] {
         let create = serde_json::json!({"source": source, "comment": "guest page", "token": csrf})
             .to_string();
@@ -639,6 +681,52 @@ async fn mediawiki_behind_guestgate() {
             format!("Gary GET {view}: another namespace's content came through"),
         );
     }
+    // A page moved out of ENG is judged in its new namespace at once: the gateway forgets
+    // the id's namespace when the move succeeds through it.
+    let body = format!(
+        "action=edit&title=ENG%3AMovable&text={}&summary=x&format=json&token={}",
+        encode("Soon in HR: movablekeyword"),
+        encode(&csrf_alice)
+    );
+    let a = alice
+        .send(
+            "POST",
+            &gw.url("/api.php"),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            &body,
+        )
+        .await;
+    r.check(
+        a.json()["edit"]["result"] == "Success",
+        format!("Alice's ENG:Movable: {}", a.text()),
+    );
+    let (movable, _) = ids_of(&alice.get(&gw.url(&format!("{q}ENG:Movable"))).await.json());
+    let by_id = format!("/index.php?curid={movable}");
+    let a = gary.get(&gw.url(&by_id)).await;
+    r.status("Gary", &by_id, &a, 200);
+    let body = format!(
+        "action=move&from=ENG%3AMovable&to=HR%3AMovable&noredirect=1&format=json&token={}",
+        encode(&csrf_alice)
+    );
+    let a = alice
+        .send(
+            "POST",
+            &gw.url("/api.php"),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            &body,
+        )
+        .await;
+    r.check(
+        a.json()["move"]["to"] == "HR:Movable",
+        format!("Alice's move: {}", a.text()),
+    );
+    let a = gary.get(&gw.url(&by_id)).await;
+    r.status("Gary", &format!("{by_id} after the move"), &a, 403);
+    r.check(
+        !a.text().contains("movablekeyword"),
+        "the moved page's text came through",
+    );
+
     let a = alice.get(&gw.url("/index.php?title=ENG:Shortcut")).await;
     r.check(
         a.text().contains("salarybands"),

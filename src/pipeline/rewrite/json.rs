@@ -75,6 +75,10 @@ struct Scanner<'s, 'p> {
     listings: Vec<Listing>,
     size: Option<(usize, usize)>,
     total_size: Option<(usize, usize)>,
+    /// Counts over everything the query matched, which the wiki could not narrow to the
+    /// guest's spaces (MediaWiki's `searchinfo.totalhits`, a root `total`): replaced by
+    /// what the guest keeps, however few items the page itself held.
+    untrusted_counts: Vec<(usize, usize)>,
     /// Path below the current listing item, kept only while inside one.
     path: Vec<Seg<'s>>,
     in_item: bool,
@@ -340,6 +344,11 @@ impl<'s> Scanner<'s, '_> {
                 (_, Val::Number(s, e)) if root && key == b"totalSize" => {
                     self.total_size = Some((s, e))
                 }
+                (_, Val::Number(s, e))
+                    if !self.in_item && (key == b"totalhits" || (root && key == b"total")) =>
+                {
+                    self.untrusted_counts.push((s, e))
+                }
                 _ => {}
             }
             self.ws();
@@ -428,6 +437,7 @@ pub fn rewrite(src: &[u8], plan: &JsonPlan<'_>) -> Result<Option<Vec<u8>>, JsonE
         listings: Vec::new(),
         size: None,
         total_size: None,
+        untrusted_counts: Vec::new(),
         path: Vec::new(),
         in_item: false,
         item_space: None,
@@ -481,6 +491,11 @@ pub fn rewrite(src: &[u8], plan: &JsonPlan<'_>) -> Result<Option<Vec<u8>>, JsonE
                 ));
             }
             edits.extend(deleted.iter().map(|&(s, e)| (s, e, Cow::Borrowed(""))));
+        }
+        // Even when this page held nothing to remove (`limit=0`), such a count answers
+        // for other spaces.
+        for &(s, e) in &scanner.untrusted_counts {
+            edits.push((s, e, Cow::Owned(kept.to_string())));
         }
     }
     if let Some(lookup) = plan.tag_users {
@@ -634,6 +649,32 @@ mod tests {
     }
 
     #[test]
+    fn counts_over_other_spaces_never_pass() {
+        let plan_lists = [vec!["query".to_string(), "search".to_string()]];
+        let extractors = [SpaceExtractor::new(
+            "/title",
+            regex::Regex::new(r"^(?P<space>[A-Za-z0-9]+):").ok(),
+        )
+        .expect("pointer")];
+        let visible: HashSet<String> = ["ENG".to_string()].into_iter().collect();
+        let plan = JsonPlan {
+            tag_users: None,
+            filter: Some((&extractors, &visible)),
+            user_keys: &[],
+            listings: &plan_lists,
+        };
+        // srlimit=0: nothing on the page, and still the count of HR's hits.
+        let src = r#"{"query":{"searchinfo":{"totalhits":17},"search":[]}}"#;
+        let out = rewrite(src.as_bytes(), &plan)
+            .expect("listing")
+            .expect("changed");
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            r#"{"query":{"searchinfo":{"totalhits":0},"search":[]}}"#
+        );
+    }
+
+    #[test]
     fn filtering_everything_or_the_first_items_stays_valid() {
         let src = r#"{"results":[{"space":{"key":"HR"}},{"space":{"key":"ENG"}},{"space":{"key":"OPS"}}],"size":3}"#;
         assert_eq!(filter(src, &[]).expect("ok"), r#"{"results":[],"size":0}"#);
@@ -689,7 +730,8 @@ mod tests {
         .expect("utf8");
         assert_eq!(
             out,
-            r#"{"batchcomplete":"","results":[{"title":"HR:Kept"}],"query":{"searchinfo":{"totalhits":3},"search":[{"ns":3000,"title":"ENG:Home"},{"ns":3001,"title":"ENG_talk:Home","user":"gary","isExternalCollaborator":true}],"recentchanges":[],"other":[{"search":[{"title":"HR:X"}]}]}}"#
+            // totalhits counted HR's hits too: it becomes what the guest keeps.
+            r#"{"batchcomplete":"","results":[{"title":"HR:Kept"}],"query":{"searchinfo":{"totalhits":2},"search":[{"ns":3000,"title":"ENG:Home"},{"ns":3001,"title":"ENG_talk:Home","user":"gary","isExternalCollaborator":true}],"recentchanges":[],"other":[{"search":[{"title":"HR:X"}]}]}}"#
         );
         // No listing where the profile says: refused, not passed through.
         assert_eq!(
