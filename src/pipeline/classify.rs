@@ -81,7 +81,7 @@ async fn fetch_space(
     let uri = upstream.uri_for(&lookup.path_for(content));
     let mut req = get_json_request::<UpstreamBody>(
         &uri.to_string(),
-        http_body_util::Either::Right(http_body_util::Full::new(bytes::Bytes::new())),
+        super::forward::whole_body(bytes::Bytes::new()),
     )?;
     if let Some(auth) = &upstream.service_authorization {
         req.headers_mut()

@@ -164,6 +164,9 @@ impl GatewayError {
             if e.is::<ClientBodyError>() {
                 return GatewayError::BadRequest("invalid_request_body");
             }
+            if e.is::<super::multipart::UnjudgedField>() {
+                return GatewayError::BadRequest("unjudged_multipart_field");
+            }
             cause = e.source();
         }
         GatewayError::UpstreamUnavailable(error)

@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::accept::Accepted;
+use super::multipart::GuardedMultipart;
 use crate::config::{ServerConfig, UpstreamConfig};
 use crate::http::client::{ClientError, HttpsClient, build_local, current_worker};
 use crate::pipeline::error::GatewayError;
@@ -20,7 +21,15 @@ use crate::pipeline::error::GatewayError;
 /// or none (lookups).
 /// A request body towards the wiki: the client's, streamed through its limit, or one the
 /// gateway holds whole (a guest's form or JSON body it has judged; a lookup's empty one).
-pub type UpstreamBody = Either<crate::http::body::RequestBody, Full<Bytes>>;
+pub type UpstreamBody = Either<
+    crate::http::body::RequestBody,
+    Either<Full<Bytes>, GuardedMultipart<crate::http::body::RequestBody>>,
+>;
+
+/// An upstream body the gateway holds whole.
+pub fn whole_body(bytes: Bytes) -> UpstreamBody {
+    Either::Right(Either::Left(Full::new(bytes)))
+}
 
 static X_GUESTGATE_USER: HeaderName = HeaderName::from_static("x-guestgate-user");
 static X_GUESTGATE_GUEST: HeaderName = HeaderName::from_static("x-guestgate-guest");
@@ -388,4 +397,34 @@ pub async fn forward(
 
     strip_hop_by_hop(resp.headers_mut(), false);
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http2_cookie_crumbs_become_one_field() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2; c=3"));
+        join_cookie_crumbs(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
+        let mut one = HeaderMap::new();
+        one.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookie_crumbs(&mut one);
+        assert_eq!(
+            one.get(header::COOKIE).map(HeaderValue::as_bytes),
+            Some(&b"a=1"[..])
+        );
+    }
+
+    #[test]
+    fn names_compare_with_underscores_as_dashes() {
+        assert!(eq_dashed("x_guestgate_user", "x-guestgate-user"));
+        assert!(starts_dashed("x_forwarded_for", "x-forwarded-"));
+        assert!(!eq_dashed("x-guestgate-users", "x-guestgate-user"));
+        assert!(!starts_dashed("x-forward", "x-forwarded-"));
+    }
 }

@@ -18,6 +18,7 @@ pub mod forward;
 pub mod identifiers;
 pub mod judge;
 pub mod limits;
+pub mod multipart;
 pub mod rescue;
 pub mod rewrite;
 pub mod scope;
@@ -34,6 +35,7 @@ use crate::http::body::{ProxyBody, limited, streamed};
 use crate::http::gateway_paths;
 use crate::identity::Caller;
 use crate::identity::oidc::{EndpointRequest, SignIn};
+use crate::routes::identifiers::Kind;
 use crate::snapshot::Snapshot;
 use crate::snapshot::store::SnapshotStore;
 use crate::telemetry::{DecisionLog, Metrics};
@@ -42,7 +44,7 @@ use classify::{ContentCache, content_cache};
 use decide::Decided;
 use error::GatewayError;
 use forward::{ConnInfo, ForwardIdentity, Upstream, UpstreamBody, UpstreamError};
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 use judge::Admitted;
 use limits::UpstreamSlots;
 
@@ -345,11 +347,34 @@ impl Pipeline {
         let read_whole = match kind {
             BodyKind::Form => !profile.identifiers.is_empty(),
             BodyKind::Json => true,
-            BodyKind::Other => false,
+            BodyKind::Multipart | BodyKind::Other => false,
         };
         if !read_whole {
             let targets = identifiers::in_params(&profile.identifiers, query)?;
-            return Ok((Either::Left(limited(body, body_limit)), targets));
+            let body = limited(body, body_limit);
+            if matches!(kind, BodyKind::Multipart) && !profile.identifiers.is_empty() {
+                // Streamed, not held: a form field naming an identifier must repeat one
+                // judged already (the route's own, or the query's).
+                let mut judged: Vec<(Kind, String)> =
+                    targets.iter().map(|t| (t.kind, t.value.clone())).collect();
+                judged.extend(
+                    route
+                        .content
+                        .as_deref()
+                        .map(|c| (Kind::Content, c.to_string())),
+                );
+                judged.extend(route.space.as_deref().map(|s| (Kind::Space, s.to_string())));
+                let content_type = headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let scanner =
+                    multipart::PartScanner::new(content_type, profile.identifiers.clone(), judged)
+                        .ok_or(GatewayError::BadRequest("multipart_without_boundary"))?;
+                let guarded = multipart::GuardedMultipart::new(body, scanner);
+                return Ok((Either::Right(Either::Right(guarded)), targets));
+            }
+            return Ok((Either::Left(body), targets));
         }
         let bytes = read_body(body, body_limit).await?;
         let targets = match kind {
@@ -381,7 +406,7 @@ impl Pipeline {
                 targets
             }
         };
-        Ok((Either::Right(Full::new(bytes)), targets))
+        Ok((forward::whole_body(bytes), targets))
     }
 
     /// Judges each identifier a guest's request names beyond its route's own capture: the
@@ -569,6 +594,8 @@ enum BodyKind {
     Form,
     /// JSON on a write.
     Json,
+    /// `multipart/form-data`: form fields among the files.
+    Multipart,
     Other,
 }
 
@@ -594,6 +621,8 @@ fn body_kind(method: &http::Method, headers: &http::HeaderMap) -> BodyKind {
         BodyKind::Form
     } else if media == "application/json" || media.ends_with("+json") {
         BodyKind::Json
+    } else if media == "multipart/form-data" {
+        BodyKind::Multipart
     } else {
         BodyKind::Other
     }

@@ -185,9 +185,15 @@ impl ContentLookup {
     /// The cache key of an id: the id itself for `[content_lookup]`, prefixed with the
     /// lookup's name otherwise (a page id and a revision id may be the same number).
     pub fn cache_key(&self, content: &str) -> Box<str> {
+        // One key per id as the wiki reads it: `0101` is page 101 to `Long.parseLong`.
+        let canonical = match content.trim_start_matches('0') {
+            "" if !content.is_empty() => "0",
+            trimmed if content.bytes().all(|b| b.is_ascii_digit()) => trimmed,
+            _ => content,
+        };
         match &self.name {
-            None => content.into(),
-            Some(name) => format!("{name}\u{0}{content}").into_boxed_str(),
+            None => canonical.into(),
+            Some(name) => format!("{name}\u{0}{canonical}").into_boxed_str(),
         }
     }
 
@@ -269,7 +275,7 @@ pub struct RouteProfile {
     /// How the wiki compares user names (`user_names`).
     pub user_names: extract::UserNames,
     /// The parameters that name content, a space or a user (`[identifiers]`).
-    pub identifiers: identifiers::Identifiers,
+    pub identifiers: Arc<identifiers::Identifiers>,
     /// Most parameters (query and form body together) a request may carry
     /// (`max_parameters`): beyond the wiki's own limit, parameters the gateway judged
     /// would never reach it (Tomcat ignores those past `maxParameterCount`).

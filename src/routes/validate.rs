@@ -152,7 +152,7 @@ impl RouteProfile {
             json_user_keys: file.json_user_keys,
             php_query_names,
             user_names,
-            identifiers,
+            identifiers: Arc::new(identifiers),
             max_parameters: file.max_parameters.unwrap_or(DEFAULT_MAX_PARAMETERS),
             max_query_bytes: file.max_query_bytes.unwrap_or(DEFAULT_MAX_QUERY_BYTES),
             forwards,

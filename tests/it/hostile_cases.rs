@@ -158,3 +158,88 @@ async fn the_hostile_corpus_is_judged_as_the_wiki_would_act() {
         "the corpus covers every class"
     );
 }
+
+/// A multipart body streams to the wiki; a form field naming another page breaks it off
+/// mid-stream, so the wiki never receives a complete request (class 1, form bodies).
+#[tokio::test]
+async fn a_multipart_field_naming_another_page_never_reaches_the_wiki_whole() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let complete = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen_complete = complete.clone();
+    let default = default_handler();
+    let up = start_upstream_with(std::sync::Arc::new(
+        move |req: http::Request<hyper::body::Incoming>| {
+            if req.uri().query() == Some("expand=space") {
+                return default(req);
+            }
+            let complete = seen_complete.clone();
+            Box::pin(async move {
+                use http_body_util::BodyExt as _;
+                if req.into_body().collect().await.is_ok() {
+                    complete.fetch_add(1, Ordering::SeqCst);
+                }
+                json_response(http::StatusCode::OK, serde_json::json!({"ok": true}))
+            }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
+        },
+    ))
+    .await;
+    let gw = start_gateway(TestConfig::new(&up.url())).await;
+    let gary = bearer(&token("gary", &[]));
+    let form = |field: &str, value: &str| {
+        format!(
+            "--B0undary\r\nContent-Disposition: form-data; name=\"comment\"\r\n\r\nhello\r\n\
+             --B0undary\r\nContent-Disposition: form-data; name=\"{field}\"\r\n\r\n{value}\r\n\
+             --B0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n\
+             Content-Type: text/plain\r\n\r\n{}\r\n--B0undary--\r\n",
+            "x".repeat(200_000)
+        )
+    };
+    let post = |body: String| {
+        let url = gw.url("/pages/doaddcomment.action?pageId=101");
+        let auth = gary.clone();
+        async move {
+            request(
+                "POST",
+                &url,
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "multipart/form-data; boundary=B0undary"),
+                ],
+                &body,
+            )
+            .await
+        }
+    };
+    let a = post(form("PageId", "101")).await;
+    assert_eq!(a.status, http::StatusCode::OK, "{}", a.text());
+    assert_eq!(
+        complete.load(Ordering::SeqCst),
+        1,
+        "the judged page's form reached the wiki"
+    );
+
+    for (field, value) in [
+        ("pageId", "201"),
+        ("PAGEID", "201"),
+        ("draftId", "201"),
+        ("pageId", "+101"),
+    ] {
+        let a = post(form(field, value)).await;
+        assert_eq!(
+            a.status,
+            http::StatusCode::BAD_REQUEST,
+            "{field}={value}: {}",
+            a.text()
+        );
+        assert!(
+            a.text().contains("unjudged_multipart_field"),
+            "{}",
+            a.text()
+        );
+    }
+    assert_eq!(
+        complete.load(Ordering::SeqCst),
+        1,
+        "no form naming another page reached the wiki whole"
+    );
+}
