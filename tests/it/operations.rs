@@ -311,3 +311,73 @@ async fn discovery_finds_the_jwks_and_no_keys_at_all_fails_closed() {
         .unwrap();
     assert_eq!(remote.fetch().await.unwrap(), 1);
 }
+
+/// kubelet's ConfigMap update, exactly: a new timestamped folder, a `..data_tmp` link to it
+/// renamed over `..data`, the old folder removed — twice in a row, the second a revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmap_swaps_are_seen_every_time() {
+    use std::os::unix::fs::symlink;
+    let up = start_upstream().await;
+    let gw = start_gateway(TestConfig::new(&up.url())).await;
+    // The ConfigMap layout: data.json -> ..data/data.json, ..data -> ..2026_12_06_v1.
+    let swap = |version: u32, data: &str| {
+        let folder = format!("..2026_12_06_v{version}");
+        std::fs::create_dir(gw.path(&folder)).unwrap();
+        std::fs::write(gw.path(&format!("{folder}/data.json")), data).unwrap();
+        let _ = std::fs::remove_file(gw.path("..data_tmp"));
+        symlink(&folder, gw.path("..data_tmp")).unwrap();
+        std::fs::rename(gw.path("..data_tmp"), gw.path("..data")).unwrap();
+        if version > 1 {
+            std::fs::remove_dir_all(gw.path(&format!("..2026_12_06_v{}", version - 1))).unwrap();
+        }
+    };
+    swap(1, TEST_DATA);
+    std::fs::remove_file(gw.path("data.json")).unwrap();
+    symlink("..data/data.json", gw.path("data.json")).unwrap();
+    gw.gateway.store.reload().await.unwrap();
+    let _watch = guestgate::snapshot::watch::watch(gw.gateway.store.clone()).unwrap();
+
+    let gary = bearer(&token("gary", &[]));
+    let hr = || async {
+        get(&gw.url("/display/HR/x"), &[("authorization", &gary)])
+            .await
+            .status
+    };
+    let wait_for = |want: StatusCode| async move {
+        let mut status = StatusCode::IM_A_TEAPOT;
+        // Within the fingerprint check's interval at the latest.
+        for _ in 0..((guestgate::snapshot::watch::FINGERPRINT_INTERVAL.as_millis() / 100) + 30) {
+            status = hr().await;
+            if status == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        status
+    };
+    assert_eq!(hr().await, StatusCode::FORBIDDEN);
+
+    let mut granted: serde_json::Value = serde_json::from_str(TEST_DATA).unwrap();
+    granted["spaces"]["HR"] = serde_json::json!({"guests": {"groups": {"acme-guests": ["view"]}}});
+    swap(2, &granted.to_string());
+    assert_eq!(
+        wait_for(StatusCode::OK).await,
+        StatusCode::OK,
+        "the first update"
+    );
+
+    swap(3, TEST_DATA);
+    assert_eq!(
+        wait_for(StatusCode::FORBIDDEN).await,
+        StatusCode::FORBIDDEN,
+        "the second update, a revocation, is applied too"
+    );
+
+    // An edit of the file the links lead to (no swap at all) is seen too.
+    std::fs::write(gw.path("..2026_12_06_v3/data.json"), granted.to_string()).unwrap();
+    assert_eq!(
+        wait_for(StatusCode::OK).await,
+        StatusCode::OK,
+        "an edit in place"
+    );
+}
