@@ -202,6 +202,8 @@ pub struct Metrics {
     decision_latency: Histogram,
     reloads: [AtomicU64; 2],
     revision: Mutex<String>,
+    /// When a bundle poll last succeeded (a new bundle or 304), Unix seconds; 0: never.
+    bundle_last_success: AtomicU64,
 }
 
 impl Metrics {
@@ -230,6 +232,23 @@ impl Metrics {
     pub fn reload_succeeded(&self, revision: &str) {
         self.reloads[0].fetch_add(1, Ordering::Relaxed);
         self.set_revision(revision);
+    }
+
+    /// A bundle poll got an answer it could use (a bundle, valid or not, or 304).
+    pub fn bundle_polled(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.bundle_last_success.store(now, Ordering::Relaxed);
+    }
+
+    /// Seconds since the last successful bundle poll; `None` before the first.
+    pub fn bundle_poll_age(&self) -> Option<u64> {
+        let last = self.bundle_last_success.load(Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        (last > 0).then(|| now.saturating_sub(last))
     }
 
     pub fn reload_failed(&self) {
@@ -317,6 +336,17 @@ impl Metrics {
                 out,
                 "guestgate_reloads_total{{result=\"{word}\"}} {}",
                 self.reloads[i].load(Ordering::Relaxed)
+            );
+        }
+        let last = self.bundle_last_success.load(Ordering::Relaxed);
+        if last > 0 {
+            let _ = writeln!(
+                out,
+                "# TYPE guestgate_bundle_last_success_timestamp_seconds gauge"
+            );
+            let _ = writeln!(
+                out,
+                "guestgate_bundle_last_success_timestamp_seconds {last}"
             );
         }
         let revision = self.revision.lock().map(|r| r.clone()).unwrap_or_default();

@@ -41,7 +41,19 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<ProxyBody>
         ),
         (&Method::GET, "/readyz") => {
             let revision = gw.snapshot().revision.clone();
-            reply(StatusCode::OK, "text/plain", format!("ready {revision}\n"))
+            // Still ready — the last good revision keeps serving — but say when the bundle
+            // server has not answered for three intervals (docs/OPERATIONS.md has the alert).
+            let stale = gw.config.bundle.as_ref().and_then(|b| {
+                let age = gw.metrics.bundle_poll_age()?;
+                (age > 3 * b.poll_interval.as_secs().max(1)).then_some(age)
+            });
+            let text = match stale {
+                Some(age) => {
+                    format!("ready {revision} (bundle server last answered {age} s ago)\n")
+                }
+                None => format!("ready {revision}\n"),
+            };
+            reply(StatusCode::OK, "text/plain", text)
         }
         (&Method::GET, "/metrics") => {
             let mut text = gw.metrics.render(gw.pipeline.decision_log_dropped());

@@ -54,6 +54,12 @@ pub struct BundleFile {
     pub jitter: f64,
     #[serde(default)]
     pub authorization_env: Option<String>,
+    #[serde(default = "default_poll_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_poll_timeout() -> u64 {
+    30
 }
 
 fn default_poll_interval() -> u64 {

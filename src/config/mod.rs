@@ -59,6 +59,8 @@ pub struct BundleConfig {
     pub jitter: f64,
     /// The `Authorization` value for the bundle server, read from the named variable.
     pub authorization: Option<String>,
+    /// One poll, head and body, ends within this (`bundle.timeout_secs`).
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -201,6 +201,7 @@ impl Validator {
                     });
             BundleConfig {
                 poll_interval: self.secs("bundle.poll_interval_secs", b.poll_interval_secs),
+                timeout: self.secs("bundle.timeout_secs", b.timeout_secs),
                 url: b.url,
                 jitter: b.jitter,
                 authorization,

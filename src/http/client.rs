@@ -152,6 +152,9 @@ fn build_with<B: RequestBody>(
     http.enforce_http(false);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_nodelay(true);
+    // A peer that vanishes without a word (a dead bundle server, a dropped NAT entry) is
+    // noticed by the kernel, not only by a request's deadline.
+    http.set_keepalive(Some(Duration::from_secs(60)));
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()

@@ -16,8 +16,6 @@ use crate::config::BundleConfig;
 use crate::http::client::{ClientError, FetchError, HttpsClient, build, fetch};
 
 const MAX_BUNDLE_BYTES: usize = 64 << 20;
-/// One poll, download included, ends within this.
-const POLL_DEADLINE: Duration = Duration::from_secs(30);
 const MAX_UNPACKED_BYTES: u64 = 256 << 20;
 
 pub use super::BundleContents;
@@ -162,7 +160,7 @@ impl BundlePoller {
             req = req.header(header::AUTHORIZATION, auth.as_str());
         }
         let req = req.body(Empty::new()).map_err(BundleError::Request)?;
-        let fetched = fetch(&self.client, req, POLL_DEADLINE, MAX_BUNDLE_BYTES).await?;
+        let fetched = fetch(&self.client, req, self.config.timeout, MAX_BUNDLE_BYTES).await?;
         if fetched.status == StatusCode::NOT_MODIFIED {
             return Ok(Poll::Unchanged);
         }
@@ -186,7 +184,16 @@ impl BundlePoller {
         tokio::spawn(async move {
             let mut etag: Option<String> = None;
             loop {
-                match self.poll(etag.as_deref()).await {
+                let started = std::time::Instant::now();
+                let polled = self.poll(etag.as_deref()).await;
+                let took = started.elapsed();
+                if took > self.config.poll_interval / 2 {
+                    tracing::warn!(seconds = took.as_secs_f64(), "bundle poll was slow");
+                }
+                if polled.is_ok() {
+                    store.metrics().bundle_polled();
+                }
+                match polled {
                     Ok(Poll::Unchanged) => {}
                     Ok(Poll::New(contents, new_etag)) => match store.install_bundle(contents).await
                     {

@@ -194,3 +194,85 @@ fn unpack_refuses_bundles_without_policies_and_escaping_paths() {
     let err = guestgate::snapshot::bundle::unpack(&gz.finish().unwrap()).unwrap_err();
     assert!(err.to_string().contains("no .rego files"), "{err}");
 }
+
+/// A bundle server that sends its headers and half a body, then goes quiet, holds one poll
+/// for `timeout_secs` at most: the next poll applies the bundle published meanwhile, and
+/// the gauge of the last good poll says when the server last answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_server_that_stalls_mid_body_does_not_stop_the_polling() {
+    use futures_util::StreamExt as _;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let first = bundle("2026-12-06-r1", &serde_json::from_str(TEST_DATA).unwrap());
+    let mut revoked: serde_json::Value = serde_json::from_str(TEST_DATA).unwrap();
+    revoked["spaces"]["ENG"] = serde_json::json!({"guests": {}});
+    let second = bundle("2026-12-06-r2", &revoked);
+    let polls = Arc::new(AtomicUsize::new(0));
+    let handler: Handler = {
+        let polls = polls.clone();
+        Arc::new(move |_req| {
+            let n = polls.fetch_add(1, Ordering::SeqCst);
+            let (first, second) = (first.clone(), second.clone());
+            Box::pin(async move {
+                match n {
+                    0 => Response::builder().body(full(first)).unwrap(),
+                    // The second poll: headers and half a body, then nothing, ever.
+                    1 => {
+                        let half = bytes::Bytes::from(second[..second.len() / 2].to_vec());
+                        let stream =
+                            futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+                                hyper::body::Frame::data(half),
+                            )])
+                            .chain(futures_util::stream::pending());
+                        Response::builder()
+                            .header("content-length", second.len())
+                            .body(http_body_util::BodyExt::boxed(
+                                http_body_util::StreamBody::new(stream),
+                            ))
+                            .unwrap()
+                    }
+                    _ => Response::builder()
+                        .header("etag", "\"r2\"")
+                        .body(full(second))
+                        .unwrap(),
+                }
+            })
+        })
+    };
+    let server = start_upstream_with(handler).await;
+    let up = start_upstream().await;
+    let mut c = TestConfig::new(&up.url());
+    c.extra_sections = format!(
+        "[bundle]\nurl = \"{}/bundles/guestgate.tar.gz\"\npoll_interval_secs = 1\njitter = 0.0\ntimeout_secs = 1\n",
+        server.url()
+    );
+    let gw = start_gateway(c).await;
+    let config = gw.gateway.config.bundle.clone().unwrap();
+    guestgate::snapshot::bundle::BundlePoller::new(config)
+        .unwrap()
+        .start(gw.gateway.store.clone());
+    let gary = bearer(&token("gary", &[]));
+    let mut revision = String::new();
+    for _ in 0..120 {
+        revision = gw.gateway.snapshot().revision.to_string();
+        if revision == "2026-12-06-r2" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        revision, "2026-12-06-r2",
+        "the revocation published after the stall"
+    );
+    assert!(polls.load(Ordering::SeqCst) >= 3);
+    assert_eq!(
+        get(&gw.url("/display/ENG/Home"), &[("authorization", &gary)])
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let m = get(&gw.admin_url("/metrics"), &[]).await.text();
+    assert!(
+        m.contains("guestgate_bundle_last_success_timestamp_seconds "),
+        "{m}"
+    );
+}
