@@ -81,7 +81,12 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<ProxyBody>
                     page::render(&report, time::OffsetDateTime::now_utc()),
                 )
             } else {
-                json(StatusCode::OK, report)
+                let mut r = json(StatusCode::OK, report);
+                // The revision a write may name in `If-Match`.
+                if let Ok(v) = http::HeaderValue::from_str(&format!("\"{}\"", snapshot.revision)) {
+                    r.headers_mut().insert(header::ETAG, v);
+                }
+                r
             }
         }
         (&Method::POST, path) if write::Operation::from_path(path).is_some() => {

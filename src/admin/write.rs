@@ -83,10 +83,18 @@ impl WriteError {
                 "internal",
                 "data_not_written",
             ),
+            WriteError::Change(DataChangeError::Stale { .. }) => (
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                "stale_revision",
+            ),
         };
         let mut body = json!({"error": error, "reason": reason, "message": self.to_string()});
         if let WriteError::Change(DataChangeError::Invalid(errors)) = self {
             body["errors"] = json!(errors);
+        }
+        if let WriteError::Change(DataChangeError::Stale { current, .. }) = self {
+            body["revision"] = json!(current);
         }
         let mut r = json_reply(status, body);
         if matches!(self, WriteError::Unauthorized) {
@@ -101,7 +109,14 @@ impl WriteError {
 
 pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<ProxyBody> {
     match run(gw, req).await {
-        Ok((status, body)) => json_reply(status, body),
+        Ok((status, body)) => {
+            let etag = body["revision"].as_str().map(|r| format!("\"{r}\""));
+            let mut r = json_reply(status, body);
+            if let Some(v) = etag.and_then(|e| http::HeaderValue::from_str(&e).ok()) {
+                r.headers_mut().insert(header::ETAG, v);
+            }
+            r
+        }
         Err(e) => {
             if !matches!(e, WriteError::Disabled | WriteError::Unauthorized) {
                 tracing::warn!(error = %e, "admin write refused");
@@ -137,6 +152,18 @@ async fn run(gw: &Gateway, req: Request<Incoming>) -> Result<(StatusCode, Value)
     let operation =
         Operation::from_path(req.uri().path()).ok_or_else(|| bad("unknown operation"))?;
     authorize(gw, req.headers())?;
+    // The revision the caller read (`GET /guests` gives it, quoted, as its ETag).
+    let if_match = req
+        .headers()
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.trim()
+                .trim_start_matches("W/")
+                .trim_matches('"')
+                .to_string()
+        })
+        .filter(|v| v != "*");
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -152,7 +179,7 @@ async fn run(gw: &Gateway, req: Request<Incoming>) -> Result<(StatusCode, Value)
         .to_bytes();
     let now = OffsetDateTime::now_utc();
     let request: WriteRequest = parse(operation, &body)?;
-    let (created, before, after) = change_data(&gw.store, |doc, directory| {
+    let (created, before, after) = change_data(&gw.store, if_match.as_deref(), |doc, directory| {
         request.apply(doc, directory, now)
     })
     .await?;
