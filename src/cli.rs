@@ -205,6 +205,14 @@ fn serve(path: &Path) -> ExitCode {
             "guestgate listening"
         );
         signals.wait(&gw).await;
+        // The drain window: still serving, /readyz 503, keep-alive answers close their
+        // connection; then the listeners stop and in-flight requests get shutdown_grace.
+        let drain = gw.config.server.drain;
+        if !drain.is_zero() {
+            tracing::info!(seconds = drain.as_secs(), "draining");
+            gw.pipeline.start_draining();
+            tokio::time::sleep(drain).await;
+        }
         tracing::info!("shutting down");
         running.shutdown();
         running.wait().await;

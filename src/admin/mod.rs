@@ -39,6 +39,11 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<ProxyBody>
             "text/plain",
             "waiting for the first bundle\n".into(),
         ),
+        (&Method::GET, "/readyz") if gw.pipeline.is_draining() => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "draining: shutting down\n".into(),
+        ),
         (&Method::GET, "/readyz") => {
             let revision = gw.snapshot().revision.clone();
             // Still ready — the last good revision keeps serving — but say when the bundle

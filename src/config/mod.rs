@@ -72,6 +72,9 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long requests are still served while `/readyz` answers 503, so a
+    /// load balancer takes the replica out before it stops accepting (`server.drain_secs`).
+    pub drain: Duration,
     /// Largest request body a route accepts unless its rule says otherwise (→ 413).
     pub max_body_bytes: usize,
     /// A connection with no request for this long is closed (gracefully).

@@ -63,6 +63,8 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     /// Browser sign-in (`[identity.oidc]`); like remote keys, it outlives snapshots.
     signin: Option<Arc<SignIn>>,
+    /// Set on SIGTERM: answers still come, each closing its HTTP/1.1 connection.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// Why a pipeline could not be built.
@@ -127,7 +129,19 @@ impl Pipeline {
             decision_log,
             metrics,
             signin,
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The drain window has begun (SIGTERM): requests are still served, and each answer
+    /// on an HTTP/1.1 connection closes it, so clients reconnect to another replica.
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -148,6 +162,7 @@ impl Pipeline {
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         let (head, body) = req.into_parts();
+        let http1 = head.version < http::Version::HTTP_2;
         let mut ctx = RequestContext {
             snapshot: self.store.current(),
             wants_html: accept::prefers_html(&head.headers),
@@ -161,7 +176,13 @@ impl Pipeline {
             // Boxed: rare, and a future is as large as its largest await.
             Err(error) => Box::pin(self.rescue(&ctx, error)).await,
         };
-        let response = with_session_headers(response, ctx.session);
+        let mut response = with_session_headers(response, ctx.session);
+        if http1 && self.is_draining() {
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
         self.metrics
             .observe_request(response.status(), started.elapsed());
         response

@@ -228,10 +228,12 @@ fn bad_usage_exits_2() {
 }
 
 #[test]
-fn serve_runs_until_sigterm() {
-    use std::io::{BufRead, BufReader};
+fn serve_drains_then_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read, Write};
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &TestConfig::new("http://127.0.0.1:9"));
+    let mut c = TestConfig::new("http://127.0.0.1:9");
+    c.server_extra = "drain_secs = 2\n".into();
+    let path = write_config(dir.path(), &c);
     let mut child = Command::new(env!("CARGO_BIN_EXE_guestgate"))
         .args(["serve", "--config", path.to_str().unwrap()])
         .stderr(std::process::Stdio::piped())
@@ -253,20 +255,43 @@ fn serve_runs_until_sigterm() {
         .map_while(Result::ok)
         .find(|l| l.contains("guestgate listening"))
         .expect("serve logs its addresses");
-    let admin = listening
-        .split("admin=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    let health = std::net::TcpStream::connect(&admin);
-    assert!(health.is_ok(), "admin listener at {admin}");
+    let addr = |name: &str| {
+        listening
+            .split(&format!("{name}="))
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let (proxy, admin) = (addr("proxy"), addr("admin"));
+    // One HTTP/1.1 exchange on a fresh connection: the status line and the headers.
+    let head = |at: &str, target: &str| -> String {
+        let mut s = std::net::TcpStream::connect(at).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        write!(s, "GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).to_lowercase()
+    };
+    assert!(head(&admin, "/readyz").starts_with("http/1.1 200"));
+    assert!(!head(&proxy, "/display/ENG/Home").contains("connection: close"));
     Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
         .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Draining: not ready, still answering, each answer closing its connection.
+    let ready = head(&admin, "/readyz");
+    assert!(
+        ready.starts_with("http/1.1 503") && ready.contains("draining"),
+        "{ready}"
+    );
+    let answer = head(&proxy, "/display/ENG/Home");
+    assert!(answer.starts_with("http/1.1 401"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
     let status = child.0.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
