@@ -107,6 +107,9 @@ struct SpaceFile {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 struct DataFile {
+    /// How many changes the admin write API has made (it counts them here).
+    #[serde(default)]
+    generation: u64,
     #[serde(default)]
     groups: BTreeMap<String, GroupEntry>,
     #[serde(default)]
@@ -185,6 +188,10 @@ pub struct Directory {
     /// How the wiki compares user names; every name in the document and every lookup
     /// goes through [`UserNames::canonical`].
     pub user_names: UserNames,
+    /// The write API's count of changes (`generation` in the document): each write makes a
+    /// revision of its own, so the access events of two writes never share an id, even
+    /// when the second restores what the first changed.
+    pub generation: u64,
     /// What becomes of a user with no declared group.
     pub unknown_users: UnknownUsers,
 }
@@ -360,6 +367,7 @@ impl Directory {
             rego_data,
             user_names,
             unknown_users,
+            generation: file.generation,
         })
     }
 

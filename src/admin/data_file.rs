@@ -79,6 +79,12 @@ pub async fn change_data<T>(
     })?;
     let before = Arc::new(on_disk);
     let outcome = change(&mut doc, &before.directory)?;
+    if let serde_json::Value::Object(map) = &mut doc {
+        map.insert(
+            "generation".into(),
+            serde_json::Value::from(before.directory.generation + 1),
+        );
+    }
     let mut new_text =
         serde_json::to_string_pretty(&doc).map_err(|e| DataChangeError::Storage(e.to_string()))?;
     new_text.push('\n');

@@ -121,7 +121,17 @@ impl GatewayError {
             Self::Unauthorized(e) => (StatusCode::UNAUTHORIZED, e.reason(), false),
             Self::Denied { reason, status, .. } => (*status, &**reason, false),
             Self::Policy(_) => (StatusCode::FORBIDDEN, "policy_error", true),
-            Self::ContentUnresolved { .. } => (StatusCode::FORBIDDEN, "space_unresolved", true),
+            // Still refused either way; a wiki that cannot be reached says so, as it does
+            // to regular users, rather than look like a denial.
+            Self::ContentUnresolved { cause, .. } => match &**cause {
+                LookupError::Fetch(FetchError::Timeout { .. }) => {
+                    (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", true)
+                }
+                LookupError::Fetch(FetchError::Unreachable { .. }) => {
+                    (StatusCode::BAD_GATEWAY, "upstream_unavailable", true)
+                }
+                _ => (StatusCode::FORBIDDEN, "space_unresolved", true),
+            },
             Self::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable", true),
             Self::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", false),
             Self::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", false),

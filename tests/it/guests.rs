@@ -284,7 +284,7 @@ async fn concurrent_lookups_of_one_id_are_coalesced() {
 }
 
 #[tokio::test]
-async fn an_upstream_down_during_lookup_denies_the_guest() {
+async fn an_upstream_down_during_lookup_refuses_the_guest_as_unavailable() {
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
@@ -296,8 +296,10 @@ async fn an_upstream_down_during_lookup_denies_the_guest() {
         &[("authorization", &gary)],
     )
     .await;
-    assert_eq!(a.status, StatusCode::FORBIDDEN);
-    assert_eq!(a.json()["reason"], "space_unresolved");
+    // Refused (nothing forwarded), and said as it is: the wiki cannot be reached — the
+    // same answer a regular user gets, not one that reads as a denial.
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(a.json()["reason"], "upstream_unavailable");
 }
 
 /// Each request below differs from a cached one in exactly one field the decision depends

@@ -1003,3 +1003,36 @@ async fn two_replicas_on_one_file_lose_no_write() {
     assert!(fresh.headers.get("etag").is_some());
     running.shutdown();
 }
+
+/// Revoke, grant again, revoke again: the same change twice is two occurrences, and a
+/// receiver that drops duplicate ids must not drop the second.
+#[tokio::test]
+async fn event_ids_identify_occurrences() {
+    let (_up, gw) = writable_gateway("").await;
+    let grant = serde_json::json!({"user": "gina", "spaces": ["DOCS"], "permissions": ["view"]});
+    let revoke = serde_json::json!({"user": "gina", "spaces": ["DOCS"]});
+    let mut ids = Vec::new();
+    for body in [grant.clone(), revoke.clone(), grant, revoke] {
+        let a = admin_post(
+            &gw,
+            if body.get("permissions").is_some() {
+                "/guests/assign"
+            } else {
+                "/guests/revoke"
+            },
+            body,
+        )
+        .await;
+        assert!(a.status.is_success(), "{}", a.text());
+        for e in a.json()["changes"].as_array().unwrap() {
+            ids.push(e["id"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        4,
+        "every occurrence has its own id: {ids:?}"
+    );
+}
