@@ -37,6 +37,10 @@ pub(super) async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let idle_timeout = pipeline.config.server.idle_timeout;
+    // A connection that has not begun a single request is held to the header deadline:
+    // one that never sends a byte must not keep its `max_connections` slot for a whole
+    // idle timeout.
+    let first_request = pipeline.config.server.header_read_timeout.min(idle_timeout);
     let activity = Arc::new(Activity::new());
     let service = {
         let activity = activity.clone();
@@ -74,7 +78,12 @@ pub(super) async fn serve_connection<I>(
     // be able to keep its connection — and its `max_connections` slot — for ever.
     let mut drop_at: Option<tokio::time::Instant> = None;
     loop {
-        let idle_at = tokio::time::Instant::from_std(activity.idle_deadline(idle_timeout));
+        let limit = if activity.served_any() {
+            idle_timeout
+        } else {
+            first_request
+        };
+        let idle_at = tokio::time::Instant::from_std(activity.idle_deadline(limit));
         tokio::select! {
             _ = connection.as_mut() => break,
             _ = shutdown.changed(), if !closing => {
@@ -82,18 +91,18 @@ pub(super) async fn serve_connection<I>(
                 closing = true;
             }
             _ = tokio::time::sleep_until(idle_at), if !closing => {
-                if activity.idle_for() >= idle_timeout {
+                if activity.idle_for() >= limit {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
-                    drop_at = Some(tokio::time::Instant::now() + idle_timeout);
+                    drop_at = Some(tokio::time::Instant::now() + limit);
                 }
             }
             _ = sleep_until_some(drop_at) => {
-                if activity.idle_for() >= idle_timeout {
+                if activity.idle_for() >= limit {
                     tracing::debug!("idle connection did not close gracefully; dropped");
                     break;
                 }
-                drop_at = Some(tokio::time::Instant::now() + idle_timeout);
+                drop_at = Some(tokio::time::Instant::now() + limit);
             }
         }
     }
@@ -111,6 +120,8 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 struct Activity {
     in_flight: AtomicUsize,
     last: Mutex<Instant>,
+    /// A request has begun on the connection.
+    served: std::sync::atomic::AtomicBool,
 }
 
 /// A request in progress on a connection; dropping it marks the connection active now.
@@ -121,10 +132,16 @@ impl Activity {
         Activity {
             in_flight: AtomicUsize::new(0),
             last: Mutex::new(Instant::now()),
+            served: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
+    fn served_any(&self) -> bool {
+        self.served.load(Ordering::Relaxed)
+    }
+
     fn begin(self: &Arc<Self>) -> Busy {
+        self.served.store(true, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.touch();
         Busy(self.clone())

@@ -171,6 +171,25 @@ async fn time_to_close(stream: &mut TcpStream, limit: Duration) -> Option<Durati
     }
 }
 
+/// A connection that never sends a byte is held to the header deadline, not to the idle
+/// timeout: it cannot keep its `max_connections` slot for a whole minute.
+#[tokio::test]
+async fn a_connection_that_never_sends_a_byte_is_closed_at_the_header_deadline() {
+    let up = start_upstream().await;
+    let gw = start_gateway(with_server(
+        &up.url(),
+        "idle_timeout_secs = 60\nheader_read_timeout_secs = 1",
+    ))
+    .await;
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    let closed = time_to_close(&mut silent, Duration::from_secs(10)).await;
+    let closed = closed.expect("a silent connection is closed");
+    assert!(
+        closed < Duration::from_secs(4),
+        "closed after {closed:?}, not within the 1 s header deadline"
+    );
+}
+
 #[tokio::test]
 async fn idle_connections_are_closed_after_the_idle_timeout() {
     let up = start_upstream().await;
