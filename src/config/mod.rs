@@ -75,6 +75,9 @@ pub struct ServerConfig {
     /// After SIGTERM, how long requests are still served while `/readyz` answers 503, so a
     /// load balancer takes the replica out before it stops accepting (`server.drain_secs`).
     pub drain: Duration,
+    /// How long a response frame may wait for the client to read it before the connection
+    /// is dropped (`server.send_timeout_secs`).
+    pub send_timeout: Duration,
     /// Largest request body a route accepts unless its rule says otherwise (→ 413).
     pub max_body_bytes: usize,
     /// A connection with no request for this long is closed (gracefully).

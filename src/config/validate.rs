@@ -338,6 +338,7 @@ impl Validator {
             request_timeout: self.secs("server.request_timeout_secs", s.request_timeout_secs),
             shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),
             drain: Duration::from_secs(s.drain_secs),
+            send_timeout: self.secs("server.send_timeout_secs", s.send_timeout_secs),
             max_body_bytes,
             idle_timeout: self.secs("server.idle_timeout_secs", s.idle_timeout_secs),
             max_connections: s.max_connections,

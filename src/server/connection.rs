@@ -37,6 +37,7 @@ pub(super) async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let idle_timeout = pipeline.config.server.idle_timeout;
+    let send_timeout = pipeline.config.server.send_timeout;
     // A connection that has not begun a single request is held to the header deadline:
     // one that never sends a byte must not keep its `max_connections` slot for a whole
     // idle timeout.
@@ -53,14 +54,10 @@ pub(super) async fn serve_connection<I>(
             let request: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
                 let response = respond(&pipeline, req, conn).await;
                 // The request stays in progress until its response body has been sent (or
-                // dropped), so a long download is never taken for an idle connection.
-                let response = response.map(|body| {
-                    body.map_frame(move |frame| {
-                        let _in_progress = &busy;
-                        frame
-                    })
-                    .boxed_unsync()
-                });
+                // dropped), so a long download is never taken for an idle connection; and
+                // the body tells the connection when a frame waits for the client to take it.
+                let response =
+                    response.map(|body| WatchedBody { inner: body, busy }.boxed_unsync());
                 Ok::<_, Infallible>(response)
             });
             request
@@ -84,6 +81,10 @@ pub(super) async fn serve_connection<I>(
             first_request
         };
         let idle_at = tokio::time::Instant::from_std(activity.idle_deadline(limit));
+        let stall_check = (activity.in_flight.load(Ordering::Relaxed) > 0).then(|| {
+            tokio::time::Instant::now()
+                + (send_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
+        });
         tokio::select! {
             _ = connection.as_mut() => break,
             _ = shutdown.changed(), if !closing => {
@@ -95,6 +96,21 @@ pub(super) async fn serve_connection<I>(
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                     drop_at = Some(tokio::time::Instant::now() + limit);
+                }
+            }
+            // A request began: look at the connection again (the stall check below only
+            // runs while one is in progress).
+            _ = activity.begun.notified() => {}
+            _ = sleep_until_some(stall_check), if stall_check.is_some() => {
+                // A frame has waited `send_timeout` for the client to read it: a client
+                // that stopped reading would hold the response, its buffers and the
+                // upstream connection behind it for ever.
+                if activity
+                    .client_stalled_at(send_timeout)
+                    .is_some_and(|at| at <= tokio::time::Instant::now())
+                {
+                    tracing::debug!("client stopped reading; connection dropped");
+                    break;
                 }
             }
             _ = sleep_until_some(drop_at) => {
@@ -122,6 +138,13 @@ struct Activity {
     last: Mutex<Instant>,
     /// A request has begun on the connection.
     served: std::sync::atomic::AtomicBool,
+    /// Since when a response frame has waited for hyper to ask for the next one (that is,
+    /// for the client to read), in nanoseconds after `born`, plus one; 0 while nothing
+    /// waits on the client. An atomic, not a lock: it is set for every frame.
+    waiting_on_client: std::sync::atomic::AtomicU64,
+    born: Instant,
+    /// Woken when a request begins.
+    begun: tokio::sync::Notify,
 }
 
 /// A request in progress on a connection; dropping it marks the connection active now.
@@ -133,6 +156,27 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last: Mutex::new(Instant::now()),
             served: std::sync::atomic::AtomicBool::new(false),
+            waiting_on_client: std::sync::atomic::AtomicU64::new(0),
+            born: Instant::now(),
+            begun: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn set_waiting_on_client(&self, since: Option<Instant>) {
+        let value = since.map_or(0, |t| {
+            u64::try_from(t.saturating_duration_since(self.born).as_nanos()).unwrap_or(u64::MAX - 1)
+                + 1
+        });
+        self.waiting_on_client.store(value, Ordering::Relaxed);
+    }
+
+    /// When a frame that has waited since then will have waited `timeout`.
+    fn client_stalled_at(&self, timeout: Duration) -> Option<tokio::time::Instant> {
+        match self.waiting_on_client.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(tokio::time::Instant::from_std(
+                self.born + Duration::from_nanos(n - 1) + timeout,
+            )),
         }
     }
 
@@ -143,6 +187,7 @@ impl Activity {
     fn begin(self: &Arc<Self>) -> Busy {
         self.served.store(true, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.begun.notify_one();
         self.touch();
         Busy(self.clone())
     }
@@ -172,6 +217,39 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.0.touch();
+    }
+}
+
+/// A response body that tells its connection when a frame waits on the client: set when a
+/// frame is handed to hyper, cleared when hyper asks for the next (it has written the last).
+struct WatchedBody {
+    inner: ProxyBody,
+    busy: Busy,
+}
+
+impl hyper::body::Body for WatchedBody {
+    type Data = bytes::Bytes;
+    type Error = crate::http::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        this.busy.0.set_waiting_on_client(None);
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(_))) = &polled {
+            this.busy.0.set_waiting_on_client(Some(Instant::now()));
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

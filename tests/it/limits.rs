@@ -323,3 +323,42 @@ async fn every_worker_count_serves_concurrent_connections() {
         );
     }
 }
+
+/// A client that asks for a large answer and stops reading is dropped once a frame has
+/// waited `send_timeout_secs` for it: it does not hold the response (and the upstream
+/// connection behind it) for ever.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_the_send_timeout() {
+    const SIZE: usize = 32 << 20;
+    let up = start_upstream_with(Arc::new(|_req| {
+        Box::pin(async {
+            http::Response::builder()
+                .header("content-type", "application/octet-stream")
+                .body(full(vec![b'x'; SIZE]))
+                .unwrap()
+        })
+    }))
+    .await;
+    let gw = start_gateway(with_server(&up.url(), "send_timeout_secs = 1")).await;
+    let mut stalled = TcpStream::connect(gw.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /s/x/_/download/resources/big.bin HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    // Not reading: the socket buffers fill and the gateway's frame waits.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let started = Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => received += n,
+        }
+    }
+    assert!(
+        received < SIZE,
+        "the whole answer arrived ({received} bytes in {:?}): the stalled client was kept",
+        started.elapsed()
+    );
+}
