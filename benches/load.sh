@@ -8,6 +8,7 @@
 #   DURATION=5 ROUNDS=5 bash benches/load.sh
 #   BASELINE=/path/to/older/guestgate bash benches/load.sh   # also an older build, side by side
 #   BASELINE=... BASELINE_POLICY_DIR=/older/checkout/policies ... # with the policies it shipped with
+#   BASELINE=... BASELINE_PROFILE=/older/checkout/config/routes/confluence.toml ... # and its route profile
 #
 # Needs nginx and wrk (Debian: apt-get install nginx wrk). Loopback only; it starts its
 # own processes on ports 18080-18093 and stops exactly those (by PID) when it exits.
@@ -117,6 +118,7 @@ if [ -n "${BASELINE:-}" ]; then
   # A build older than its policy input may need the policies it shipped with.
   sed -e 's/127.0.0.1:18083/127.0.0.1:18084/' -e 's/127.0.0.1:18093/127.0.0.1:18094/' \
     -e "s|^dir = .*|dir = \"${BASELINE_POLICY_DIR:-$PWD/policies}\"|" \
+    -e "s|^profile = .*|profile = \"${BASELINE_PROFILE:-$PWD/config/routes/confluence.toml}\"|" \
     "$WORK/guestgate.toml" > "$WORK/guestgate-before.toml"
   RUST_LIB_BACKTRACE=0 RUST_BACKTRACE=0 RUST_LOG=warn "$BASELINE" serve --config "$WORK/guestgate-before.toml" 2>"$WORK/gg-before.log" & PIDS+=($!); BEFORE_PID=$!
   PORTS+=(18084)

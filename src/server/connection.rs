@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -74,6 +74,11 @@ pub(super) async fn serve_connection<I>(
     // the GOAWAY's PING) it is dropped after another `idle_timeout`: an idle client must not
     // be able to keep its connection — and its `max_connections` slot — for ever.
     let mut drop_at: Option<tokio::time::Instant> = None;
+    let (mut last_progress, mut strikes) = (0u64, 0u32);
+    // Periodic, whether or not a request is in progress: arming it when a request begins
+    // would cost every request a wake-up, and an idle connection never strikes.
+    let stall_period = send_timeout / 2;
+    let mut stall_check = tokio::time::Instant::now() + stall_period;
     loop {
         let limit = if activity.served_any() {
             idle_timeout
@@ -81,10 +86,6 @@ pub(super) async fn serve_connection<I>(
             first_request
         };
         let idle_at = tokio::time::Instant::from_std(activity.idle_deadline(limit));
-        let stall_check = (activity.in_flight.load(Ordering::Relaxed) > 0).then(|| {
-            tokio::time::Instant::now()
-                + (send_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
-        });
         tokio::select! {
             _ = connection.as_mut() => break,
             _ = shutdown.changed(), if !closing => {
@@ -98,17 +99,19 @@ pub(super) async fn serve_connection<I>(
                     drop_at = Some(tokio::time::Instant::now() + limit);
                 }
             }
-            // A request began: look at the connection again (the stall check below only
-            // runs while one is in progress).
-            _ = activity.begun.notified() => {}
-            _ = sleep_until_some(stall_check), if stall_check.is_some() => {
-                // A frame has waited `send_timeout` for the client to read it: a client
-                // that stopped reading would hold the response, its buffers and the
-                // upstream connection behind it for ever.
-                if activity
-                    .client_stalled_at(send_timeout)
-                    .is_some_and(|at| at <= tokio::time::Instant::now())
-                {
+            _ = tokio::time::sleep_until(stall_check) => {
+                // A frame has waited for the client through two checks half a send timeout
+                // apart (so for between one and one and a half send timeouts): a client that stopped reading would hold the response, its
+                // buffers and the upstream connection behind it for ever.
+                let progress = activity.progress.load(Ordering::Relaxed);
+                if activity.waiting_on_client.load(Ordering::Relaxed) && progress == last_progress {
+                    strikes += 1;
+                } else {
+                    strikes = 0;
+                }
+                last_progress = progress;
+                stall_check = tokio::time::Instant::now() + stall_period;
+                if strikes >= 2 {
                     tracing::debug!("client stopped reading; connection dropped");
                     break;
                 }
@@ -138,13 +141,11 @@ struct Activity {
     last: Mutex<Instant>,
     /// A request has begun on the connection.
     served: std::sync::atomic::AtomicBool,
-    /// Since when a response frame has waited for hyper to ask for the next one (that is,
-    /// for the client to read), in nanoseconds after `born`, plus one; 0 while nothing
-    /// waits on the client. An atomic, not a lock: it is set for every frame.
-    waiting_on_client: std::sync::atomic::AtomicU64,
-    born: Instant,
-    /// Woken when a request begins.
-    begun: tokio::sync::Notify,
+    /// A response frame was handed to hyper, which has not asked for the next one yet
+    /// (it waits for the client to read).
+    waiting_on_client: std::sync::atomic::AtomicBool,
+    /// Counts hyper's requests for response frames: unchanged while the client reads nothing.
+    progress: AtomicU64,
 }
 
 /// A request in progress on a connection; dropping it marks the connection active now.
@@ -156,27 +157,8 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last: Mutex::new(Instant::now()),
             served: std::sync::atomic::AtomicBool::new(false),
-            waiting_on_client: std::sync::atomic::AtomicU64::new(0),
-            born: Instant::now(),
-            begun: tokio::sync::Notify::new(),
-        }
-    }
-
-    fn set_waiting_on_client(&self, since: Option<Instant>) {
-        let value = since.map_or(0, |t| {
-            u64::try_from(t.saturating_duration_since(self.born).as_nanos()).unwrap_or(u64::MAX - 1)
-                + 1
-        });
-        self.waiting_on_client.store(value, Ordering::Relaxed);
-    }
-
-    /// When a frame that has waited since then will have waited `timeout`.
-    fn client_stalled_at(&self, timeout: Duration) -> Option<tokio::time::Instant> {
-        match self.waiting_on_client.load(Ordering::Relaxed) {
-            0 => None,
-            n => Some(tokio::time::Instant::from_std(
-                self.born + Duration::from_nanos(n - 1) + timeout,
-            )),
+            waiting_on_client: std::sync::atomic::AtomicBool::new(false),
+            progress: AtomicU64::new(0),
         }
     }
 
@@ -187,7 +169,6 @@ impl Activity {
     fn begin(self: &Arc<Self>) -> Busy {
         self.served.store(true, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        self.begun.notify_one();
         self.touch();
         Busy(self.clone())
     }
@@ -221,7 +202,8 @@ impl Drop for Busy {
 }
 
 /// A response body that tells its connection when a frame waits on the client: set when a
-/// frame is handed to hyper, cleared when hyper asks for the next (it has written the last).
+/// frame is handed to hyper, cleared when hyper asks for the next (it has written the last);
+/// and counts hyper's asks, so the connection sees whether any came between two checks.
 struct WatchedBody {
     inner: ProxyBody,
     busy: Busy,
@@ -236,10 +218,12 @@ impl hyper::body::Body for WatchedBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
         let this = &mut *self;
-        this.busy.0.set_waiting_on_client(None);
+        let activity = &this.busy.0;
+        activity.progress.fetch_add(1, Ordering::Relaxed);
+        activity.waiting_on_client.store(false, Ordering::Relaxed);
         let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
         if let std::task::Poll::Ready(Some(Ok(_))) = &polled {
-            this.busy.0.set_waiting_on_client(Some(Instant::now()));
+            activity.waiting_on_client.store(true, Ordering::Relaxed);
         }
         polled
     }
