@@ -268,19 +268,10 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::identifiers::{Identifier, Needs, default_space_key};
+    use crate::routes::identifiers::page_id_only;
 
     fn scanner() -> PartScanner {
-        let ids = Identifiers::new(
-            vec![Identifier {
-                name: "pageId".into(),
-                kind: Kind::Content,
-                needs: Needs::Route,
-                lookup: None,
-            }],
-            true,
-            default_space_key(),
-        );
+        let ids = page_id_only();
         PartScanner::new(
             "multipart/form-data; boundary=XyZ",
             std::sync::Arc::new(ids),

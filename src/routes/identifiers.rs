@@ -165,6 +165,22 @@ impl JsonIdentifier {
     }
 }
 
+/// Identifiers with only Confluence's `pageId`, read case-insensitively: the fixture the
+/// unit tests of the stages that scan for identifiers share.
+#[cfg(test)]
+pub(crate) fn page_id_only() -> Identifiers {
+    Identifiers::new(
+        vec![Identifier {
+            name: "pageId".into(),
+            kind: Kind::Content,
+            needs: Needs::Route,
+            lookup: None,
+        }],
+        true,
+        default_space_key(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,16 +221,7 @@ mod tests {
 
     #[test]
     fn names_are_found_as_the_wiki_reads_them() {
-        let ids = Identifiers::new(
-            vec![Identifier {
-                name: "pageId".into(),
-                kind: Kind::Content,
-                needs: Needs::Route,
-                lookup: None,
-            }],
-            true,
-            default_space_key(),
-        );
+        let ids = page_id_only();
         for name in ["pageId", "PAGEID", "pageid"] {
             assert!(ids.find(name).is_some(), "{name}");
         }
