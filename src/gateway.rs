@@ -9,6 +9,7 @@ use crate::changes::notify::Notifier;
 use crate::config::Config;
 use crate::identity::RemoteKeys;
 use crate::pipeline::{Pipeline, PipelineError};
+use crate::shared::SharedStore;
 use crate::snapshot::store::SnapshotStore;
 use crate::snapshot::{LoadError, Snapshot};
 use crate::telemetry::Metrics;
@@ -29,6 +30,8 @@ pub enum StartError {
     Load(Vec<LoadError>),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error("store: {0}")]
+    Store(String),
 }
 
 impl Gateway {
@@ -40,6 +43,12 @@ impl Gateway {
         }
         let snapshot = Snapshot::build_with(&config, remote_keys.clone(), None, None)
             .map_err(StartError::Load)?;
+        let shared = config
+            .store
+            .as_ref()
+            .map(SharedStore::new)
+            .transpose()
+            .map_err(|e| StartError::Store(e.to_string()))?;
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
         let store = SnapshotStore::new(
@@ -47,6 +56,7 @@ impl Gateway {
             snapshot,
             remote_keys.clone(),
             metrics.clone(),
+            shared,
         );
         let pipeline = Pipeline::new(config.clone(), store.clone(), metrics.clone())?;
         Ok(Gateway {

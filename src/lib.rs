@@ -17,5 +17,6 @@ pub mod pipeline;
 pub mod policy;
 pub mod routes;
 pub mod server;
+pub mod shared;
 pub mod snapshot;
 pub mod telemetry;

@@ -8,8 +8,9 @@
 use std::sync::Arc;
 
 use crate::directory::Directory;
+use crate::shared::DataTransaction;
 use crate::snapshot::Snapshot;
-use crate::snapshot::store::SnapshotStore;
+use crate::snapshot::store::{DataChange, SnapshotStore};
 
 /// Why a change through the admin write API did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -24,60 +25,175 @@ pub enum DataChangeError {
     Invalid(Vec<String>),
     #[error("{0}")]
     Storage(String),
+    /// The shared store cannot be reached: nothing changed, try again.
+    #[error("{0}")]
+    Unavailable(String),
     /// `If-Match` named another revision than the document now holds.
     #[error("the data document changed since revision {expected}; it is now {current}")]
     Stale { expected: String, current: String },
 }
 
-/// Applies one change: `change` edits the data document read from disk; the result is
-/// validated like a reload, written atomically (the previous file kept as `<data>.bak`)
-/// and activated. A change that fails at any step leaves file and revision as they were.
-/// Returns what `change` returned, and the snapshots before and after.
+/// Where the document being changed came from, held exclusively until written.
+enum Source {
+    /// The data file, with the `<data>.lock` every replica's writer takes.
+    File {
+        path: std::path::PathBuf,
+        _lock: std::fs::File,
+        text: String,
+    },
+    /// The shared store, in a transaction holding the document's row lock.
+    Store(DataTransaction),
+}
+
+impl Source {
+    async fn open(store: &SnapshotStore) -> Result<Source, DataChangeError> {
+        if let Some(shared) = store.shared() {
+            return shared
+                .begin_data_change()
+                .await
+                .map(Source::Store)
+                .map_err(store_error);
+        }
+        let path = store.config().policy.data.clone();
+        let lock_path = lock_path(&path);
+        let lock = tokio::task::spawn_blocking(move || lock_exclusively(&lock_path))
+            .await
+            .map_err(|e| DataChangeError::Storage(format!("lock task failed: {e}")))?
+            .map_err(DataChangeError::Storage)?;
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            DataChangeError::Storage(format!("cannot read {}: {e}", path.display()))
+        })?;
+        Ok(Source::File {
+            path,
+            _lock: lock,
+            text,
+        })
+    }
+
+    fn text(&self) -> &str {
+        match self {
+            Source::File { text, .. } => text,
+            Source::Store(tx) => tx.document().1,
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Source::File { path, .. } => path.display().to_string(),
+            Source::Store(_) => "the stored data document".to_string(),
+        }
+    }
+
+    /// Writes `new` in place of the document read; returns the store's new generation.
+    async fn write(self, new: String) -> Result<Option<i64>, DataChangeError> {
+        match self {
+            Source::File {
+                path, _lock, text, ..
+            } => {
+                tokio::task::spawn_blocking(move || write_atomically(&path, &text, &new))
+                    .await
+                    .map_err(|e| DataChangeError::Storage(format!("write task failed: {e}")))?
+                    .map_err(DataChangeError::Storage)?;
+                drop(_lock);
+                Ok(None)
+            }
+            Source::Store(tx) => tx.commit(&new).await.map(Some).map_err(store_error),
+        }
+    }
+
+    async fn abandon(self) {
+        if let Source::Store(tx) = self {
+            tx.rollback().await;
+        }
+    }
+}
+
+/// Applies one change: `change` edits the data document as the file or the store holds
+/// it; the result is validated like a reload, written (a file atomically, the previous
+/// text kept as `<data>.bak`; the store in a transaction) and activated. A change that
+/// fails at any step leaves document and revision as they were. Returns what `change`
+/// returned, and the snapshots before and after.
 ///
 /// `if_match`: the revision the caller read; when the document now holds another, nothing
 /// changes ([`DataChangeError::Stale`]).
+///
+/// `narrowing`: the change only takes access away (revoke, remove). When the document has
+/// become invalid (a hand edit gone wrong), such a change still happens — an emergency
+/// revocation must not wait for someone to fix an unrelated typo: it applies to the
+/// serving revision's document, which replaces the invalid one (kept as `<data>.bak`, or
+/// in the store's `previous_document`), so that every replica enforces it.
 pub async fn change_data<T>(
     store: &SnapshotStore,
     if_match: Option<&str>,
-    change: impl FnOnce(&mut serde_json::Value, &Directory) -> Result<T, DataChangeError>,
+    narrowing: bool,
+    change: impl Fn(&mut serde_json::Value, &Directory) -> Result<T, DataChangeError>,
 ) -> Result<(T, Arc<Snapshot>, Arc<Snapshot>), DataChangeError> {
     let Some(guard) = store.begin_data_change().await else {
         return Err(DataChangeError::Conflict(
             "the data document comes from the bundle server; change it there".into(),
         ));
     };
-    let path = store.config().policy.data.clone();
-    let lock_path = lock_path(&path);
-    let _file_lock = tokio::task::spawn_blocking(move || lock_exclusively(&lock_path))
-        .await
-        .map_err(|e| DataChangeError::Storage(format!("lock task failed: {e}")))?
-        .map_err(DataChangeError::Storage)?;
-    let old_text = std::fs::read_to_string(&path)
-        .map_err(|e| DataChangeError::Storage(format!("cannot read {}: {e}", path.display())))?;
-    // What the file holds now, which another replica may have changed since this one last
-    // reloaded: the change applies to it, and its revision is what If-Match is held to.
-    let on_disk = guard.validate(old_text.clone()).await.map_err(|errors| {
-        DataChangeError::Conflict(format!(
-            "{} is not valid ({}); fix the file before using the write API",
-            path.display(),
+    let source = Source::open(store).await?;
+    let result = edit(store, &guard, &source, if_match, narrowing, &change).await;
+    let (outcome, before, new_text, snapshot) = match result {
+        Ok(edited) => edited,
+        Err(e) => {
+            source.abandon().await;
+            return Err(e);
+        }
+    };
+    let generation = source.write(new_text.clone()).await?;
+    let revision = match generation {
+        Some(generation) => guard.activate_stored(snapshot, generation, new_text),
+        None => guard.activate(snapshot),
+    };
+    tracing::info!(revision = %revision, "data document changed through the admin API");
+    Ok((outcome, before, store.current()))
+}
+
+type Edited<T> = (T, Arc<Snapshot>, String, Snapshot);
+
+/// The change applied and validated, not yet written.
+async fn edit<T>(
+    store: &SnapshotStore,
+    guard: &DataChange<'_>,
+    source: &Source,
+    if_match: Option<&str>,
+    narrowing: bool,
+    change: &impl Fn(&mut serde_json::Value, &Directory) -> Result<T, DataChangeError>,
+) -> Result<Edited<T>, DataChangeError> {
+    // What the source holds now, which another replica may have changed since this one
+    // last read it: the change applies to it, and its revision is what If-Match is held to.
+    let base_text = match guard.validate(source.text().to_string()).await {
+        Ok(snapshot) => Ok((Arc::new(snapshot), source.text().to_string())),
+        Err(errors) if narrowing => {
+            let serving = store.current();
+            tracing::warn!(
+                errors = %errors.join("; "),
+                "{} is invalid; the narrowing change applies to the serving revision, which replaces it",
+                source.name()
+            );
+            let text = serving.data_text.to_string();
+            Ok((serving, text))
+        }
+        Err(errors) => Err(DataChangeError::Conflict(format!(
+            "{} is not valid ({}); fix it before using the write API (revoke and remove still work)",
+            source.name(),
             errors.join("; ")
-        ))
-    })?;
+        ))),
+    };
+    let (before, base_text) = base_text?;
     if let Some(expected) = if_match
-        && expected != &*on_disk.revision
+        && expected != &*before.revision
     {
         return Err(DataChangeError::Stale {
             expected: expected.to_string(),
-            current: on_disk.revision.to_string(),
+            current: before.revision.to_string(),
         });
     }
-    let mut doc: serde_json::Value = serde_json::from_str(&old_text).map_err(|e| {
-        DataChangeError::Conflict(format!(
-            "{} is not valid JSON ({e}); fix the file before using the write API",
-            path.display()
-        ))
+    let mut doc: serde_json::Value = serde_json::from_str(&base_text).map_err(|e| {
+        DataChangeError::Conflict(format!("the data document is not valid JSON ({e})"))
     })?;
-    let before = Arc::new(on_disk);
     let outcome = change(&mut doc, &before.directory)?;
     if let serde_json::Value::Object(map) = &mut doc {
         map.insert(
@@ -92,13 +208,16 @@ pub async fn change_data<T>(
         .validate(new_text.clone())
         .await
         .map_err(DataChangeError::Invalid)?;
-    tokio::task::spawn_blocking(move || write_atomically(&path, &old_text, &new_text))
-        .await
-        .map_err(|e| DataChangeError::Storage(format!("write task failed: {e}")))?
-        .map_err(DataChangeError::Storage)?;
-    let revision = guard.activate(snapshot);
-    tracing::info!(revision = %revision, "data document changed through the admin API");
-    Ok((outcome, before, store.current()))
+    Ok((outcome, before, new_text, snapshot))
+}
+
+fn store_error(e: crate::shared::StoreError) -> DataChangeError {
+    match e {
+        crate::shared::StoreError::Unavailable { .. } => {
+            DataChangeError::Unavailable(e.to_string())
+        }
+        other => DataChangeError::Storage(other.to_string()),
+    }
 }
 
 /// `<data>.lock`, beside the data document.

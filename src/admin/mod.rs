@@ -37,7 +37,11 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<ProxyBody>
         (&Method::GET, "/readyz") if !gw.store.is_ready() => reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
-            "waiting for the first bundle\n".into(),
+            if gw.store.shared().is_some() {
+                "waiting for the first data document from the store\n".into()
+            } else {
+                "waiting for the first bundle\n".into()
+            },
         ),
         (&Method::GET, "/readyz") if gw.pipeline.is_draining() => reply(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -52,17 +56,26 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<ProxyBody>
                 let age = gw.metrics.bundle_poll_age()?;
                 (age > 3 * b.poll_interval.as_secs().max(1)).then_some(age)
             });
-            let text = match stale {
-                Some(age) => {
+            // Likewise while the store is unreachable: this replica enforces the last
+            // document it read, and says since when.
+            let store_down = gw.store.shared().and_then(|s| s.down_for());
+            let text = match (stale, store_down) {
+                (Some(age), _) => {
                     format!("ready {revision} (bundle server last answered {age} s ago)\n")
                 }
-                None => format!("ready {revision}\n"),
+                (None, Some(secs)) => format!(
+                    "ready {revision} (store unreachable for {secs} s; serving the last data document read)\n"
+                ),
+                (None, None) => format!("ready {revision}\n"),
             };
             reply(StatusCode::OK, "text/plain", text)
         }
         (&Method::GET, "/metrics") => {
             let mut text = gw.metrics.render(gw.pipeline.decision_log_dropped());
             gw.notifier.render_metrics(&mut text);
+            if let Some(shared) = gw.store.shared() {
+                shared.render_metrics(&mut text);
+            }
             reply(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         (&Method::POST, "/reload") => match gw.store.reload().await {

@@ -83,6 +83,11 @@ impl WriteError {
                 "internal",
                 "data_not_written",
             ),
+            WriteError::Change(DataChangeError::Unavailable(_)) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "store_unavailable",
+            ),
             WriteError::Change(DataChangeError::Stale { .. }) => (
                 StatusCode::PRECONDITION_FAILED,
                 "precondition_failed",
@@ -97,6 +102,10 @@ impl WriteError {
             body["revision"] = json!(current);
         }
         let mut r = json_reply(status, body);
+        if matches!(self, WriteError::Change(DataChangeError::Unavailable(_))) {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, http::HeaderValue::from_static("5"));
+        }
         if matches!(self, WriteError::Unauthorized) {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -179,10 +188,17 @@ async fn run(gw: &Gateway, req: Request<Incoming>) -> Result<(StatusCode, Value)
         .to_bytes();
     let now = OffsetDateTime::now_utc();
     let request: WriteRequest = parse(operation, &body)?;
-    let (created, before, after) = change_data(&gw.store, if_match.as_deref(), |doc, directory| {
-        request.apply(doc, directory, now)
+    let narrowing = matches!(request, WriteRequest::Revoke(_) | WriteRequest::Remove(_));
+    // Its own task: a client that hangs up mid-change does not cancel a write half done.
+    let store = gw.store.clone();
+    let (created, before, after) = tokio::spawn(async move {
+        change_data(&store, if_match.as_deref(), narrowing, |doc, directory| {
+            request.apply(doc, directory, now)
+        })
+        .await
     })
-    .await?;
+    .await
+    .map_err(|e| DataChangeError::Storage(format!("write task failed: {e}")))??;
     let now = OffsetDateTime::now_utc();
     let changes = diff(
         &table(&before.directory, now),

@@ -25,6 +25,8 @@ pub struct NotifyStats {
     pub delivered: AtomicU64,
     pub failed: AtomicU64,
     pub dropped: AtomicU64,
+    /// Events another replica claimed and sent (`[store]`).
+    pub claimed_elsewhere: AtomicU64,
 }
 
 pub struct Notifier {
@@ -85,6 +87,7 @@ impl Notifier {
             ("delivered", &s.delivered),
             ("failed", &s.failed),
             ("dropped", &s.dropped),
+            ("sent_by_another_replica", &s.claimed_elsewhere),
         ] {
             let _ = writeln!(
                 out,
@@ -100,7 +103,12 @@ impl Notifier {
 pub fn start(notifier: &Arc<Notifier>, store: &SnapshotStore) {
     let receiver = notifier.receiver.lock().ok().and_then(|mut r| r.take());
     if let (Some(receiver), Some(webhook)) = (receiver, notifier.webhook.clone()) {
-        tokio::spawn(deliver(receiver, webhook, notifier.stats.clone()));
+        tokio::spawn(deliver(
+            receiver,
+            webhook,
+            notifier.stats.clone(),
+            store.shared().cloned(),
+        ));
     }
     tokio::spawn(watch(store.downgrade(), store.changes(), notifier.clone()));
 }
@@ -172,10 +180,15 @@ enum Failure {
     Permanent(String),
 }
 
+/// Sends queued events to the webhook. With a shared store, every replica sees each change
+/// and makes the same event (same id); only the replica that claims the id in the store
+/// sends it. When the store cannot be asked the event is sent anyway: a duplicate, which
+/// receivers drop by id, is better than a lost revocation notice.
 async fn deliver(
     mut queue: mpsc::Receiver<Arc<Value>>,
     webhook: WebhookConfig,
     stats: Arc<NotifyStats>,
+    shared: Option<Arc<crate::shared::SharedStore>>,
 ) {
     let client = match crate::http::client::build::<Full<Bytes>>(None, webhook.timeout) {
         Ok(c) => c,
@@ -185,6 +198,18 @@ async fn deliver(
         }
     };
     while let Some(event) = queue.recv().await {
+        if let (Some(shared), Some(id)) = (&shared, event["id"].as_str()) {
+            match shared.claim_event(id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    stats.claimed_elsewhere.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, id, "cannot claim the event in the store; sending it (receivers drop duplicates by id)");
+                }
+            }
+        }
         let body = Bytes::from(event.to_string());
         let mut backoff = webhook.initial_backoff;
         let mut attempt = 1;

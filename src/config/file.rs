@@ -16,6 +16,32 @@ pub struct FileConfig {
     pub log: LogFile,
     pub bundle: Option<BundleFile>,
     pub notify: NotifyFile,
+    pub store: Option<StoreFile>,
+}
+
+/// `[store]`: the data document and sign-in state in PostgreSQL, shared by replicas.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    pub url: String,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<String>,
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    #[serde(default = "default_store_poll")]
+    pub poll_interval_secs: u64,
+    #[serde(default = "default_store_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_store_poll() -> u64 {
+    5
+}
+
+fn default_store_timeout() -> u64 {
+    5
 }
 
 #[derive(Debug, Deserialize)]

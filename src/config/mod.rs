@@ -28,6 +28,25 @@ pub struct Config {
     /// Policies and data from an OPA bundle server instead of `policy.dir` / `policy.data`.
     pub bundle: Option<BundleConfig>,
     pub notify: NotifyConfig,
+    /// The data document and sign-in state in PostgreSQL instead of the file and the
+    /// process (`[store]`); `None`: the file is the source of truth.
+    pub store: Option<StoreConfig>,
+}
+
+/// `[store]`: where replicas share the data document, ended sessions, used sign-in states
+/// and which replica sends each access-change event.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Parsed from `store.url` (libpq URL or key=value form); its `Debug` hides the password.
+    pub connection: tokio_postgres::Config,
+    /// The URL without its password, for logs and `/readyz`.
+    pub display: String,
+    /// Extra CA certificates (PEM) for a server whose certificate no public CA signed.
+    pub ca_file: Option<PathBuf>,
+    /// How often the generation is re-read besides `LISTEN`, to catch a lost notification.
+    pub poll_interval: Duration,
+    /// Connecting, and every statement, end within this.
+    pub timeout: Duration,
 }
 
 /// Where guest-access change events go besides the log.

@@ -207,7 +207,15 @@ impl Validator {
                 authorization,
             }
         });
+        let store = f.store.map(|s| self.store(s));
+        if store.is_some() && bundle.is_some() {
+            self.error(
+                "store.url",
+                "a bundle server supplies the data document already; use [store] or [bundle], not both",
+            );
+        }
         Config {
+            store,
             path: self.file.clone(),
             server,
             upstream,
@@ -219,6 +227,65 @@ impl Validator {
             log,
             bundle,
             notify,
+        }
+    }
+
+    fn store(&mut self, s: super::file::StoreFile) -> StoreConfig {
+        let mut connection = match s.url.parse::<tokio_postgres::Config>() {
+            Ok(c) => c,
+            Err(e) => {
+                self.error(
+                    "store.url",
+                    format_args!("not a PostgreSQL connection string ({e}); write postgres://user@host:5432/database"),
+                );
+                tokio_postgres::Config::new()
+            }
+        };
+        if !(s.url.starts_with("postgres://") || s.url.starts_with("postgresql://")) {
+            self.error(
+                "store.url",
+                "must be a postgres:// URL (the only store besides the data file)",
+            );
+        }
+        let password = match (&s.password_env, &s.password_file) {
+            (Some(_), Some(_)) => {
+                self.error(
+                    "store.password_env",
+                    "set password_env or password_file, not both",
+                );
+                None
+            }
+            (Some(var), None) => Some(SecretSource::Env(var.clone())),
+            (None, Some(file)) => Some(SecretSource::File(self.resolve(file))),
+            (None, None) => None,
+        };
+        if let Some(source) = password {
+            match source.read("store.password") {
+                Ok(p) => {
+                    connection.password(p);
+                }
+                Err(e) => self.error("store.password", e),
+            }
+        }
+        if s.poll_interval_secs == 0 {
+            self.error("store.poll_interval_secs", "must be at least 1");
+        }
+        let display = match s.url.find('@') {
+            Some(at) => {
+                let scheme_end = s.url.find("://").map_or(0, |i| i + 3);
+                let user = &s.url[scheme_end..at];
+                let user = user.split(':').next().unwrap_or("");
+                format!("{}{user}{}", &s.url[..scheme_end], &s.url[at..])
+            }
+            None => s.url.clone(),
+        };
+        connection.connect_timeout(self.secs("store.timeout_secs", s.timeout_secs));
+        StoreConfig {
+            connection,
+            display,
+            ca_file: s.ca_file.as_deref().map(|f| self.resolve(f)),
+            poll_interval: self.secs("store.poll_interval_secs", s.poll_interval_secs),
+            timeout: self.secs("store.timeout_secs", s.timeout_secs),
         }
     }
 

@@ -105,7 +105,8 @@ impl Pipeline {
         store: SnapshotStore,
         metrics: Arc<Metrics>,
     ) -> Result<Pipeline, PipelineError> {
-        let signin = SignIn::new(&config.identity).map_err(PipelineError::SignIn)?;
+        let signin = SignIn::new(&config.identity, store.shared().cloned())
+            .map_err(PipelineError::SignIn)?;
         let upstream = Upstream::new(&config.upstream, &config.server)?;
         let ttl = store
             .current()

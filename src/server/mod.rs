@@ -121,6 +121,10 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
     let workers = Workers::start(config.server.workers).map_err(ServerError::Workers)?;
     let (shutdown, rx) = watch::channel(false);
     crate::changes::notify::start(&gw.notifier, &gw.store);
+    if let Some(shared) = gw.store.shared() {
+        shared.start();
+        crate::snapshot::follow::start(&gw.store);
+    }
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper also runs the header timer while an idle HTTP/1.1 connection waits for its next

@@ -4,6 +4,7 @@
 //! empty token and decision caches, so no cache can serve an answer of an older revision.
 
 pub mod bundle;
+pub mod follow;
 pub mod store;
 pub mod watch;
 
@@ -69,6 +70,9 @@ pub struct Snapshot {
     pub routes: RouteProfile,
     pub policy: Policy,
     pub directory: Directory,
+    /// The data document this revision was built from: a narrowing admin write applies to
+    /// it when the source (file or store) has since become invalid.
+    pub data_text: Arc<str>,
     pub verifier: Verifier,
     pub decisions: moka::sync::Cache<Box<[u8]>, Timed<Arc<Decision>>>,
     pub viewable: moka::sync::Cache<Box<[u8]>, Timed<SpaceSet>>,
@@ -186,8 +190,10 @@ impl Snapshot {
             .map_err(|es| errors.extend(es.into_iter().map(LoadError::from)))
             .ok();
 
-        match (routes, directory, policy, verifier) {
-            (Some(routes), Some(directory), Some(policy), Some(verifier)) if errors.is_empty() => {
+        match (routes, directory, policy, verifier, data_text) {
+            (Some(routes), Some(directory), Some(policy), Some(verifier), Ok(data_text))
+                if errors.is_empty() =>
+            {
                 let digest = crate::identity::sha256(&hasher);
                 let revision: String = match bundle.and_then(|b| b.revision.clone()) {
                     Some(manifest_revision) => manifest_revision,
@@ -198,6 +204,7 @@ impl Snapshot {
                     routes,
                     policy,
                     directory,
+                    data_text: Arc::from(data_text),
                     verifier,
                     decisions: moka::sync::Cache::builder()
                         .max_capacity(config.policy.decision_cache_max_entries)

@@ -5,7 +5,7 @@
 //! clone), never the gateway; they learn of new revisions through [`SnapshotStore::changes`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::{BundleContents, Snapshot};
 use crate::config::Config;
 use crate::identity::RemoteKeys;
+use crate::shared::SharedStore;
 use crate::telemetry::Metrics;
 
 /// A handle on the serving snapshot.
@@ -33,6 +34,11 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// The serving revision, for whoever follows changes (the access-change notifier).
     revisions: watch::Sender<Arc<str>>,
+    /// With `[store]`: where the data document lives, the last one read from it (reloads
+    /// rebuild with it instead of the file) and its generation there.
+    shared: Option<Arc<SharedStore>>,
+    stored_data: std::sync::Mutex<Option<Arc<str>>>,
+    stored_generation: AtomicI64,
 }
 
 /// A handle that does not keep the store alive: background tasks that should end with
@@ -62,10 +68,11 @@ impl SnapshotStore {
         first: Snapshot,
         remote_keys: Option<Arc<RemoteKeys>>,
         metrics: Arc<Metrics>,
+        shared: Option<Arc<SharedStore>>,
     ) -> SnapshotStore {
-        // With a bundle server, the local policy files only make the process startable:
-        // nothing is served until the first bundle is active.
-        let ready = AtomicBool::new(config.bundle.is_none());
+        // With a bundle server or a store, the local files only make the process
+        // startable: nothing is served until the first bundle or stored document is active.
+        let ready = AtomicBool::new(config.bundle.is_none() && shared.is_none());
         metrics.set_revision(&first.revision);
         let (revisions, _) = watch::channel(first.revision.clone());
         SnapshotStore {
@@ -78,8 +85,62 @@ impl SnapshotStore {
                 swap_lock: tokio::sync::Mutex::new(()),
                 metrics,
                 revisions,
+                shared,
+                stored_data: std::sync::Mutex::new(None),
+                stored_generation: AtomicI64::new(0),
             }),
         }
+    }
+
+    /// The shared store (`[store]`), when the data document lives there.
+    pub fn shared(&self) -> Option<&Arc<SharedStore>> {
+        self.inner.shared.as_ref()
+    }
+
+    /// The generation of the stored document serving now; 0 before the first.
+    pub fn stored_generation(&self) -> i64 {
+        self.inner.stored_generation.load(Ordering::Acquire)
+    }
+
+    /// Checks a data document like a reload would, without activating it.
+    pub async fn validate_data(&self, text: String) -> Result<(), Vec<String>> {
+        self.build(None, Some(text)).await.map(drop)
+    }
+
+    /// Builds a snapshot from a data document read from the store and swaps it in; the
+    /// previous revision keeps serving when it is invalid.
+    pub async fn install_stored_data(
+        &self,
+        generation: i64,
+        text: String,
+    ) -> Result<Arc<str>, Vec<String>> {
+        let _guard = self.inner.swap_lock.lock().await;
+        match self.build(None, Some(text.clone())).await {
+            Ok(snapshot) => Ok(self.activate_stored(snapshot, generation, text)),
+            Err(errors) => {
+                self.inner.metrics.reload_failed();
+                // Not read again until the generation changes: one log line per bad one.
+                self.inner
+                    .stored_generation
+                    .store(generation, Ordering::Release);
+                for e in &errors {
+                    tracing::error!(error = %e, generation, "the stored data document is invalid; the previous revision keeps serving");
+                }
+                Err(errors)
+            }
+        }
+    }
+
+    fn activate_stored(&self, snapshot: Snapshot, generation: i64, text: String) -> Arc<str> {
+        let revision = self.activate(snapshot);
+        if let Ok(mut slot) = self.inner.stored_data.lock() {
+            *slot = Some(Arc::from(text));
+        }
+        self.inner
+            .stored_generation
+            .store(generation, Ordering::Release);
+        self.inner.ready.store(true, Ordering::Release);
+        revision
     }
 
     pub fn downgrade(&self) -> WeakSnapshotStore {
@@ -151,7 +212,13 @@ impl SnapshotStore {
         if self.inner.config.bundle.is_some() && bundle.is_none() {
             return Err(vec!["no bundle has been activated yet".to_string()]);
         }
-        match self.build(bundle, None).await {
+        let stored = self.inner.stored_data.lock().ok().and_then(|d| d.clone());
+        if self.inner.shared.is_some() && stored.is_none() {
+            return Err(vec![
+                "no data document has been read from the store yet".to_string(),
+            ]);
+        }
+        match self.build(bundle, stored.map(|t| t.to_string())).await {
             Ok(snapshot) => {
                 let revision = self.activate(snapshot);
                 tracing::info!(revision = %revision, "reloaded");
@@ -210,5 +277,11 @@ impl DataChange<'_> {
     /// Swaps in a snapshot `validate` returned, once its document is safely on disk.
     pub fn activate(self, snapshot: Snapshot) -> Arc<str> {
         self.store.activate(snapshot)
+    }
+
+    /// Swaps in a snapshot `validate` returned, once its document is committed to the
+    /// store as `generation`.
+    pub fn activate_stored(self, snapshot: Snapshot, generation: i64, text: String) -> Arc<str> {
+        self.store.activate_stored(snapshot, generation, text)
     }
 }

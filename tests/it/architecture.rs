@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 /// Bottom to top, as `src/lib.rs` lists them.
-const LAYERS: [&str; 15] = [
+const LAYERS: [&str; 16] = [
     "files",
     "http",
     "routes",
@@ -13,6 +13,7 @@ const LAYERS: [&str; 15] = [
     "directory",
     "policy",
     "telemetry",
+    "shared",
     "identity",
     "snapshot",
     "changes",

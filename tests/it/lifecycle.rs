@@ -1036,3 +1036,251 @@ async fn event_ids_identify_occurrences() {
         "every occurrence has its own id: {ids:?}"
     );
 }
+
+// ---------------------------------------------------------------- replicas on PostgreSQL
+
+/// A writable replica whose data document lives in `pg` (seeded from its data file when
+/// the store is empty).
+async fn stored_replica(pg: &Postgres, extra: &str) -> (Upstream, TestGateway) {
+    let (up, gw) = writable_gateway(&format!(
+        "[store]\nurl = \"{}\"\npoll_interval_secs = 1\ntimeout_secs = 2\n\n{extra}",
+        pg.url()
+    ))
+    .await;
+    wait_until(Duration::from_secs(10), "the replica is ready", || async {
+        get(&gw.admin_url("/readyz"), &[]).await.status == StatusCode::OK
+    })
+    .await;
+    (up, gw)
+}
+
+/// Polls `check` every 10 ms until it holds; returns how long that took.
+async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}: not within {limit:?}");
+}
+
+async fn status_as(gw: &TestGateway, user: &str, groups: &[&str], path: &str) -> StatusCode {
+    let auth = bearer(&token(user, groups));
+    get(&gw.url(path), &[("authorization", &auth)]).await.status
+}
+
+/// Two replicas on one PostgreSQL: a change through either is enforced by both within a
+/// second (LISTEN/NOTIFY), concurrent changes are all kept, a stale If-Match is refused,
+/// and each access-change event reaches the webhook once, not once per replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgres_enforce_a_change_through_either_within_a_second() {
+    let Some(pg) = start_postgres("two_replicas_on_postgres") else {
+        return;
+    };
+    let hook = start_receiver(0).await;
+    let notify = format!("[notify]\nwebhook_url = \"{}\"\n", hook.url);
+    let (_up1, a) = stored_replica(&pg, &notify).await;
+    let (_up2, b) = stored_replica(&pg, &notify).await;
+    for gw in [&a, &b] {
+        assert_eq!(
+            status_as(gw, "gina", &["partner-guests"], "/display/ENG/Home").await,
+            StatusCode::OK,
+            "seeded from the data file"
+        );
+    }
+
+    // Revoke through b: a refuses gina within a second.
+    let r = admin_post(
+        &b,
+        "/guests/revoke",
+        serde_json::json!({"user": "gina", "spaces": ["ENG"]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        status_as(&b, "gina", &["partner-guests"], "/display/ENG/Home").await,
+        StatusCode::FORBIDDEN
+    );
+    let took = wait_until(
+        Duration::from_secs(1),
+        "a enforces b's revocation",
+        || async {
+            status_as(&a, "gina", &["partner-guests"], "/display/ENG/Home").await
+                == StatusCode::FORBIDDEN
+        },
+    )
+    .await;
+    eprintln!("revocation through b enforced by a after {took:?}");
+
+    // Grant through a: b lets gary's group into HR within a second.
+    let g = admin_post(
+        &a,
+        "/guests/assign",
+        serde_json::json!({"group": "acme-guests", "spaces": ["HR"], "permissions": ["view"]}),
+    )
+    .await;
+    assert_eq!(g.status, StatusCode::OK, "{}", g.text());
+    wait_until(Duration::from_secs(1), "b enforces a's grant", || async {
+        status_as(&b, "gary", &["acme-guests"], "/display/HR/Home").await == StatusCode::OK
+    })
+    .await;
+
+    // Concurrent revocations through both replicas, five rounds: none is lost.
+    for round in 0..5 {
+        for body in [
+            serde_json::json!({"group": "acme-guests", "spaces": ["ENG"], "permissions": ["view"]}),
+            serde_json::json!({"user": "gina", "spaces": ["ENG"], "permissions": ["view"]}),
+        ] {
+            let r = admin_post(&a, "/guests/assign", body).await;
+            assert!(r.status.is_success(), "round {round}: {}", r.text());
+        }
+        let (x, y) = tokio::join!(
+            admin_post(
+                &a,
+                "/guests/revoke",
+                serde_json::json!({"group": "acme-guests", "spaces": ["ENG"]})
+            ),
+            admin_post(
+                &b,
+                "/guests/revoke",
+                serde_json::json!({"user": "gina", "spaces": ["ENG"]})
+            ),
+        );
+        assert_eq!(x.status, StatusCode::OK, "round {round}: {}", x.text());
+        assert_eq!(y.status, StatusCode::OK, "round {round}: {}", y.text());
+        for gw in [&a, &b] {
+            wait_until(Duration::from_secs(1), "both revocations hold", || async {
+                status_as(gw, "gina", &["partner-guests"], "/display/ENG/Home").await
+                    == StatusCode::FORBIDDEN
+                    && status_as(gw, "gary", &["acme-guests"], "/display/ENG/Home").await
+                        == StatusCode::FORBIDDEN
+            })
+            .await;
+        }
+    }
+
+    // If-Match: a revision that is no longer the store's is refused with the current one.
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let stale = request(
+        "POST",
+        &a.admin_url("/guests/assign"),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+            ("if-match", "\"0000000000ff\""),
+        ],
+        &serde_json::json!({"user": "gina", "spaces": ["ENG"], "permissions": ["view"]})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
+    let current = stale.json()["revision"].as_str().unwrap().to_string();
+    let guests = get(&b.admin_url("/guests"), &[]).await;
+    assert_eq!(
+        guests.header("etag"),
+        Some(format!("\"{current}\"").as_str()),
+        "both replicas serve the store's revision"
+    );
+
+    // One delivery per event although both replicas saw every change.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = hook.got.lock().unwrap().clone();
+    assert!(got.len() >= 12, "{} events", got.len());
+    let mut ids: Vec<&str> = got.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    let all = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), all, "every event was delivered once");
+    let metrics = get(&a.admin_url("/metrics"), &[]).await.text()
+        + &get(&b.admin_url("/metrics"), &[]).await.text();
+    assert!(
+        metrics.contains("guestgate_notifications_total{result=\"sent_by_another_replica\"} "),
+        "{metrics}"
+    );
+}
+
+/// A replica that loses the database keeps enforcing the last document it read, says so
+/// on /readyz and /metrics, refuses writes with 503, and catches up when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_loses_postgres_keeps_its_last_revision_and_says_so() {
+    let Some(pg) = start_postgres("a_replica_that_loses_postgres") else {
+        return;
+    };
+    let (_up, gw) = stored_replica(&pg, "").await;
+    let revision = get(&gw.admin_url("/readyz"), &[]).await.text();
+    pg.stop();
+    wait_until(
+        Duration::from_secs(5),
+        "/readyz says the store is gone",
+        || async {
+            get(&gw.admin_url("/readyz"), &[])
+                .await
+                .text()
+                .contains("store unreachable")
+        },
+    )
+    .await;
+    let ready = get(&gw.admin_url("/readyz"), &[]).await;
+    assert_eq!(
+        ready.status,
+        StatusCode::OK,
+        "still serving: {}",
+        ready.text()
+    );
+    assert!(
+        ready.text().starts_with(revision.trim()),
+        "{}",
+        ready.text()
+    );
+    assert!(
+        get(&gw.admin_url("/metrics"), &[])
+            .await
+            .text()
+            .contains("guestgate_store_connected 0")
+    );
+    assert_eq!(
+        status_as(&gw, "gina", &["partner-guests"], "/display/ENG/Home").await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status_as(&gw, "gary", &["acme-guests"], "/display/HR/Home").await,
+        StatusCode::FORBIDDEN
+    );
+    let w = admin_post(
+        &gw,
+        "/guests/revoke",
+        serde_json::json!({"user": "gina", "spaces": ["ENG"]}),
+    )
+    .await;
+    assert_eq!(w.status, StatusCode::SERVICE_UNAVAILABLE, "{}", w.text());
+    assert_eq!(w.json()["reason"], "store_unavailable");
+    assert_eq!(w.header("retry-after"), Some("5"));
+    assert_eq!(
+        status_as(&gw, "gina", &["partner-guests"], "/display/ENG/Home").await,
+        StatusCode::OK,
+        "nothing changed"
+    );
+
+    pg.start();
+    wait_until(Duration::from_secs(15), "back on the store", || async {
+        get(&gw.admin_url("/readyz"), &[]).await.text() == revision
+    })
+    .await;
+    let w = admin_post(
+        &gw,
+        "/guests/revoke",
+        serde_json::json!({"user": "gina", "spaces": ["ENG"]}),
+    )
+    .await;
+    assert_eq!(w.status, StatusCode::OK, "{}", w.text());
+    assert_eq!(
+        status_as(&gw, "gina", &["partner-guests"], "/display/ENG/Home").await,
+        StatusCode::FORBIDDEN
+    );
+}

@@ -85,6 +85,10 @@ pub enum SignInError {
     /// A logout posted from another site: a page elsewhere must not sign people out.
     #[error("a logout from another site")]
     CrossSite,
+    /// The shared store (`[store]`) could not record a used state or an ended session:
+    /// refusing is the only answer that holds on every replica.
+    #[error("the shared store is unavailable: {0}")]
+    StoreUnavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -108,6 +112,7 @@ impl SignInError {
             Self::NoIdToken | Self::IdToken(_) | Self::NonceMismatch => StatusCode::UNAUTHORIZED,
             Self::Userinfo(_) | Self::IdpUnavailable(_) => StatusCode::BAD_GATEWAY,
             Self::SessionTooLarge | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -132,6 +137,7 @@ impl SignInError {
             Self::SessionTooLarge => "session_too_large",
             Self::NoHost => "missing_host",
             Self::CrossSite => "cross_site_request",
+            Self::StoreUnavailable(_) => "store_unavailable",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -159,6 +165,9 @@ impl SignInError {
             Self::SessionTooLarge => "the session does not fit in a cookie",
             Self::NoHost => "the request names no host",
             Self::CrossSite => "a page of another site asked to sign you out",
+            Self::StoreUnavailable(_) => {
+                "the sign-in service is briefly unavailable; please try again"
+            }
             Self::Internal(_) => "an internal error occurred",
         }
     }

@@ -31,12 +31,38 @@ use crate::http::gateway_paths::{
 };
 use crate::identity::verify::{ClaimRules, decode_claims, groups_of};
 use crate::identity::{Caller, Identity, IdentityError, RemoteKeys, sha256, unix_now};
+use crate::shared::{SharedStore, Signal};
 pub use error::{ProviderError, SignInError};
 use provider::IdpClient;
 use seal::{Sealer, random_token};
 
 /// Browsers keep cookies up to 4096 bytes (name, value and attributes together).
 const MAX_COOKIE_VALUE: usize = 3800;
+/// Keeps `revoked` up to date with the sessions other replicas end: all of them on each
+/// (re)connection, then each as announced.
+async fn follow_ended_sessions(
+    shared: Arc<SharedStore>,
+    mut signals: tokio::sync::broadcast::Receiver<Signal>,
+    revoked: moka::sync::Cache<String, ()>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match signals.recv().await {
+            Ok(Signal::SessionEnded(id)) => revoked.insert(id, ()),
+            Ok(Signal::Connected) | Err(RecvError::Lagged(_)) => {
+                match shared.ended_sessions().await {
+                    Ok(ids) => ids.into_iter().for_each(|id| revoked.insert(id, ())),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read the sessions ended on other replicas");
+                    }
+                }
+            }
+            Ok(Signal::Data(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
 /// A return path longer than this is replaced by `/` (it rides in the state cookie).
 const MAX_RETURN_PATH: usize = 512;
 /// No token is taken to last longer than this, whatever `expires_in` says.
@@ -113,6 +139,8 @@ pub struct SignIn {
     opened: moka::sync::Cache<[u8; 32], Arc<OpenSession>>,
     /// Refreshes by the hash of the cookie they replace; concurrent requests share one.
     refreshes: moka::future::Cache<[u8; 32], Arc<Refresh>>,
+    /// With `[store]`: used states and ended sessions are shared with every replica.
+    shared: Option<Arc<SharedStore>>,
 }
 
 impl std::fmt::Debug for SignIn {
@@ -126,7 +154,10 @@ impl std::fmt::Debug for SignIn {
 impl SignIn {
     /// Reads the client secret and session keys. `Ok(None)` when `[identity.oidc]` is not
     /// configured. Must run inside a tokio runtime: it starts fetching the provider's keys.
-    pub fn new(identity: &IdentityConfig) -> Result<Option<Arc<SignIn>>, String> {
+    pub fn new(
+        identity: &IdentityConfig,
+        shared: Option<Arc<SharedStore>>,
+    ) -> Result<Option<Arc<SignIn>>, String> {
         let Some(config) = &identity.oidc else {
             return Ok(None);
         };
@@ -141,7 +172,19 @@ impl SignIn {
         .map_err(|e| e.0)?;
         keys.start();
         let lifetime = config.session_lifetime;
+        let revoked = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(lifetime)
+            .build();
+        if let Some(shared) = &shared {
+            tokio::spawn(follow_ended_sessions(
+                shared.clone(),
+                shared.subscribe(),
+                revoked.clone(),
+            ));
+        }
         Ok(Some(Arc::new(SignIn {
+            shared,
             idp: IdpClient::new(config, secret).map_err(|e| e.to_string())?,
             keys,
             sealer,
@@ -152,10 +195,7 @@ impl SignIn {
                 .max_capacity(100_000)
                 .time_to_live(config.state_ttl + Duration::from_secs(60))
                 .build(),
-            revoked: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(lifetime)
-                .build(),
+            revoked,
             opened: moka::sync::Cache::builder()
                 .max_capacity(identity.token_cache_max_entries)
                 .time_to_live(Duration::from_secs(60))
@@ -277,8 +317,17 @@ impl SignIn {
                         Refresh::Done { .. } => 0,
                         Refresh::Revoked => {
                             // The provider ended it: refuse every cookie of this session
-                            // without asking again.
+                            // without asking again, on every replica.
                             self.revoked.insert(s.id.clone(), ());
+                            if let Some(shared) = self.shared.clone() {
+                                let (id, until) = (s.id.clone(), s.max);
+                                tokio::spawn(async move {
+                                    let until = i64::try_from(until).unwrap_or(i64::MAX);
+                                    if let Err(e) = shared.end_session(&id, until).await {
+                                        tracing::error!(error = %e, "cannot share the end of a session the provider refused to refresh");
+                                    }
+                                });
+                            }
                             1
                         }
                         Refresh::Failed => 2,
@@ -529,11 +578,15 @@ impl SignIn {
         if unix_now() >= login.exp {
             return Err(SignInError::StateExpired);
         }
-        let first_use = self
-            .used_states
-            .entry(sha256(state.as_bytes()))
-            .or_insert(())
-            .is_fresh();
+        let hash = sha256(state.as_bytes());
+        let first_use = self.used_states.entry(hash).or_insert(()).is_fresh();
+        let first_use = match (&self.shared, first_use) {
+            (Some(shared), true) => shared
+                .use_state(&hash, i64::try_from(login.exp).unwrap_or(i64::MAX))
+                .await
+                .map_err(|e| SignInError::StoreUnavailable(e.to_string()))?,
+            (_, first_use) => first_use,
+        };
         if !first_use {
             return Err(SignInError::StateReused);
         }
@@ -764,6 +817,14 @@ impl SignIn {
             self.opened.invalidate(&hash);
             Some(open.session)
         });
+        // Every replica must refuse the session's cookies from now on: when the store
+        // cannot record it, the sign-out fails (503) rather than half happen.
+        if let (Some(shared), Some(s)) = (&self.shared, &session) {
+            shared
+                .end_session(&s.id, i64::try_from(s.max).unwrap_or(i64::MAX))
+                .await
+                .map_err(|e| SignInError::StoreUnavailable(e.to_string()))?;
+        }
         if let Some(rt) = session.as_ref().and_then(|s| s.rt.as_deref()) {
             self.idp.revoke(rt).await;
         }

@@ -32,11 +32,13 @@ mod client;
 mod gateway;
 #[macro_use]
 mod oidc;
+mod postgres;
 mod tokens;
 mod upstream;
 
 pub use client::*;
 pub use gateway::*;
 pub use oidc::*;
+pub use postgres::*;
 pub use tokens::*;
 pub use upstream::*;
