@@ -1284,3 +1284,47 @@ async fn a_replica_that_loses_postgres_keeps_its_last_revision_and_says_so() {
         StatusCode::FORBIDDEN
     );
 }
+
+/// A hand edit that broke the data file blocks widening writes (409), not revocations: a
+/// revoke applies to the serving revision, which replaces the broken file (kept as
+/// `data.json.bak`), so the revocation is enforced at once and survives the next reload.
+#[tokio::test]
+async fn a_revocation_goes_through_when_an_unrelated_part_of_the_file_is_invalid() {
+    let (_up, gw) = writable_gateway("").await;
+    let broken = std::fs::read_to_string(gw.path("data.json"))
+        .unwrap()
+        .replace("[\"view\"]", "[\"fly\"]");
+    assert!(broken.contains("fly"));
+    std::fs::write(gw.path("data.json"), &broken).unwrap();
+
+    let widen = admin_post(
+        &gw,
+        "/guests/assign",
+        serde_json::json!({"user": "gina", "spaces": ["HR"], "permissions": ["view"]}),
+    )
+    .await;
+    assert_eq!(widen.status, StatusCode::CONFLICT, "{}", widen.text());
+    assert!(widen.text().contains("revoke and remove still work"));
+
+    let revoke = admin_post(
+        &gw,
+        "/guests/revoke",
+        serde_json::json!({"user": "gina", "spaces": ["ENG"]}),
+    )
+    .await;
+    assert_eq!(revoke.status, StatusCode::OK, "{}", revoke.text());
+    assert_eq!(
+        status_as(&gw, "gina", &["partner-guests"], "/display/ENG/Home").await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        std::fs::read_to_string(gw.path("data.json.bak")).unwrap(),
+        broken
+    );
+    // The file is valid again and holds the revocation: a reload keeps it.
+    gw.gateway.store.reload().await.unwrap();
+    assert_eq!(
+        status_as(&gw, "gina", &["partner-guests"], "/display/ENG/Home").await,
+        StatusCode::FORBIDDEN
+    );
+}

@@ -1079,3 +1079,83 @@ async fn the_user_name_never_falls_back_to_sub() {
     assert!(set_cookie(&a, "guestgate_session").is_none());
     assert!(up.forwarded().is_empty());
 }
+
+/// Two replicas on one PostgreSQL: a sign-out through one ends the session on the other
+/// within a second, and a sign-in state completed on one is refused by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_postgres_share_sign_outs_and_used_states() {
+    need_node_modules!();
+    let Some(pg) = start_postgres("replicas_on_postgres_share_sign_outs") else {
+        return;
+    };
+    let idp = start_idp(&[]);
+    let up = start_upstream().await;
+    let replica = || {
+        let mut c = TestConfig::new(&up.url());
+        c.extra_sections = format!(
+            "[store]\nurl = \"{}\"\npoll_interval_secs = 1\ntimeout_secs = 2\n",
+            pg.url()
+        );
+        start_oidc_gateway(c, &idp.issuer, "")
+    };
+    let a = replica().await;
+    let b = replica().await;
+    for gw in [&a, &b] {
+        for _ in 0..500 {
+            if get(&gw.admin_url("/readyz"), &[]).await.status == StatusCode::OK {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    // Sign in through a; the state is used up for b as well.
+    let mut browser = Browser::default();
+    let auth = start(&mut browser, &a, "/display/ENG/Home").await;
+    let state_jar = browser.jar.clone();
+    let callback = idp_login(&mut browser, &idp, &auth, "gary").await;
+    assert_eq!(browser.get(&callback).await.status, StatusCode::FOUND);
+    let mut replay = Browser { jar: state_jar };
+    let on_b = callback.replace(&a.addr.to_string(), &b.addr.to_string());
+    let r = replay.get(&on_b).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("state_reused"), "{}", r.text());
+
+    // The session cookie works on b, until a signs it out.
+    let cookie = format!("guestgate_session={}", browser.jar["guestgate_session"]);
+    let page_b = b.url("/display/ENG/Home");
+    let cookie_header = [("cookie", cookie.as_str())];
+    let on_b = || get(&page_b, &cookie_header);
+    assert_eq!(on_b().await.status, StatusCode::OK);
+    assert_eq!(browser.logout(&a).await.status, StatusCode::FOUND);
+    let start = std::time::Instant::now();
+    loop {
+        let r = on_b().await;
+        if r.status == StatusCode::UNAUTHORIZED {
+            assert_eq!(r.json()["reason"], "session_expired");
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(1),
+            "b still accepts the signed-out session: {}",
+            r.status
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    // A replica that starts later learns of the sign-out from the store.
+    let c = replica().await;
+    let mut late = None;
+    for _ in 0..100 {
+        let r = get(&c.url("/display/ENG/Home"), &[("cookie", cookie.as_str())]).await;
+        if r.status == StatusCode::UNAUTHORIZED {
+            late = Some(r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        late.is_some(),
+        "a late replica accepts a signed-out session"
+    );
+}
