@@ -142,6 +142,11 @@ pub static SIGN_INS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 pub static SESSION_REFRESHES: [AtomicU64; 3] =
     [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
 
+/// Bodies that did not fit in the buffer budget: a guarded listing refused (0), a
+/// cosmetic rewrite skipped (1), a guest's request body refused (2).
+pub static BUFFER_BUDGET_EXCEEDED: [AtomicU64; 3] =
+    [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
 pub fn count<const N: usize>(counter: &[AtomicU64; N], index: usize) {
     counter[index].fetch_add(1, Ordering::Relaxed);
 }
@@ -324,6 +329,17 @@ impl Metrics {
                 out,
                 "guestgate_session_refreshes_total{{result=\"{word}\"}} {}",
                 SESSION_REFRESHES[i].load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# TYPE guestgate_buffer_budget_exceeded_total counter");
+        for (i, word) in ["listing_refused", "rewrite_skipped", "request_refused"]
+            .iter()
+            .enumerate()
+        {
+            let _ = writeln!(
+                out,
+                "guestgate_buffer_budget_exceeded_total{{result=\"{word}\"}} {}",
+                BUFFER_BUDGET_EXCEEDED[i].load(Ordering::Relaxed)
             );
         }
         self.request_latency

@@ -103,6 +103,12 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Open client connections at most; further ones are answered 503 and closed.
     pub max_connections: usize,
+    /// Open connections from one client address at most; 0: no such cap
+    /// (`server.max_connections_per_client`). Behind a proxy every client is the proxy.
+    pub max_connections_per_client: usize,
+    /// Bytes of bodies held in memory at once, all requests together
+    /// (`server.buffer_budget_bytes`; see `pipeline::limits::BufferBudget`).
+    pub buffer_budget_bytes: usize,
     pub h2_max_concurrent_streams: u32,
     /// Streams a client may open and reset before the server accepts them (HTTP/2 rapid
     /// reset, CVE-2023-44487); beyond it the connection is closed.

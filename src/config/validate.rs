@@ -376,6 +376,12 @@ impl Validator {
         if s.max_upstream_in_flight > 1 << 20 {
             self.error("server.max_upstream_in_flight", "must be at most 1048576");
         }
+        if s.buffer_budget_bytes < 1024 * 1024 {
+            self.error(
+                "server.buffer_budget_bytes",
+                "must be at least 1048576 (1 MiB)",
+            );
+        }
         if s.workers > 1024 {
             self.error("server.workers", "must be at most 1024 (0: one per CPU)");
         }
@@ -409,6 +415,8 @@ impl Validator {
             max_body_bytes,
             idle_timeout: self.secs("server.idle_timeout_secs", s.idle_timeout_secs),
             max_connections: s.max_connections,
+            max_connections_per_client: s.max_connections_per_client,
+            buffer_budget_bytes: usize::try_from(s.buffer_budget_bytes).unwrap_or(usize::MAX),
             h2_max_concurrent_streams: s.h2_max_concurrent_streams,
             h2_max_pending_reset_streams: s.h2_max_pending_reset_streams,
             max_upstream_in_flight: s.max_upstream_in_flight,

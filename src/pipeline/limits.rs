@@ -3,8 +3,10 @@
 //! and count, path length) are checked earlier, in `accept`; those of connections (count,
 //! idle time, HTTP/2 streams) in `server`.
 
+use std::sync::Arc;
+
 use http::header;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 
 use crate::config::ServerConfig;
 use crate::pipeline::error::GatewayError;
@@ -72,6 +74,67 @@ impl UpstreamSlots {
     /// Slots free right now (for tests and metrics).
     pub fn available(&self) -> usize {
         self.slots.available_permits()
+    }
+}
+
+/// One budget for every body the gateway holds in memory at once
+/// (`server.buffer_budget_bytes`): JSON responses being tagged or filtered, with their
+/// decoded and rewritten copies, and guests' request bodies being inspected. Per-item
+/// limits bound one body; only a total bounds many at once (48 concurrent 7.5 MB answers
+/// would otherwise need ~0.5 GB). Past it, a guarded listing or a guest's body is refused
+/// with 503 + `Retry-After` and a cosmetic rewrite is skipped (the body streams through
+/// untagged): nothing waits for memory, so nothing piles up.
+#[derive(Debug)]
+pub struct BufferBudget {
+    bytes: Arc<Semaphore>,
+    retry_after_secs: u64,
+}
+
+/// Bytes taken from the budget, given back when dropped.
+#[derive(Debug)]
+pub struct BufferCharge {
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl BufferBudget {
+    pub fn new(bytes: usize, retry_after: std::time::Duration) -> BufferBudget {
+        BufferBudget {
+            bytes: Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))),
+            retry_after_secs: retry_after.as_secs().max(1),
+        }
+    }
+
+    pub fn charge(&self) -> BufferCharge {
+        BufferCharge { permit: None }
+    }
+
+    /// Adds `bytes` to `charge`; `false` (and nothing taken) when the budget cannot
+    /// cover them now.
+    pub fn add(&self, charge: &mut BufferCharge, bytes: usize) -> bool {
+        let Ok(n) = u32::try_from(bytes) else {
+            return false;
+        };
+        match self.bytes.clone().try_acquire_many_owned(n) {
+            Ok(more) => {
+                match &mut charge.permit {
+                    Some(p) => p.merge(more),
+                    None => charge.permit = Some(more),
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub fn exhausted(&self) -> GatewayError {
+        GatewayError::Overloaded {
+            retry_after_secs: self.retry_after_secs,
+        }
+    }
+
+    /// Bytes not taken right now (for tests and metrics).
+    pub fn available(&self) -> usize {
+        self.bytes.available_permits()
     }
 }
 

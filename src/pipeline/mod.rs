@@ -46,7 +46,7 @@ use error::GatewayError;
 use forward::{ConnInfo, ForwardIdentity, Upstream, UpstreamBody, UpstreamError};
 use http_body_util::Either;
 use judge::Admitted;
-use limits::UpstreamSlots;
+use limits::{BufferBudget, BufferCharge, UpstreamSlots};
 
 pub use judge::judge;
 
@@ -58,6 +58,7 @@ pub struct Pipeline {
     upstream: Upstream,
     /// Bounds the requests in flight to the wiki (`server.max_upstream_in_flight`).
     upstream_slots: UpstreamSlots,
+    buffer_budget: Arc<BufferBudget>,
     content_cache: ContentCache,
     decision_log: DecisionLog,
     metrics: Arc<Metrics>,
@@ -121,7 +122,12 @@ impl Pipeline {
             config.server.max_upstream_in_flight,
             config.server.retry_after,
         );
+        let buffer_budget = Arc::new(BufferBudget::new(
+            config.server.buffer_budget_bytes,
+            config.server.retry_after,
+        ));
         Ok(Pipeline {
+            buffer_budget,
             config,
             store,
             upstream,
@@ -247,9 +253,13 @@ impl Pipeline {
         )?;
         self.observe(snapshot, &route, &decided);
         decided.enforce(&route, self.config.policy.dry_run)?;
+        // Held until the request is answered: a guest's body read whole stays in memory
+        // until forwarded.
+        let mut body_charge = self.buffer_budget.charge();
         let body = match guest_principal {
             Some(principal) => {
                 let (body, targets) = Box::pin(self.guest_body_and_targets(
+                    &mut body_charge,
                     snapshot,
                     accepted,
                     &route,
@@ -281,6 +291,7 @@ impl Pipeline {
             &accepted.method,
             &route,
             filter,
+            &self.buffer_budget,
         );
         let head = head_slot
             .take()
@@ -300,6 +311,7 @@ impl Pipeline {
         .await?;
         self.forget_moved_content(snapshot, &route, &accepted.method, response.status())
             .await;
+        drop(body_charge);
         match plan {
             Some(plan) => rewrite::apply(response, plan).await,
             None => Ok(response.map(streamed)),
@@ -351,8 +363,10 @@ impl Pipeline {
 
     /// A guest's request body, read whole when it can name identifiers (a form, or JSON on
     /// a write), and every identifier the request names beyond its route's own capture.
+    #[allow(clippy::too_many_arguments)]
     async fn guest_body_and_targets(
         &self,
+        charge: &mut BufferCharge,
         snapshot: &Snapshot,
         accepted: &Accepted,
         route: &crate::routes::Route,
@@ -398,7 +412,7 @@ impl Pipeline {
             }
             return Ok((Either::Left(body), targets));
         }
-        let bytes = read_body(body, body_limit).await?;
+        let bytes = read_body(body, body_limit, &self.buffer_budget, charge).await?;
         let targets = match kind {
             BodyKind::Form => {
                 let form = identifiers::form_params(&bytes)?;
@@ -650,14 +664,32 @@ fn body_kind(method: &http::Method, headers: &http::HeaderMap) -> BodyKind {
     }
 }
 
-/// A client's body, whole, within its route's limit.
-async fn read_body(body: Incoming, limit: usize) -> Result<bytes::Bytes, GatewayError> {
+/// A client's body, whole, within its route's limit and the buffer budget (counted twice:
+/// the bytes, and what parsing them takes).
+async fn read_body(
+    mut body: Incoming,
+    limit: usize,
+    budget: &BufferBudget,
+    charge: &mut BufferCharge,
+) -> Result<bytes::Bytes, GatewayError> {
     use http_body_util::BodyExt as _;
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::PayloadTooLarge),
-        Err(_) => Err(GatewayError::BadRequest("invalid_request_body")),
+    let mut whole = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| GatewayError::BadRequest("invalid_request_body"))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if whole.len() + data.len() > limit {
+            return Err(GatewayError::PayloadTooLarge);
+        }
+        if !budget.add(charge, 2 * data.len()) {
+            crate::telemetry::count(&crate::telemetry::BUFFER_BUDGET_EXCEEDED, 2);
+            tracing::warn!("buffer budget exhausted; a guest's request body is refused");
+            return Err(budget.exhausted());
+        }
+        whole.extend_from_slice(&data);
     }
+    Ok(whole.freeze())
 }
 
 /// The caching headers an answer needs when a browser session took part in it.

@@ -424,3 +424,101 @@ async fn rewriting_can_be_switched_off() {
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     assert_eq!(a.json()["reason"], "guest_unfiltered_listing");
 }
+
+/// A stand-in wiki whose JSON answers are padded to ~450 KB and held back 500 ms before
+/// their last bytes, so that answers being rewritten overlap.
+fn slow_big_wiki() -> Handler {
+    let lookups = default_handler();
+    Arc::new(move |req| {
+        let lookups = lookups.clone();
+        Box::pin(async move {
+            if req.uri().query() == Some("expand=space") {
+                return lookups(req).await;
+            }
+            let fixture = if req.uri().path().starts_with("/rest/api/search") {
+                SEARCH
+            } else {
+                CONTENT
+            };
+            let pad = format!("{{\"pad\": \"{}\",", "x".repeat(450 * 1024));
+            let body = fixture.replacen('{', &pad, 1).into_bytes();
+            let (mut tx, rx) =
+                http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(2);
+            tokio::spawn(async move {
+                let (head, tail) = body.split_at(body.len() - 10);
+                let _ = tx.send_data(Bytes::copy_from_slice(head)).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = tx.send_data(Bytes::copy_from_slice(tail)).await;
+            });
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(rx.boxed())
+                .unwrap()
+        })
+    })
+}
+
+/// One byte budget for every body held in memory: past it, a guest's listing answers 503
+/// with Retry-After (never unfiltered), a cosmetic rewrite is skipped (the body passes
+/// untagged), and the budget is whole again once the answers are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_buffer_budget_refuses_listings_and_skips_tags_when_spent() {
+    let up = start_upstream_with(slow_big_wiki()).await;
+    let mut c = TestConfig::new(&up.url());
+    c.server_extra = "buffer_budget_bytes = 1048576\n".into();
+    c.rewrite_extra = "max_body_bytes = 1048576".into();
+    let gw = start_gateway(c).await;
+    let search = gw.url("/rest/api/search?cql=x");
+    let content = gw.url("/rest/api/content/101");
+    let (gary, alice) = (gary(), alice());
+
+    // Alone, both are rewritten.
+    let a = get(&search, &[("authorization", &gary)]).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let a = get(&content, &[("authorization", &alice)]).await;
+    assert!(a.text().contains("isExternalCollaborator"));
+
+    // Four guests' listings at once: ~900 KB each against 1 MiB.
+    let as_gary = [("authorization", gary.as_str())];
+    let answers = futures_util::future::join_all((0..4).map(|_| get(&search, &as_gary))).await;
+    let ok = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::OK)
+        .count();
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    assert!(ok >= 1, "one fits");
+    assert_eq!(ok + refused.len(), 4, "nothing else: no unfiltered body");
+    assert!(!refused.is_empty(), "the others do not fit");
+    for r in &refused {
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert_eq!(r.json()["reason"], "overloaded");
+    }
+
+    // While a listing holds most of the budget, a regular user's answer passes untagged.
+    let holder = tokio::spawn({
+        let (search, gary) = (search.clone(), gary.clone());
+        async move { get(&search, &[("authorization", &gary)]).await.status }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let a = get(&content, &[("authorization", &alice)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.text().contains("\"pad\""), "the whole body");
+    assert!(!a.text().contains("isExternalCollaborator"), "untagged");
+    assert_eq!(holder.await.unwrap(), StatusCode::OK);
+
+    // All given back.
+    let a = get(&content, &[("authorization", &alice)]).await;
+    assert!(a.text().contains("isExternalCollaborator"));
+    let metrics = get(&gw.admin_url("/metrics"), &[]).await.text();
+    assert!(
+        metrics.contains("guestgate_buffer_budget_exceeded_total{result=\"listing_refused\"}"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("guestgate_buffer_budget_exceeded_total{result=\"rewrite_skipped\"} 0"),
+        "{metrics}"
+    );
+}

@@ -24,6 +24,7 @@ use hyper::body::{Body, Frame, Incoming};
 use crate::config::RewriteConfig;
 use crate::http::body::{BoxError, ProxyBody, full_body};
 use crate::pipeline::error::GatewayError;
+use crate::pipeline::limits::{BufferBudget, BufferCharge};
 use crate::routes::Route;
 use crate::snapshot::Snapshot;
 
@@ -37,6 +38,7 @@ pub struct RewritePlan {
     filter: Option<Arc<HashSet<String>>>,
     banner: Option<String>,
     max_body_bytes: usize,
+    budget: Arc<BufferBudget>,
 }
 
 impl RewritePlan {
@@ -47,6 +49,7 @@ impl RewritePlan {
         method: &Method,
         route: &Route,
         filter: Option<Arc<HashSet<String>>>,
+        budget: &Arc<BufferBudget>,
     ) -> Option<RewritePlan> {
         if *method == Method::HEAD {
             return None;
@@ -70,6 +73,7 @@ impl RewritePlan {
             filter: if r.filter_spaces { filter } else { None },
             banner,
             max_body_bytes: config.max_body_bytes,
+            budget: budget.clone(),
         };
         (plan.tag_json || plan.tag_html || plan.filter.is_some() || plan.banner.is_some())
             .then_some(plan)
@@ -196,17 +200,33 @@ pub async fn apply(
     }
 }
 
-/// Reads at most `max` bytes. `Err(prefix, first_extra)` when the body is larger.
+/// Why a body was not read whole.
+enum TooLarge {
+    /// Larger than `rewrite.max_body_bytes`.
+    Limit,
+    /// The buffer budget cannot hold it now.
+    Budget,
+}
+
+/// Reads at most `max` bytes, each counted `factor` times against the buffer budget (the
+/// body, and the copies a rewrite makes of it). `Err` when the body is larger or the
+/// budget is spent, with the prefix read and the frame that did not fit.
 async fn read_limited(
     body: &mut Incoming,
     max: usize,
-) -> Result<Result<Vec<u8>, (Vec<u8>, Bytes)>, GatewayError> {
+    budget: &BufferBudget,
+    charge: &mut BufferCharge,
+    factor: usize,
+) -> Result<Result<Vec<u8>, (TooLarge, Vec<u8>, Bytes)>, GatewayError> {
     let mut raw = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| GatewayError::UpstreamUnavailable(Box::new(e)))?;
         if let Ok(data) = frame.into_data() {
             if raw.len() + data.len() > max {
-                return Ok(Err((raw, data)));
+                return Ok(Err((TooLarge::Limit, raw, data)));
+            }
+            if !budget.add(charge, factor * data.len()) {
+                return Ok(Err((TooLarge::Budget, raw, data)));
             }
             raw.extend_from_slice(&data);
         }
@@ -252,28 +272,58 @@ async fn rewrite_json(
 ) -> Result<Response<ProxyBody>, GatewayError> {
     let guarded = plan.filter.is_some();
     let (mut parts, mut body) = resp.into_parts();
-    let raw = match read_limited(&mut body, plan.max_body_bytes).await? {
+    let encoding = content_encoding(&parts.headers);
+    // The body and the rewritten copy; a compressed body also its decoded copy, charged
+    // once decoded (its size is not known before).
+    let mut charge = plan.budget.charge();
+    let read = read_limited(
+        &mut body,
+        plan.max_body_bytes,
+        &plan.budget,
+        &mut charge,
+        if encoding.is_some() { 1 } else { 2 },
+    )
+    .await?;
+    let raw = match read {
         Ok(raw) => raw,
-        Err(_) if guarded => return Err(GatewayError::Unfilterable("body_too_large_to_filter")),
-        Err((prefix, extra)) => {
+        Err((TooLarge::Limit, ..)) if guarded => {
+            return Err(GatewayError::Unfilterable("body_too_large_to_filter"));
+        }
+        Err((TooLarge::Budget, ..)) if guarded => {
+            crate::telemetry::count(&crate::telemetry::BUFFER_BUDGET_EXCEEDED, 0);
+            tracing::warn!("buffer budget exhausted; a guest's listing is refused (503)");
+            return Err(plan.budget.exhausted());
+        }
+        Err((why, prefix, extra)) => {
+            if matches!(why, TooLarge::Budget) {
+                crate::telemetry::count(&crate::telemetry::BUFFER_BUDGET_EXCEEDED, 1);
+            }
             let body = PrefixedBody {
                 prefix: Some(Bytes::from(prefix)),
                 extra: Some(extra),
                 rest: body,
+                charge: Some(charge),
             };
             return Ok(Response::from_parts(parts, body.boxed_unsync()));
         }
     };
-    let unchanged = |parts: http::response::Parts, raw: Vec<u8>| {
-        Ok(Response::from_parts(parts, full_body(raw)))
+    let unchanged = |parts: http::response::Parts, raw: Vec<u8>, charge: BufferCharge| {
+        Ok(Response::from_parts(parts, charged_body(raw, charge)))
     };
-    let encoding = content_encoding(&parts.headers);
     let decoded = match &encoding {
         None => None,
         Some(enc) => match decode(enc, &raw, plan.max_body_bytes) {
-            Some(d) => Some(d),
+            Some(d) if plan.budget.add(&mut charge, 2 * d.len()) => Some(d),
+            Some(_) if guarded => {
+                crate::telemetry::count(&crate::telemetry::BUFFER_BUDGET_EXCEEDED, 0);
+                return Err(plan.budget.exhausted());
+            }
+            Some(_) => {
+                crate::telemetry::count(&crate::telemetry::BUFFER_BUDGET_EXCEEDED, 1);
+                return unchanged(parts, raw, charge);
+            }
             None if guarded => return Err(GatewayError::Unfilterable("undecodable_body")),
-            None => return unchanged(parts, raw),
+            None => return unchanged(parts, raw, charge),
         },
     };
     let (_, charset) = media_type(&parts.headers);
@@ -281,7 +331,7 @@ async fn rewrite_json(
         if guarded {
             return Err(GatewayError::Unfilterable("listing_not_utf8"));
         }
-        return unchanged(parts, raw);
+        return unchanged(parts, raw, charge);
     }
     let snapshot = plan.snapshot.clone();
     let lookup = move |name: &str| RewritePlan::is_guest(&snapshot, name);
@@ -302,14 +352,51 @@ async fn rewrite_json(
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
             weaken_etag(&mut parts.headers);
-            Ok(Response::from_parts(parts, full_body(out)))
+            drop(raw);
+            drop(decoded);
+            Ok(Response::from_parts(parts, charged_body(out, charge)))
         }
-        Ok(None) => unchanged(parts, raw),
+        Ok(None) => unchanged(parts, raw, charge),
         Err(e) if guarded => {
             tracing::warn!(error = %e, "listing could not be filtered; refusing it");
             Err(GatewayError::Unfilterable("unfilterable_listing"))
         }
-        Err(_) => unchanged(parts, raw),
+        Err(_) => unchanged(parts, raw, charge),
+    }
+}
+
+/// A body held whole, its buffer-budget charge given back once it is sent (or dropped):
+/// a client slow to read it keeps it counted.
+fn charged_body(bytes: Vec<u8>, charge: BufferCharge) -> ProxyBody {
+    ChargedBody {
+        inner: full_body(bytes),
+        _charge: charge,
+    }
+    .boxed_unsync()
+}
+
+struct ChargedBody {
+    inner: ProxyBody,
+    _charge: BufferCharge,
+}
+
+impl Body for ChargedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -318,6 +405,8 @@ struct PrefixedBody {
     prefix: Option<Bytes>,
     extra: Option<Bytes>,
     rest: Incoming,
+    /// What the prefix was charged, given back once it is handed on.
+    charge: Option<BufferCharge>,
 }
 
 impl Body for PrefixedBody {
@@ -334,6 +423,7 @@ impl Body for PrefixedBody {
         if let Some(extra) = self.extra.take() {
             return Poll::Ready(Some(Ok(Frame::data(extra))));
         }
+        self.charge = None;
         Pin::new(&mut self.rest)
             .poll_frame(cx)
             .map(|f| f.map(|r| r.map_err(|e| -> BoxError { Box::new(e) })))
