@@ -33,6 +33,7 @@ pub(super) async fn serve_connection<I>(
     pipeline: Arc<Pipeline>,
     conn: ConnInfo,
     mut shutdown: watch::Receiver<bool>,
+    activity: Arc<Activity>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -42,7 +43,6 @@ pub(super) async fn serve_connection<I>(
     // one that never sends a byte must not keep its `max_connections` slot for a whole
     // idle timeout.
     let first_request = pipeline.config.server.header_read_timeout.min(idle_timeout);
-    let activity = Arc::new(Activity::new());
     let service = {
         let activity = activity.clone();
         service_fn(move |req| {
@@ -88,6 +88,12 @@ pub(super) async fn serve_connection<I>(
         let idle_at = tokio::time::Instant::from_std(activity.idle_deadline(limit));
         tokio::select! {
             _ = connection.as_mut() => break,
+            // At capacity the listener evicts the oldest connection that never began a
+            // request, rather than refuse a new one (server/mod.rs).
+            _ = activity.evict.notified(), if !activity.served_any() => {
+                tracing::debug!("never-used connection evicted for a new one");
+                break;
+            }
             _ = shutdown.changed(), if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
@@ -136,7 +142,9 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 }
 
 /// When a connection last had a request in progress, and how many it has now.
-struct Activity {
+pub(super) struct Activity {
+    /// Told by the listener to close a connection that has not begun a request.
+    evict: tokio::sync::Notify,
     in_flight: AtomicUsize,
     last: Mutex<Instant>,
     /// A request has begun on the connection.
@@ -152,8 +160,9 @@ struct Activity {
 struct Busy(Arc<Activity>);
 
 impl Activity {
-    fn new() -> Activity {
+    pub(super) fn new() -> Activity {
         Activity {
+            evict: tokio::sync::Notify::new(),
             in_flight: AtomicUsize::new(0),
             last: Mutex::new(Instant::now()),
             served: std::sync::atomic::AtomicBool::new(false),
@@ -162,8 +171,13 @@ impl Activity {
         }
     }
 
-    fn served_any(&self) -> bool {
+    pub(super) fn served_any(&self) -> bool {
         self.served.load(Ordering::Relaxed)
+    }
+
+    /// Asks the connection to close, if it still has not begun a request.
+    pub(super) fn evict(&self) {
+        self.evict.notify_one();
     }
 
     fn begin(self: &Arc<Self>) -> Busy {

@@ -8,9 +8,10 @@
 pub mod connection;
 pub mod workers;
 
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -24,7 +25,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::config::TlsFiles;
 use crate::gateway::Gateway;
 use crate::pipeline::forward::ConnInfo;
-use connection::serve_connection;
+use connection::{Activity, serve_connection};
 use workers::Workers;
 
 /// Why the listeners could not start.
@@ -153,7 +154,12 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
         let turned_away = Arc::new(Semaphore::new(MAX_TURNED_AWAY));
         let over_capacity: Arc<[u8]> = over_capacity_response(config.server.retry_after).into();
         let grace = config.server.shutdown_grace;
+        let per_client_cap = config.server.max_connections_per_client;
+        let per_client = (per_client_cap > 0).then(|| Arc::new(Mutex::new(HashMap::new())));
         tokio::spawn(async move {
+            // Connections in the order they were accepted, until they begin a request:
+            // the eviction candidates when every slot is taken.
+            let mut unused: VecDeque<Weak<Activity>> = VecDeque::new();
             loop {
                 tokio::select! {
                     accepted = proxy.accept() => {
@@ -165,10 +171,29 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
                                 continue;
                             }
                         };
-                        let Ok(slot) = connections.clone().try_acquire_owned() else {
-                            turn_away(stream, tls.is_some(), &turned_away, &over_capacity);
-                            continue;
+                        let per_client = match &per_client {
+                            Some(table) => match ClientSlot::take(table, remote.ip(), per_client_cap) {
+                                Some(slot) => Some(slot),
+                                None => {
+                                    turn_away(stream, tls.is_some(), &turned_away, &over_capacity);
+                                    continue;
+                                }
+                            },
+                            None => None,
                         };
+                        let slot = match connections.clone().try_acquire_owned() {
+                            Ok(slot) => Slot::Now(slot),
+                            Err(_) if evict_oldest_unused(&mut unused) => Slot::Soon(connections.clone()),
+                            Err(_) => {
+                                turn_away(stream, tls.is_some(), &turned_away, &over_capacity);
+                                continue;
+                            }
+                        };
+                        let activity = Arc::new(Activity::new());
+                        unused.push_back(Arc::downgrade(&activity));
+                        if unused.len() > 2 * max_connections {
+                            unused.retain(|a| a.upgrade().is_some_and(|a| !a.served_any()));
+                        }
                         let _ = stream.set_nodelay(true);
                         // Handed over as a plain socket: it joins the reactor of the worker
                         // that serves it.
@@ -178,7 +203,18 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
                         let tls = tls.clone();
                         let shutdown = rx.clone();
                         workers.spawn(async move {
-                            let _slot = slot;
+                            let _per_client = per_client;
+                            let _slot = match slot {
+                                Slot::Now(slot) => slot,
+                                // The evicted connection gives its slot back at once; a
+                                // new one that still finds none is closed.
+                                Slot::Soon(connections) => {
+                                    match tokio::time::timeout(EVICTION_WAIT, connections.acquire_owned()).await {
+                                        Ok(Ok(slot)) => slot,
+                                        _ => return,
+                                    }
+                                }
+                            };
                             let Ok(stream) = TcpStream::from_std(stream) else { return };
                             let conn = ConnInfo { remote, tls: tls.is_some() };
                             match tls {
@@ -189,9 +225,9 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
                                     let Ok(Ok(stream)) = tokio::time::timeout(timeout, handshake).await else {
                                         return;
                                     };
-                                    serve_connection(&builder, stream, pipeline, conn, shutdown).await;
+                                    serve_connection(&builder, stream, pipeline, conn, shutdown, activity).await;
                                 }
-                                None => serve_connection(&builder, stream, pipeline, conn, shutdown).await,
+                                None => serve_connection(&builder, stream, pipeline, conn, shutdown, activity).await,
                             }
                         });
                     }
@@ -243,6 +279,69 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
         shutdown,
         tasks: vec![proxy_task, admin_task],
     })
+}
+
+/// How long a connection admitted by evicting another waits for the evicted one's slot.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
+/// A connection's `max_connections` slot: taken now, or to be taken once the connection
+/// evicted for it has closed.
+enum Slot {
+    Now(tokio::sync::OwnedSemaphorePermit),
+    Soon(Arc<Semaphore>),
+}
+
+/// At capacity, a new connection is worth more than the oldest one that has not begun a
+/// single request in all its time (an idle-socket flood, a slow loris still sending its
+/// first head): that one is told to close. `false` when every open connection has served.
+fn evict_oldest_unused(unused: &mut VecDeque<Weak<Activity>>) -> bool {
+    while let Some(candidate) = unused.pop_front() {
+        if let Some(activity) = candidate.upgrade()
+            && !activity.served_any()
+        {
+            activity.evict();
+            return true;
+        }
+    }
+    false
+}
+
+/// One of a client address's connections (`server.max_connections_per_client`), given
+/// back when the connection ends.
+struct ClientSlot {
+    table: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    client: IpAddr,
+}
+
+impl ClientSlot {
+    fn take(
+        table: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+        client: IpAddr,
+        cap: usize,
+    ) -> Option<ClientSlot> {
+        let mut open = table.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(client).or_insert(0);
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            table: table.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.client);
+            }
+        }
+    }
 }
 
 /// The whole answer to a connection above `server.max_connections`.

@@ -126,10 +126,19 @@ async fn connections_beyond_the_limit_are_answered_503_and_closed() {
         "max_connections = 2\nretry_after_secs = 3",
     ))
     .await;
-    let first = TcpStream::connect(gw.addr).await.unwrap();
-    let second = TcpStream::connect(gw.addr).await.unwrap();
-    // Let the listener take both before the third arrives.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Two kept-alive connections that have served a request: not evictable.
+    let mut first = TcpStream::connect(gw.addr).await.unwrap();
+    let mut second = TcpStream::connect(gw.addr).await.unwrap();
+    for stream in [&mut first, &mut second] {
+        stream
+            .write_all(b"GET /login.action HTTP/1.1\r\nHost: gw\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200 "));
+    }
+    let before = up.requests().len();
     let answer = raw(
         gw.addr,
         b"GET /display/ENG/Home HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
@@ -138,7 +147,7 @@ async fn connections_beyond_the_limit_are_answered_503_and_closed() {
     assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
     assert!(answer.contains("retry-after: 3\r\n"), "{answer}");
     assert!(answer.contains("too_many_connections"), "{answer}");
-    assert!(up.requests().is_empty());
+    assert_eq!(up.requests().len(), before);
 
     // A slot frees when a connection closes.
     drop(first);
@@ -361,4 +370,77 @@ async fn a_client_that_stops_reading_is_dropped_after_the_send_timeout() {
         "the whole answer arrived ({received} bytes in {:?}): the stalled client was kept",
         started.elapsed()
     );
+}
+
+/// At capacity the oldest connection that never began a request gives way to a new one:
+/// a client holding every slot with idle sockets does not lock a well-behaved client out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_socket_flood_does_not_lock_out_a_well_behaved_client() {
+    let up = start_upstream().await;
+    let gw = start_gateway(with_server(
+        &up.url(),
+        "max_connections = 20\nheader_read_timeout_secs = 60\nidle_timeout_secs = 60",
+    ))
+    .await;
+    let mut flood = Vec::new();
+    for _ in 0..20 {
+        flood.push(TcpStream::connect(gw.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut ok = 0;
+    for _ in 0..100 {
+        // A new connection each time: each must win a slot from the flood.
+        let answer = raw(
+            gw.addr,
+            b"GET /login.action HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if answer.starts_with("HTTP/1.1 200 ") {
+            ok += 1;
+        }
+        // The flood reconnects what was evicted, as an attacker would.
+        flood.retain_mut(|s| {
+            let mut probe = [0u8; 1];
+            !matches!(s.try_read(&mut probe), Ok(0))
+        });
+        while flood.len() < 20 {
+            flood.push(TcpStream::connect(gw.addr).await.unwrap());
+        }
+    }
+    assert!(ok >= 95, "{ok} of 100 requests got through");
+}
+
+/// `server.max_connections_per_client`: one address cannot take more.
+#[tokio::test]
+async fn one_client_cannot_take_more_than_its_share_of_connections() {
+    let up = start_upstream().await;
+    let gw = start_gateway(with_server(&up.url(), "max_connections_per_client = 3")).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(gw.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = raw(
+        gw.addr,
+        b"GET /login.action HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let answer = raw(
+            gw.addr,
+            b"GET /login.action HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if answer.starts_with("HTTP/1.1 200 ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slot did not come back: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
