@@ -65,15 +65,16 @@ pub(super) async fn serve_connection<I>(
     };
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
-    let mut closing = *shutdown.borrow();
-    if closing {
-        connection.as_mut().graceful_shutdown();
-    }
+    let mut closing = false;
     // Set when an idle connection is being closed. Nothing is in progress on it, so if the
     // client does not take part in the graceful close (an HTTP/2 client that never answers
     // the GOAWAY's PING) it is dropped after another `idle_timeout`: an idle client must not
     // be able to keep its connection — and its `max_connections` slot — for ever.
     let mut drop_at: Option<tokio::time::Instant> = None;
+    // Shutting down already: the connection was accepted just before the listener closed.
+    let mut first_request_wait = shutdown
+        .borrow()
+        .then(|| tokio::time::Instant::now() + SHUTDOWN_FIRST_REQUEST_WAIT);
     let (mut last_progress, mut strikes) = (0u64, 0u32);
     // Periodic, whether or not a request is in progress: arming it when a request begins
     // would cost every request a wake-up, and an idle connection never strikes.
@@ -94,7 +95,18 @@ pub(super) async fn serve_connection<I>(
                 tracing::debug!("never-used connection evicted for a new one");
                 break;
             }
-            _ = shutdown.changed(), if !closing => {
+            _ = shutdown.changed(), if !closing && first_request_wait.is_none() => {
+                if activity.served_any() {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                } else {
+                    // Accepted, its request perhaps already in the socket but not read yet:
+                    // closing now would leave a request sent and never answered. It gets a
+                    // moment to begin one, which is then answered (and the connection closed).
+                    first_request_wait = Some(tokio::time::Instant::now() + SHUTDOWN_FIRST_REQUEST_WAIT);
+                }
+            }
+            _ = sleep_until_some(first_request_wait), if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
@@ -132,6 +144,9 @@ pub(super) async fn serve_connection<I>(
         }
     }
 }
+
+/// At shutdown, how long a connection that has not begun a request is given to begin one.
+const SHUTDOWN_FIRST_REQUEST_WAIT: Duration = Duration::from_millis(500);
 
 /// Sleeps until `at`, or for ever when it is `None`.
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {

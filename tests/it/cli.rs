@@ -296,6 +296,141 @@ fn serve_drains_then_stops_on_sigterm() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// Reads one HTTP/1.1 response (`Content-Length` framed); `None` when the connection ended
+/// before a whole one arrived. Returns whether it closes the connection.
+fn read_response(s: &mut std::net::TcpStream) -> Option<bool> {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return Some(head.contains("connection: close"));
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// SIGTERM under keep-alive load: every request a client sent is answered — during the
+/// drain window each answer says `Connection: close`, so clients stop reusing connections
+/// before the listener closes — and the process exits 0.
+#[test]
+fn sigterm_under_keep_alive_load_leaves_no_request_unanswered() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let up = runtime.block_on(start_upstream());
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = TestConfig::new(&up.url());
+    c.server_extra = "drain_secs = 2\n".into();
+    let path = write_config(dir.path(), &c);
+    let child = Command::new(env!("CARGO_BIN_EXE_guestgate"))
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+        }
+    }
+    let mut child = KillOnDrop(child);
+    let stderr = child.0.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let listening = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("guestgate listening"))
+        .expect("serve logs its addresses");
+    // Keep reading the log, so the server never writes to a closed pipe.
+    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let proxy = listening
+        .split("proxy=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let token = token("alice", &[]);
+    let request = format!(
+        "GET /display/ENG/Home HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    let answered = std::sync::Arc::new(AtomicUsize::new(0));
+    let unanswered = std::sync::Arc::new(AtomicUsize::new(0));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (proxy, request) = (proxy.clone(), request.clone());
+            let (answered, unanswered, stop) = (answered.clone(), unanswered.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    // Refused: the listener is closed, nothing was sent.
+                    let Ok(mut s) = std::net::TcpStream::connect(&proxy) else {
+                        return;
+                    };
+                    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                        .unwrap();
+                    loop {
+                        if s.write_all(request.as_bytes()).is_err() {
+                            unanswered.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        match read_response(&mut s) {
+                            Some(closes) => {
+                                answered.fetch_add(1, Ordering::Relaxed);
+                                if closes {
+                                    break;
+                                }
+                            }
+                            None => {
+                                unanswered.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before = answered.load(Ordering::Relaxed);
+    assert!(before > 0, "the clients are being served");
+    Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.0.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let log = log.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{log:#?}");
+    assert!(
+        answered.load(Ordering::Relaxed) > before,
+        "served while draining"
+    );
+    assert_eq!(
+        unanswered.load(Ordering::Relaxed),
+        0,
+        "{} requests answered, some sent and never answered",
+        answered.load(Ordering::Relaxed)
+    );
+    drop(up);
+}
+
 #[test]
 fn check_validates_browser_sign_in() {
     let dir = tempfile::tempdir().unwrap();
