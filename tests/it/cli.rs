@@ -323,7 +323,10 @@ fn read_response(s: &mut std::net::TcpStream) -> Option<bool> {
 
 /// SIGTERM under keep-alive load: every request a client sent is answered — during the
 /// drain window each answer says `Connection: close`, so clients stop reusing connections
-/// before the listener closes — and the process exits 0.
+/// before the listener closes — and the process exits 0. The clients act as a load
+/// balancer's connections would: they open new connections until one second into the
+/// two-second drain (the balancer has seen `/readyz` 503 by then), not after — a
+/// connection opened as the listener closes is reset by the kernel, with any server.
 #[test]
 fn sigterm_under_keep_alive_load_leaves_no_request_unanswered() {
     use std::io::{BufRead, BufReader, Write};
@@ -370,12 +373,14 @@ fn sigterm_under_keep_alive_load_leaves_no_request_unanswered() {
     let answered = std::sync::Arc::new(AtomicUsize::new(0));
     let unanswered = std::sync::Arc::new(AtomicUsize::new(0));
     let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let taken_out = std::sync::Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..8)
         .map(|_| {
             let (proxy, request) = (proxy.clone(), request.clone());
-            let (answered, unanswered, stop) = (answered.clone(), unanswered.clone(), stop.clone());
+            let (answered, unanswered) = (answered.clone(), unanswered.clone());
+            let (stop, taken_out) = (stop.clone(), taken_out.clone());
             std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) && !taken_out.load(Ordering::Relaxed) {
                     // Refused: the listener is closed, nothing was sent.
                     let Ok(mut s) = std::net::TcpStream::connect(&proxy) else {
                         return;
@@ -411,6 +416,9 @@ fn sigterm_under_keep_alive_load_leaves_no_request_unanswered() {
         .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let at_removal = answered.load(Ordering::Relaxed);
+    taken_out.store(true, Ordering::Relaxed);
     let status = child.0.wait().unwrap();
     stop.store(true, Ordering::Relaxed);
     for c in clients {
