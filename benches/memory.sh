@@ -8,6 +8,7 @@
 #
 #   bash benches/memory.sh               # CLIENTS=48 ROUNDS=3
 #   BASELINE=/path/to/older/guestgate BASELINE_POLICY_DIR=... BASELINE_PROFILE=... bash benches/memory.sh
+#   BUDGET=33554432 bash benches/memory.sh   # another server.buffer_budget_bytes
 #
 # Needs nginx and curl. Loopback only: ports 18180-18194, processes stopped by PID.
 set -euo pipefail
@@ -73,6 +74,7 @@ config() { # port admin_port policy_dir profile
 [server]
 listen = "127.0.0.1:$1"
 request_timeout_secs = 120
+$5
 [upstream]
 url = "http://127.0.0.1:18180"
 [identity]
@@ -91,7 +93,8 @@ listen = "127.0.0.1:$2"
 decisions = "off"
 CONF
 }
-config 18183 18193 "$PWD/policies" "$PWD/config/routes/confluence.toml" > "$WORK/guestgate.toml"
+BUDGET_LINE=${BUDGET:+buffer_budget_bytes = $BUDGET}
+config 18183 18193 "$PWD/policies" "$PWD/config/routes/confluence.toml" "$BUDGET_LINE" > "$WORK/guestgate.toml"
 TARGETS=("guestgate 18183 ./target/release/guestgate $WORK/guestgate.toml")
 if [ -n "${BASELINE:-}" ]; then
   config 18184 18194 "${BASELINE_POLICY_DIR:-$PWD/policies}" \
@@ -103,7 +106,8 @@ GUEST=$(./target/release/guestgate token --config "$WORK/guestgate.toml" --sub g
 
 for target in "${TARGETS[@]}"; do
   read -r name port binary cfg <<<"$target"
-  (cd "$WORK" && RUST_LOG=error exec "$OLDPWD/$binary" serve --config "$cfg") 2>"$WORK/$name.log" & pid=$!
+  binary=$(realpath "$binary")
+  (cd "$WORK" && RUST_LOG=error exec "$binary" serve --config "$cfg") 2>"$WORK/$name.log" & pid=$!
   PIDS+=($pid)
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
   : > "$WORK/$name.codes"
@@ -121,7 +125,7 @@ for target in "${TARGETS[@]}"; do
     peak=$(awk '/VmHWM/ {printf "%.0f MB", $2/1024}' "/proc/$pid/status")
     kill "$pid"
   else
-    peak="process died"
+    peak="none: the process died ($(tail -2 "$WORK/$name.log" | tr '\n' ' '))"
   fi
   echo "== $name: peak RSS $peak; answers:"
   sort "$WORK/$name.codes" | uniq -c | sed 's/^/   /'

@@ -217,16 +217,28 @@ async fn read_limited(
     budget: &BufferBudget,
     charge: &mut BufferCharge,
     factor: usize,
+    announced: Option<usize>,
 ) -> Result<Result<Vec<u8>, (TooLarge, Vec<u8>, Bytes)>, GatewayError> {
-    let mut raw = Vec::new();
+    // Sized (and charged) once from Content-Length: a Vec grown by doubling would hold up
+    // to twice the body (three times while it moves), memory the budget would not see.
+    let announced = announced.unwrap_or(0).min(max);
+    if !budget.add(charge, factor * announced) {
+        return Ok(Err((TooLarge::Budget, Vec::new(), Bytes::new())));
+    }
+    let mut covered = announced;
+    let mut raw = Vec::with_capacity(announced);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| GatewayError::UpstreamUnavailable(Box::new(e)))?;
         if let Ok(data) = frame.into_data() {
             if raw.len() + data.len() > max {
                 return Ok(Err((TooLarge::Limit, raw, data)));
             }
-            if !budget.add(charge, factor * data.len()) {
-                return Ok(Err((TooLarge::Budget, raw, data)));
+            let needed = raw.len() + data.len();
+            if needed > covered {
+                if !budget.add(charge, factor * (needed - covered)) {
+                    return Ok(Err((TooLarge::Budget, raw, data)));
+                }
+                covered = needed;
             }
             raw.extend_from_slice(&data);
         }
@@ -282,6 +294,11 @@ async fn rewrite_json(
         &plan.budget,
         &mut charge,
         if encoding.is_some() { 1 } else { 2 },
+        parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
     )
     .await?;
     let raw = match read {
