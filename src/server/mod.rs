@@ -190,6 +190,11 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
                             }
                         };
                         let activity = Arc::new(Activity::new());
+                        // Closed or used connections leave from the front as they pass (a
+                        // `Weak` keeps its allocation), and all of them now and then.
+                        while unused.front().is_some_and(|a| a.upgrade().is_none_or(|a| a.served_any())) {
+                            unused.pop_front();
+                        }
                         unused.push_back(Arc::downgrade(&activity));
                         if unused.len() > 2 * max_connections {
                             unused.retain(|a| a.upgrade().is_some_and(|a| !a.served_any()));
