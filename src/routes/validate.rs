@@ -24,7 +24,7 @@ const DEFAULT_MAX_PARAMETERS: usize = 1000;
 const DEFAULT_MAX_QUERY_BYTES: usize = 8192;
 
 /// The names a rule's regexes may capture.
-const CAPTURE_NAMES: [&str; 3] = ["space", "content", "user"];
+const CAPTURE_NAMES: [&str; 4] = ["space", "content", "user", "tiny_link"];
 
 /// Problems found so far in one profile file.
 struct Problems<'p> {
@@ -557,7 +557,7 @@ fn check_capture_names(re: &Regex, at: &str, problems: &mut Problems<'_>) {
     for name in re.capture_names().flatten() {
         if !CAPTURE_NAMES.contains(&name) {
             problems.push(format!(
-                "{at}: capture `{name}` is not one of space, content, user"
+                "{at}: capture `{name}` is not one of space, content, user, tiny_link"
             ));
         }
     }

@@ -445,3 +445,26 @@ decision := 42 if input.route.family == "auth"
     );
     assert_eq!(up.forwarded().len(), 1);
 }
+
+/// Tiny links (`/x/<key>`, the Share button's links) are judged as viewing the page their
+/// key encodes: a guest reaches those of granted spaces only; a key that decodes to no
+/// page is refused; regular users pass them all.
+#[tokio::test]
+async fn tiny_links_are_judged_by_the_page_they_encode() {
+    let (up, gw) = setup().await;
+    let gary = bearer(&token("gary", &[]));
+    // Keys as Confluence makes them: page 101 (ENG) is `ZQ`, page 201 (HR) is `yQ`.
+    let a = get(&gw.url("/x/ZQ"), &[("authorization", &gary)]).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let a = get(&gw.url("/x/yQ"), &[("authorization", &gary)]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    for bad in ["/x/AAAA", "/x/!!", "/x/ZQ/extra"] {
+        let a = get(&gw.url(bad), &[("authorization", &gary)]).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{bad}");
+    }
+    let alice = bearer(&token("alice", &[]));
+    let a = get(&gw.url("/x/yQ"), &[("authorization", &alice)]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let forwarded: Vec<String> = up.forwarded().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(forwarded, vec!["/x/ZQ", "/x/yQ"]);
+}
