@@ -86,7 +86,13 @@ fn bench_classify(c: &mut Criterion) {
         .0;
     c.bench_function("accept+classify (63-rule Confluence profile)", |b| {
         b.iter(|| {
-            let accepted = accept::accept(&req, &config.server, &snap.routes).expect("accepted");
+            let accepted = accept::accept(
+                &req,
+                &config.server,
+                &config.upstream.base_path,
+                &snap.routes,
+            )
+            .expect("accepted");
             classify::classify(&snap.routes, &accepted, true)
         })
     });
@@ -188,7 +194,13 @@ fn bench_decisions(c: &mut Criterion) {
             .expect("request")
             .into_parts()
             .0;
-        let accepted = accept::accept(&req, &config.server, &snap.routes).expect("accepted");
+        let accepted = accept::accept(
+            &req,
+            &config.server,
+            &config.upstream.base_path,
+            &snap.routes,
+        )
+        .expect("accepted");
         let route = classify::classify(&snap.routes, &accepted, true);
         let caller = |name: &str| {
             Caller::Authenticated(Arc::new(Identity {

@@ -71,6 +71,7 @@ pub fn asterisk_options(head: &Parts) -> Option<Response<ProxyBody>> {
 pub fn accept(
     head: &Parts,
     limits: &ServerConfig,
+    context_path: &str,
     profile: &RouteProfile,
 ) -> Result<Accepted, GatewayError> {
     if head.method == Method::CONNECT {
@@ -94,6 +95,7 @@ pub fn accept(
         return Err(GatewayError::BadRequest("duplicate_authorization"));
     }
     let path = canonicalize(head.uri.path()).map_err(|e| GatewayError::BadRequest(e.reason()))?;
+    let path = inside_context(path, context_path);
     let query = head.uri.query().map(str::to_string);
     if query
         .as_ref()
@@ -114,6 +116,23 @@ pub fn accept(
         params,
         wants_html: prefers_html(headers),
     })
+}
+
+/// The path inside the wiki's context path (`upstream.url`'s path, such as `/confluence`):
+/// the wiki's own links carry it, and the servlet container hands the wiki only what
+/// follows it (Tomcat maps `/confluence/display/X` to the context `/confluence` and the
+/// path `/display/X`), so that is what is classified. Forwarding puts the context path back
+/// (`Upstream::uri_for`). A path outside it (the gateway mounted at the root) is taken as
+/// inside it. `/confluencex` is not inside `/confluence`.
+fn inside_context(path: String, context_path: &str) -> String {
+    if context_path.is_empty() {
+        return path;
+    }
+    match path.strip_prefix(context_path) {
+        Some("") => "/".to_string(),
+        Some(rest) if rest.starts_with('/') => rest.to_string(),
+        _ => path,
+    }
 }
 
 /// The path the wiki will serve `path` as, if a `forwards` pattern of the profile matches

@@ -66,7 +66,13 @@ pub fn judge(
     content_space: Option<&str>,
 ) -> Result<Judged, Unjudged> {
     let unjudged = |error| Unjudged { error, route: None };
-    let accepted = accept::accept(head, &config.server, &snapshot.routes).map_err(unjudged)?;
+    let accepted = accept::accept(
+        head,
+        &config.server,
+        &config.upstream.base_path,
+        &snapshot.routes,
+    )
+    .map_err(unjudged)?;
     let route = classify::classify(&snapshot.routes, &accepted, config.rewrite.json);
     let admitted =
         admit(snapshot, config, &accepted, &head.headers, caller).map_err(|error| Unjudged {

@@ -219,8 +219,12 @@ impl Pipeline {
         if !self.store.is_ready() {
             return Err(GatewayError::NotReady("policy_not_loaded"));
         }
-        let accepted: &Accepted =
-            accepted_slot.insert(accept::accept(head, &self.config.server, &snapshot.routes)?);
+        let accepted: &Accepted = accepted_slot.insert(accept::accept(
+            head,
+            &self.config.server,
+            &self.config.upstream.base_path,
+            &snapshot.routes,
+        )?);
         if gateway_paths::contains(&accepted.path) {
             return Box::pin(self.gateway_endpoint(head, accepted, conn.tls)).await;
         }

@@ -468,3 +468,97 @@ async fn tiny_links_are_judged_by_the_page_they_encode() {
     let forwarded: Vec<String> = up.forwarded().iter().map(|s| s.uri.clone()).collect();
     assert_eq!(forwarded, vec!["/x/ZQ", "/x/yQ"]);
 }
+
+/// A wiki installed under a context path (`upstream.url = "http://wiki:8090/confluence"`,
+/// common for Data Center): the stand-in serves only under `/confluence`, as Tomcat would.
+/// Browser requests carry the prefix (the wiki's links do); the gateway classifies the
+/// path inside it and forwards it once, never doubled.
+#[tokio::test]
+async fn a_wiki_under_a_context_path_works_for_guests_and_regular_users() {
+    let inner = default_handler();
+    let under_context: Handler = std::sync::Arc::new(move |req| {
+        let inner = inner.clone();
+        Box::pin(async move {
+            let path = req.uri().path().to_string();
+            let Some(rest) = path
+                .strip_prefix("/confluence")
+                .filter(|r| r.starts_with('/'))
+            else {
+                return json_response(StatusCode::NOT_FOUND, serde_json::json!({"outside": path}));
+            };
+            let (mut parts, body) = req.into_parts();
+            let query = parts
+                .uri
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
+            parts.uri = format!("{rest}{query}").parse().unwrap();
+            inner(http::Request::from_parts(parts, body)).await
+        })
+    });
+    let up = start_upstream_with(under_context).await;
+    let gw = start_gateway(TestConfig::new(&format!("{}/confluence", up.url()))).await;
+    let gary = bearer(&token("gary", &[]));
+    let alice = bearer(&token("alice", &[]));
+
+    let a = get(
+        &gw.url("/confluence/display/ENG/Home"),
+        &[("authorization", &gary)],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(
+        a.json()["path"],
+        "/display/ENG/Home",
+        "served inside the context"
+    );
+    let a = get(
+        &gw.url("/confluence/display/HR/Home"),
+        &[("authorization", &gary)],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    // Content by id: the lookup of its space goes under the context path too.
+    let a = get(
+        &gw.url("/confluence/pages/viewpage.action?pageId=101"),
+        &[("authorization", &gary)],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let a = get(
+        &gw.url("/confluence/pages/viewpage.action?pageId=201"),
+        &[("authorization", &gary)],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    // Regular users pass, with the prefix once.
+    let a = get(
+        &gw.url("/confluence/display/HR/Home"),
+        &[("authorization", &alice)],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json()["path"], "/display/HR/Home");
+    // `/confluencex` is not inside `/confluence`: classified as it is (no rule: refused to
+    // guests), forwarded under the context.
+    let a = get(
+        &gw.url("/confluencex/display/ENG/Home"),
+        &[("authorization", &gary)],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let forwarded: Vec<String> = up
+        .forwarded()
+        .iter()
+        .map(|s| s.uri.clone())
+        .filter(|u| !u.contains("expand=space"))
+        .collect();
+    assert_eq!(
+        forwarded,
+        vec![
+            "/confluence/display/ENG/Home",
+            "/confluence/pages/viewpage.action?pageId=101",
+            "/confluence/display/HR/Home",
+        ]
+    );
+}
