@@ -207,7 +207,54 @@ pub enum Standing {
     Unclassified,
 }
 
+/// One space a guest reaches now (the guest home lists them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    pub space: String,
+    pub name: Option<String>,
+    /// The union of the active grants' permissions, in `Action` order.
+    pub permissions: Vec<Action>,
+    /// When the last of those grants ends; `None` when one of them never does.
+    pub expires: Option<OffsetDateTime>,
+}
+
 impl Directory {
+    /// The spaces `user` reaches at `now` through their own grants or those of `groups`
+    /// (their effective groups), as the data document states them. What the policy makes
+    /// of them decides each request; this is what a guest is shown.
+    pub fn reach(&self, user: &str, groups: &[Arc<str>], now: OffsetDateTime) -> Vec<Reach> {
+        let user = self.user_names.canonical(user);
+        let mut reach = Vec::new();
+        for (key, space) in &self.spaces {
+            let grants = space
+                .users
+                .get(user.as_ref())
+                .into_iter()
+                .chain(groups.iter().filter_map(|g| space.groups.get(&**g)))
+                .filter(|g| g.active_at(now));
+            let mut permissions = std::collections::BTreeSet::new();
+            let mut expires = Some(OffsetDateTime::UNIX_EPOCH);
+            let mut any = false;
+            for grant in grants {
+                any = true;
+                permissions.extend(grant.permissions.iter().copied());
+                expires = match (expires, grant.expires) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                };
+            }
+            if any {
+                reach.push(Reach {
+                    space: key.clone(),
+                    name: space.name.clone(),
+                    permissions: permissions.into_iter().collect(),
+                    expires,
+                });
+            }
+        }
+        reach
+    }
+
     pub fn load(path: &Path) -> Result<Directory, Vec<DataError>> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             vec![DataError {

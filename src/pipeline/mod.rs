@@ -89,6 +89,8 @@ struct RequestContext {
     /// Set by accept; the rescue reads the path a browser returns to after signing in.
     accepted: Option<Accepted>,
     session: SessionUse,
+    /// A guest caller's name and effective groups: a refused page view shows their home.
+    guest: Option<(Arc<str>, Vec<Arc<str>>)>,
 }
 
 /// How a browser session took part in a request, for the caching headers of its answer.
@@ -177,6 +179,7 @@ impl Pipeline {
             conn,
             accepted: None,
             session: SessionUse::default(),
+            guest: None,
         };
         let response = match self.serve(&mut ctx, body).await {
             Ok(response) => response,
@@ -208,6 +211,7 @@ impl Pipeline {
             conn,
             accepted: accepted_slot,
             session,
+            guest: guest_slot,
             ..
         } = ctx;
         let head = head_slot
@@ -237,6 +241,12 @@ impl Pipeline {
         self.resolve_content_space(snapshot, &mut route, &principal.groups)
             .await?;
         let guest = snapshot.directory.is_guest(&principal.groups);
+        if guest && accepted.wants_html {
+            *guest_slot = principal
+                .user
+                .clone()
+                .map(|user| (user, principal.groups.clone()));
+        }
         // Only a guest's further identifiers are judged: the wiki enforces its own
         // permissions for everyone else. A malformed one is refused before anything is
         // decided, whichever rule its request would otherwise have matched.
@@ -594,6 +604,23 @@ impl Pipeline {
             }
         }
         rescue::log(&error);
+        if let (Some((user, groups)), Some(accepted)) = (&ctx.guest, &ctx.accepted)
+            && ctx.wants_html
+            && (accepted.method == http::Method::GET || accepted.method == http::Method::HEAD)
+            && matches!(&error, GatewayError::Denied { status, .. } if *status == http::StatusCode::FORBIDDEN)
+        {
+            let reach = ctx
+                .snapshot
+                .directory
+                .reach(user, groups, time::OffsetDateTime::now_utc());
+            return rescue::guest_home(
+                &error,
+                user,
+                &reach,
+                ctx.snapshot.routes.space_home.as_deref(),
+                &self.config.upstream.base_path,
+            );
+        }
         rescue::refusal(&error, ctx.wants_html)
     }
 }

@@ -110,6 +110,67 @@ fn error_word(status: StatusCode) -> &'static str {
     }
 }
 
+/// A guest's refused page view, answered with their home: the spaces granted to them,
+/// each linked to its home page (the profile's `space_home`, under the wiki's context path),
+/// with the permissions held there and when they end — so a guest who lands on `/`, the
+/// dashboard or a page not shared with them finds the way to what is. Still a 403.
+pub fn guest_home(
+    error: &GatewayError,
+    user: &str,
+    reach: &[crate::directory::Reach],
+    space_home: Option<&str>,
+    context_path: &str,
+) -> Response<ProxyBody> {
+    use time::format_description::well_known::Rfc3339;
+    let reason = page::escape(error.describe().reason);
+    let mut items = String::new();
+    for space in reach {
+        let label = match &space.name {
+            Some(name) => format!("{} ({})", page::escape(name), page::escape(&space.space)),
+            None => page::escape(&space.space).into_owned(),
+        };
+        let title = match space_home {
+            Some(home) => format!(
+                "<a href=\"{}\">{label}</a>",
+                page::escape(&format!(
+                    "{context_path}{}",
+                    home.replace("{space}", &space.space)
+                ))
+            ),
+            None => label,
+        };
+        let permissions: Vec<&str> = space.permissions.iter().map(|p| p.as_str()).collect();
+        let until = match space.expires.and_then(|t| t.format(&Rfc3339).ok()) {
+            Some(t) => format!("until {}", page::escape(&t)),
+            None => "no end date".to_string(),
+        };
+        items.push_str(&format!(
+            "<li>{title} — {} — {until}</li>",
+            permissions.join(", ")
+        ));
+    }
+    let list = if items.is_empty() {
+        "<p>No space is shared with you at the moment. Ask the person who invited you.</p>"
+            .to_string()
+    } else {
+        format!("<p>The spaces shared with you:</p><ul>{items}</ul>")
+    };
+    let body = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Not shared with you</title></head>\
+         <body style=\"font-family:sans-serif;margin:3em;max-width:48em\">\
+         <div class=\"guestgate-guest-banner\" role=\"note\" style=\"background:#fffae6;border-left:4px solid #ff991f;padding:.6em 1em\">\
+         You are signed in as <strong>{user}</strong>, a guest. This page is not shared with you \
+         (<code>{reason}</code>).</div>{list}</body></html>\n",
+        user = page::escape(user),
+    );
+    Response::builder()
+        .status(StatusCode::FORBIDDEN)
+        .header(header::CACHE_CONTROL, "no-store")
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .body(full_body(body))
+        .unwrap_or_else(|_| refusal(error, true))
+}
+
 fn html_page(status: StatusCode, word: &str, reason: &str, sign_in: Option<&str>) -> String {
     // `reason` comes from the policy; escape it like any untrusted text.
     let reason = page::escape(reason);

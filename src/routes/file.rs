@@ -9,6 +9,8 @@ pub(super) struct ProfileFile {
     #[serde(default)]
     pub(super) user_link_selector: Option<String>,
     #[serde(default)]
+    pub(super) space_home: Option<String>,
+    #[serde(default)]
     pub(super) user_link_name: Vec<UserNameSourceFile>,
     #[serde(default)]
     pub(super) json_user_keys: Vec<String>,

@@ -264,6 +264,9 @@ pub struct RouteProfile {
     pub lookups: Vec<ContentLookup>,
     /// The elements of HTML pages that link to a user (tag_users).
     pub user_links: Option<lol_html::Selector>,
+    /// The wiki path of a space's home page, `{space}` standing for its key
+    /// (`space_home`): the guest home links each granted space there.
+    pub space_home: Option<String>,
     /// Where a user link names its user when neither `data-username` nor a Confluence
     /// profile URL does (`user_link_name`), tried in order.
     pub user_link_names: Arc<[extract::UserNameSource]>,

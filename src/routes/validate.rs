@@ -118,6 +118,13 @@ impl RouteProfile {
         let user_names = user_names(file.user_names.as_deref(), &mut problems);
         let (listing_space, listing_arrays) = listing(file.listing, &mut problems);
         let user_links = user_links(file.user_link_selector.as_deref(), &mut problems);
+        if let Some(home) = &file.space_home
+            && (!home.starts_with('/') || !home.contains("{space}"))
+        {
+            problems.push(format!(
+                "space_home: `{home}` must be a path starting with / that contains {{space}}"
+            ));
+        }
         if listing_space.is_empty() && rules.iter().any(|r| r.rewrites.filter_spaces) {
             problems.push(
                 "routes with the `filter_spaces` rewrite need a [listing] section saying where items name their space".into(),
@@ -148,6 +155,7 @@ impl RouteProfile {
             content_lookup,
             lookups,
             user_links,
+            space_home: file.space_home,
             user_link_names: Arc::from(user_link_names),
             json_user_keys: file.json_user_keys,
             php_query_names,

@@ -562,3 +562,37 @@ async fn a_wiki_under_a_context_path_works_for_guests_and_regular_users() {
         ]
     );
 }
+
+/// A guest whose browser lands on `/`, the dashboard or a page not shared with them gets
+/// their home: the spaces granted to them, linked, with permissions and end dates; still
+/// a 403, and API clients still get the JSON refusal.
+#[tokio::test]
+async fn a_guest_landing_on_a_refused_page_sees_the_spaces_shared_with_them() {
+    let (_up, gw) = setup().await;
+    let html = ("accept", "text/html,application/xhtml+xml");
+    let gina = bearer(&token("gina", &["partner-guests"]));
+    for path in ["/", "/dashboard.action", "/display/HR/Home"] {
+        let a = get(&gw.url(path), &[("authorization", &gina), html]).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(a.header("content-type"), Some("text/html; charset=utf-8"));
+        let page = a.text();
+        assert!(
+            page.contains("signed in as <strong>gina</strong>, a guest"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<a href=\"/display/DOCS\">DOCS</a> — view — no end date"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<a href=\"/display/ENG\">ENG</a> — view, edit — no end date"),
+            "{page}"
+        );
+        assert!(!page.contains("HR</a>"), "{page}");
+    }
+    let a = get(&gw.url("/display/HR/Home"), &[("authorization", &gina)]).await;
+    assert_eq!(a.json()["reason"], "space_not_granted");
+    // A regular user refused something (none here) or an anonymous browser never sees it.
+    let a = get(&gw.url("/"), &[html]).await;
+    assert!(!a.text().contains("shared with you"));
+}
