@@ -75,8 +75,11 @@ async fn a_guest_signs_in_with_chromium_and_sees_the_banner_and_the_403_page() {
     assert_eq!(r["script_sees_session"], false, "HttpOnly");
     assert_eq!(r["blocked_status"], 403, "{r}");
     let blocked = r["blocked_text"].as_str().unwrap();
+    // The guest home: what is refused, and the way to what is shared.
     assert!(
-        blocked.contains("403 Forbidden") && blocked.contains("space_not_granted"),
+        blocked.contains("signed in as gary, a guest")
+            && blocked.contains("space_not_granted")
+            && blocked.contains("ENG — view, comment — no end date"),
         "{blocked}"
     );
     let seen = up.forwarded();

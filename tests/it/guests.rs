@@ -596,3 +596,109 @@ async fn a_guest_landing_on_a_refused_page_sees_the_spaces_shared_with_them() {
     let a = get(&gw.url("/"), &[html]).await;
     assert!(!a.text().contains("shared with you"));
 }
+
+/// Inline comments: created with the page and the comment replied to in the JSON body
+/// (`containerId`, `parentCommentId`), each judged as commenting.
+#[tokio::test]
+async fn inline_comments_are_judged_by_the_page_in_their_body() {
+    let (up, gw) = setup().await;
+    let gary = bearer(&token("gary", &[])); // acme-guests: ENG view, comment
+    let gina = bearer(&token("gina", &["partner-guests"])); // ENG view, edit (no comment)
+    let post = |auth: String, body: serde_json::Value| {
+        let url = gw.url("/rest/inlinecomments/1.0/comments");
+        async move {
+            request(
+                "POST",
+                &url,
+                &[
+                    ("authorization", auth.as_str()),
+                    ("content-type", "application/json"),
+                ],
+                &body.to_string(),
+            )
+            .await
+        }
+    };
+    let body = |page: &str| {
+        serde_json::json!({"originalSelection": "plan", "body": "<p>why?</p>", "matchIndex": 0,
+            "numMatches": 1, "containerId": page, "parentCommentId": "0"})
+    };
+    assert_eq!(post(gary.clone(), body("101")).await.status, StatusCode::OK);
+    assert_eq!(
+        post(gary.clone(), body("201")).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        post(gina.clone(), body("101")).await.status,
+        StatusCode::FORBIDDEN,
+        "edit is not comment"
+    );
+    let mut reply_elsewhere = body("101");
+    reply_elsewhere["parentCommentId"] = serde_json::json!("202");
+    assert_eq!(
+        post(gary, reply_elsewhere).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(up.forwarded().len(), 1);
+}
+
+/// The guest home in headless Chromium (Debian's `chromium`, driven by playwright-core
+/// from tests/browser): a guest's browser refused HR lands on the spaces shared with them.
+/// `GUESTGATE_GUEST_HOME_SCREENSHOT=PATH` saves the screenshot there (docs/guest-home.png
+/// is made so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guest_home_renders_in_chromium() {
+    let browser_dir = repo_path("tests/browser");
+    let have_browser = std::path::Path::new("/usr/bin/chromium").exists()
+        && browser_dir.join("node_modules/playwright-core").exists()
+        && std::process::Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok();
+    if !have_browser {
+        assert!(
+            std::env::var_os("GUESTGATE_REQUIRE_BROWSER").is_none(),
+            "chromium, node or tests/browser/node_modules missing (run `npm ci` in tests/browser)"
+        );
+        eprintln!(
+            "SKIP the_guest_home_renders_in_chromium: needs /usr/bin/chromium, node and `npm ci` in tests/browser"
+        );
+        return;
+    }
+    let (_up, gw) = setup().await;
+    let out = tempfile::tempdir().unwrap();
+    let dom = out.path().join("dom.html");
+    let shot = std::env::var("GUESTGATE_GUEST_HOME_SCREENSHOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| out.path().join("home.png"));
+    let args = [
+        browser_dir.join("check.mjs").into_os_string(),
+        gw.url("/display/HR/Home").into(),
+        token("gina", &["partner-guests"]).into(),
+        dom.clone().into_os_string(),
+        shot.clone().into_os_string(),
+    ];
+    let result = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        result.status.success(),
+        "browser: {}\n{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(result.stdout.trim_ascii()).unwrap();
+    assert_eq!(seen["status"], 403);
+    let dom = std::fs::read_to_string(&dom).unwrap();
+    assert!(
+        dom.contains("a guest. This page is not shared with you"),
+        "{dom}"
+    );
+    assert!(dom.contains("<a href=\"/display/ENG\">ENG</a>"), "{dom}");
+    assert!(std::fs::metadata(&shot).unwrap().len() > 1000);
+}

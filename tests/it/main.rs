@@ -17,6 +17,7 @@ mod guests;
 mod hostile;
 mod hostile_cases;
 mod identity;
+mod journeys;
 mod lifecycle;
 mod limits;
 mod mediawiki;
