@@ -57,10 +57,14 @@ fn start_wiki(name: &str) -> Result<Wiki, String> {
         .port();
     let dir: PathBuf =
         std::env::temp_dir().join(format!("guestgate-mw-{name}-{}", std::process::id()));
-    let env = vec![
+    let mut env = vec![
         ("MW_PORT".to_string(), port.to_string()),
         ("MW_DIR".to_string(), dir.display().to_string()),
     ];
+    // Tests install nothing unless asked: `.ci/run` runs `scripts/mediawiki.sh install`.
+    if std::env::var_os("GUESTGATE_TEST_INSTALL").is_none() {
+        env.push(("MW_NO_APT".to_string(), "1".to_string()));
+    }
     let out = Command::new("bash")
         .arg(repo_path("scripts/mediawiki.sh"))
         .arg("start")

@@ -16,7 +16,8 @@ pub fn oidc_dir() -> PathBuf {
 
 static NODE_MODULES: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
 
-/// Makes sure `tests/oidc/node_modules` is installed (`npm ci`, once per test binary).
+/// Makes sure `tests/oidc/node_modules` is installed (with `GUESTGATE_TEST_INSTALL=1`:
+/// `npm ci`, once per test binary).
 /// `Err` says why it cannot be; the callers skip with that message. CI installs them
 /// first (`.ci/run`), so there this never skips.
 pub fn node_modules() -> Result<(), String> {
@@ -31,6 +32,13 @@ pub fn node_modules() -> Result<(), String> {
             };
             if ready() {
                 return Ok(());
+            }
+            // Tests install nothing unless asked: `.ci/run` runs `npm ci` first.
+            if std::env::var_os("GUESTGATE_TEST_INSTALL").is_none() {
+                return Err(
+                    "tests/oidc/node_modules is missing: run `npm ci` in tests/oidc, or set GUESTGATE_TEST_INSTALL=1"
+                        .to_string(),
+                );
             }
             let out = std::process::Command::new("npm")
                 .args(["ci", "--no-audit", "--no-fund"])
