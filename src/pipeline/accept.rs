@@ -124,7 +124,7 @@ pub fn accept(
 /// path `/display/X`), so that is what is classified. Forwarding puts the context path back
 /// (`Upstream::uri_for`). A path outside it (the gateway mounted at the root) is taken as
 /// inside it. `/confluencex` is not inside `/confluence`.
-fn inside_context(path: String, context_path: &str) -> String {
+pub(crate) fn inside_context(path: String, context_path: &str) -> String {
     if context_path.is_empty() {
         return path;
     }

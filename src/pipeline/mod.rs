@@ -59,6 +59,9 @@ pub struct Pipeline {
     /// Bounds the requests in flight to the wiki (`server.max_upstream_in_flight`).
     upstream_slots: UpstreamSlots,
     buffer_budget: Arc<BufferBudget>,
+    /// Export files (`owned_download` paths) and the user each was made for; kept as long
+    /// as Confluence keeps its temporary files by default (an hour).
+    owned_downloads: moka::sync::Cache<String, Arc<str>>,
     content_cache: ContentCache,
     decision_log: DecisionLog,
     metrics: Arc<Metrics>,
@@ -129,6 +132,10 @@ impl Pipeline {
             config.server.retry_after,
         ));
         Ok(Pipeline {
+            owned_downloads: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(3600))
+                .build(),
             buffer_budget,
             config,
             store,
@@ -267,6 +274,16 @@ impl Pipeline {
         )?;
         self.observe(snapshot, &route, &decided);
         decided.enforce(&route, self.config.policy.dry_run)?;
+        if is_owned_download(snapshot, &route) {
+            let owner = self.owned_downloads.get(&accepted.path);
+            if owner.is_none() || owner.as_deref() != decided.user.as_deref() {
+                return Err(GatewayError::Denied {
+                    reason: "download_not_yours".into(),
+                    status: http::StatusCode::FORBIDDEN,
+                    anonymous: decided.user.is_none(),
+                });
+            }
+        }
         // Held until the request is answered: a guest's body read whole stays in memory
         // until forwarded.
         let mut body_charge = self.buffer_budget.charge();
@@ -325,10 +342,40 @@ impl Pipeline {
         .await?;
         self.forget_moved_content(snapshot, &route, &accepted.method, response.status())
             .await;
+        if route.action == crate::routes::Action::Export && response.status().is_redirection() {
+            self.remember_download(snapshot, decided.user.as_ref(), response.headers());
+        }
         drop(body_charge);
         match plan {
             Some(plan) => rewrite::apply(response, plan).await,
             None => Ok(response.map(streamed)),
+        }
+    }
+
+    /// An export the wiki answered with a redirect to a file made for this user
+    /// (`/download/temp/…`, an `owned_download` route): the file is theirs to fetch.
+    fn remember_download(
+        &self,
+        snapshot: &Snapshot,
+        user: Option<&Arc<str>>,
+        headers: &http::HeaderMap,
+    ) {
+        let (Some(user), Some(location)) = (
+            user,
+            headers
+                .get(http::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<http::Uri>().ok()),
+        ) else {
+            return;
+        };
+        let Ok(path) = crate::http::canonical::canonicalize(location.path()) else {
+            return;
+        };
+        let path = accept::inside_context(path, &self.config.upstream.base_path);
+        let target = snapshot.routes.classify(&http::Method::GET, &path, &[]);
+        if is_owned_download(snapshot, &target) {
+            self.owned_downloads.insert(path, user.clone());
         }
     }
 
@@ -623,6 +670,14 @@ impl Pipeline {
         }
         rescue::refusal(&error, ctx.wants_html)
     }
+}
+
+/// Whether `route` serves a file made for one user (`owned_download`).
+fn is_owned_download(snapshot: &Snapshot, route: &crate::routes::Route) -> bool {
+    route
+        .rule
+        .and_then(|i| snapshot.routes.rules.get(i))
+        .is_some_and(|r| r.owned_download)
 }
 
 /// The query parameter of this route that holds a search to narrow for guests.

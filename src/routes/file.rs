@@ -111,6 +111,8 @@ pub(super) struct RouteFile {
     #[serde(default)]
     pub(super) public: bool,
     #[serde(default)]
+    pub(super) owned_download: bool,
+    #[serde(default)]
     pub(super) rewrite: Vec<String>,
     #[serde(default)]
     pub(super) max_body_bytes: Option<u64>,

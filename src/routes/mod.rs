@@ -213,6 +213,9 @@ pub struct RouteRule {
     pub query: Vec<(String, Regex)>,
     pub action: Option<Action>,
     pub public: bool,
+    /// A file the wiki made for one user (an export's `/download/temp/…`): only the user
+    /// whose export request the wiki redirected there may fetch it (`owned_download`).
+    pub owned_download: bool,
     pub rewrites: Rewrites,
     /// Largest request body this rule accepts; `None`: `server.max_body_bytes`.
     pub max_body_bytes: Option<usize>,

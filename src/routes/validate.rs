@@ -277,6 +277,7 @@ fn rule(
         query,
         action,
         public: r.public,
+        owned_download: r.owned_download,
         rewrites,
         max_body_bytes,
         lookup,

@@ -702,3 +702,68 @@ async fn the_guest_home_renders_in_chromium() {
     assert!(dom.contains("<a href=\"/display/ENG\">ENG</a>"), "{dom}");
     assert!(std::fs::metadata(&shot).unwrap().len() > 1000);
 }
+
+/// A page export answers with a redirect to a file made for the exporting user under
+/// `/download/temp/`: that user may fetch it, no one else — another guest, a regular user,
+/// or anyone at a path no export was sent to.
+#[tokio::test]
+async fn an_export_file_is_reachable_by_its_exporter_only() {
+    const FILE: &str = "/download/temp/pdfexport-20261206-121500-1234-5/ENG-Home-121500-1234-6.pdf";
+    let inner = default_handler();
+    let wiki: Handler = std::sync::Arc::new(move |req| {
+        let inner = inner.clone();
+        Box::pin(async move {
+            if req.uri().path() == "/spaces/flyingpdf/pdfpageexport.action" {
+                return http::Response::builder()
+                    .status(StatusCode::FOUND)
+                    .header(
+                        "location",
+                        format!("http://wiki.example{FILE}?contentType=application/pdf"),
+                    )
+                    .body(full(""))
+                    .unwrap();
+            }
+            inner(req).await
+        })
+    });
+    let up = start_upstream_with(wiki).await;
+    let mut c = TestConfig::new(&up.url());
+    c.data = TEST_DATA.replace(
+        r#""acme-guests": ["view", "comment"]"#,
+        r#""acme-guests": ["view", "comment", "export"]"#,
+    );
+    let gw = start_gateway(c).await;
+    let gary = bearer(&token("gary", &[]));
+    let gina = bearer(&token("gina", &["partner-guests"]));
+    let alice = bearer(&token("alice", &[]));
+
+    // Nobody has exported yet: the file is no one's.
+    let a = get(&gw.url(FILE), &[("authorization", &gary)]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert_eq!(a.json()["reason"], "download_not_yours");
+
+    let a = get(
+        &gw.url("/spaces/flyingpdf/pdfpageexport.action?pageId=101"),
+        &[("authorization", &gary)],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FOUND, "{}", a.text());
+    let a = get(
+        &gw.url(&format!("{FILE}?contentType=application/pdf")),
+        &[("authorization", &gary)],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    for other in [&gina, &alice] {
+        let a = get(&gw.url(FILE), &[("authorization", other)]).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+        assert_eq!(a.json()["reason"], "download_not_yours");
+    }
+    // gina cannot export ENG's page (no export permission): nothing is hers to fetch.
+    let a = get(
+        &gw.url("/spaces/flyingpdf/pdfpageexport.action?pageId=101"),
+        &[("authorization", &gina)],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+}
