@@ -8,6 +8,35 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::directory::{Directory, Grant};
 
+/// Where a guest can go now: their own grants and those of the groups they are (still) a
+/// member of, one entry per space.
+fn effective(
+    d: &Directory,
+    name: &str,
+    user: Option<&crate::directory::User>,
+) -> serde_json::Value {
+    let now = OffsetDateTime::now_utc();
+    let groups: Vec<std::sync::Arc<str>> = user
+        .map(|u| {
+            u.groups
+                .iter()
+                .filter(|g| u.membership_expires.get(&***g).is_none_or(|end| now < *end))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    d.reach(name, &groups, now)
+        .into_iter()
+        .map(|r| {
+            serde_json::json!({
+                "space": r.space,
+                "permissions": r.permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+                "expires": r.expires.and_then(|t| t.format(&Rfc3339).ok()),
+            })
+        })
+        .collect()
+}
+
 /// Guest groups and the users with guest grants or only guest groups, with what each
 /// reaches, for `/guests`.
 pub fn guests(directory: &Directory) -> serde_json::Value {
@@ -79,7 +108,11 @@ pub fn guests(directory: &Directory) -> serde_json::Value {
                 "groups": groups_of,
                 "memberships": memberships,
                 "expires": user.and_then(|u| fmt(&u.expires)),
+                // The guest's own grants (not those of their groups); `spaces` is the
+                // same list under its first name, kept for existing readers.
+                "own_grants": reach.clone(),
                 "spaces": reach,
+                "effective_spaces": effective(d, name, user),
             }),
         );
     }

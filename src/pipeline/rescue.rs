@@ -72,24 +72,37 @@ pub fn refusal(error: &GatewayError, wants_html: bool) -> Response<ProxyBody> {
 }
 
 /// Logs what deserves it: failures of the gateway or of the services it depends on, and
-/// failed sign-ins (whose page only says what failed in general).
+/// failed sign-ins (whose page only says what failed in general). The error and its causes
+/// read as one sentence (`the wiki is unavailable: client error (Connect): tcp connect
+/// error: Connection refused`), not as a debug dump.
 pub fn log(error: &GatewayError) {
     if !error.describe().log {
         return;
     }
     match error {
         GatewayError::SignIn { error, .. } => tracing::warn!(
-            error = %error,
-            source = ?std::error::Error::source(error),
+            error = %sentence(error),
             reason = error.reason(),
             "sign-in failed"
         ),
-        _ => tracing::warn!(
-            error = %error,
-            source = ?std::error::Error::source(error),
-            "request refused"
-        ),
+        _ => tracing::warn!(error = %sentence(error), "request refused"),
     }
+}
+
+/// An error and each of its causes, joined by `: `.
+fn sentence(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let more = e.to_string();
+        // Some errors repeat their cause in their own message.
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = e.source();
+    }
+    text
 }
 
 /// The `error` field of the error body.
@@ -194,6 +207,16 @@ fn html_page(status: StatusCode, word: &str, reason: &str, sign_in: Option<&str>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_logged_error_reads_as_one_sentence() {
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let error = GatewayError::UpstreamUnavailable(Box::new(refused));
+        let text = sentence(&error);
+        assert!(text.ends_with(": connection refused"), "{text}");
+        assert!(!text.contains("Custom {"), "{text}");
+    }
 
     #[test]
     fn only_browser_navigations_without_credentials_are_sent_to_sign_in() {

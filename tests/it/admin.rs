@@ -142,6 +142,23 @@ async fn guests_lists_guests_groups_and_shared_spaces() {
         v["guests"]["gary"]["groups"],
         serde_json::json!(["acme-guests"])
     );
+    // Own grants, by their name, and where the guest can go through their groups too.
+    assert_eq!(
+        v["guests"]["gina"]["own_grants"],
+        v["guests"]["gina"]["spaces"]
+    );
+    assert_eq!(v["guests"]["gary"]["own_grants"], serde_json::json!([]));
+    assert_eq!(
+        v["guests"]["gary"]["effective_spaces"],
+        serde_json::json!([{"space": "ENG", "permissions": ["view", "comment"], "expires": null}])
+    );
+    assert_eq!(
+        v["guests"]["gina"]["effective_spaces"],
+        serde_json::json!([
+            {"space": "DOCS", "permissions": ["view"], "expires": null},
+            {"space": "ENG", "permissions": ["view", "edit"], "expires": null}
+        ])
+    );
     assert!(v["guests"].get("alice").is_none());
     assert_eq!(
         v["spaces"]["DOCS"]["groups"]["partner-guests"]["permissions"],
