@@ -41,19 +41,21 @@ async fn follow(
     }
 }
 
-/// Reads the stored document and activates it when it is not the one serving.
+/// Reads the stored document and activates it when it is not the one serving (seeding an
+/// empty store first).
 async fn catch_up(store: &SnapshotStore, shared: &SharedStore) {
-    let read = match shared.load_data().await {
-        Err(StoreError::Empty { .. }) => seed(store, shared).await,
-        other => other,
-    };
-    match read {
-        Ok((generation, _)) if generation == store.stored_generation() => {}
-        Ok((generation, text)) => {
-            if let Ok(revision) = store.install_stored_data(generation, text).await {
-                tracing::info!(revision = %revision, generation, "data document changed in the store");
-            }
+    let mut synced = store.sync_stored_data(shared).await;
+    if let Err(StoreError::Empty { .. }) = synced {
+        synced = match seed(store, shared).await {
+            Ok(()) => store.sync_stored_data(shared).await,
+            Err(e) => Err(e),
+        };
+    }
+    match synced {
+        Ok(Some(revision)) => {
+            tracing::info!(revision = %revision, generation = store.stored_generation(), "data document changed in the store");
         }
+        Ok(None) => {}
         Err(e) => {
             tracing::error!(error = %e, "cannot read the data document from the store; the last revision read keeps serving");
         }
@@ -62,7 +64,7 @@ async fn catch_up(store: &SnapshotStore, shared: &SharedStore) {
 
 /// Puts the data file into an empty store (the first replica to start does; the others
 /// find it there), after validating it like a reload would.
-async fn seed(store: &SnapshotStore, shared: &SharedStore) -> Result<(i64, String), StoreError> {
+async fn seed(store: &SnapshotStore, shared: &SharedStore) -> Result<(), StoreError> {
     let path = store.config().policy.data.clone();
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -84,5 +86,5 @@ async fn seed(store: &SnapshotStore, shared: &SharedStore) -> Result<(i64, Strin
             tracing::error!(file = %path.display(), error = %e, "the store holds no data document and the data file cannot be read");
         }
     }
-    shared.load_data().await
+    Ok(())
 }

@@ -107,14 +107,28 @@ impl SnapshotStore {
         self.build(None, Some(text)).await.map(drop)
     }
 
-    /// Builds a snapshot from a data document read from the store and swaps it in; the
-    /// previous revision keeps serving when it is invalid.
-    pub async fn install_stored_data(
+    /// Reads the stored document and activates it unless its generation is the one serving.
+    /// The read happens under the swap lock, which this replica's own writes hold from
+    /// their commit to their activation: a document read before such a write committed can
+    /// never replace the newer one (a revocation undone until the next read).
+    /// `Ok(None)`: nothing new.
+    pub async fn sync_stored_data(
+        &self,
+        shared: &SharedStore,
+    ) -> Result<Option<Arc<str>>, crate::shared::StoreError> {
+        let _guard = self.inner.swap_lock.lock().await;
+        let (generation, text) = shared.load_data().await?;
+        if generation == self.stored_generation() {
+            return Ok(None);
+        }
+        Ok(self.install_stored_locked(generation, text).await.ok())
+    }
+
+    async fn install_stored_locked(
         &self,
         generation: i64,
         text: String,
     ) -> Result<Arc<str>, Vec<String>> {
-        let _guard = self.inner.swap_lock.lock().await;
         match self.build(None, Some(text.clone())).await {
             Ok(snapshot) => Ok(self.activate_stored(snapshot, generation, text)),
             Err(errors) => {
