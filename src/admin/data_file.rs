@@ -77,6 +77,16 @@ impl Source {
         }
     }
 
+    /// Whether the serving revision was built from the document read here. With a store,
+    /// a replica behind (or one that cannot build the newest generation) must not put its
+    /// older text back: that would undo changes other replicas enforce.
+    fn serves_here(&self, store: &SnapshotStore) -> bool {
+        match self {
+            Source::File { .. } => true,
+            Source::Store(tx) => tx.document().0 == store.stored_generation(),
+        }
+    }
+
     fn name(&self) -> String {
         match self {
             Source::File { path, .. } => path.display().to_string(),
@@ -166,7 +176,7 @@ async fn edit<T>(
     // last read it: the change applies to it, and its revision is what If-Match is held to.
     let base_text = match guard.validate(source.text().to_string()).await {
         Ok(snapshot) => Ok((Arc::new(snapshot), source.text().to_string())),
-        Err(errors) if narrowing => {
+        Err(errors) if narrowing && source.serves_here(store) => {
             let serving = store.current();
             tracing::warn!(
                 errors = %errors.join("; "),
@@ -176,6 +186,12 @@ async fn edit<T>(
             let text = serving.data_text.to_string();
             Ok((serving, text))
         }
+        Err(errors) if narrowing => Err(DataChangeError::Conflict(format!(
+            "{} is not valid here ({}) and is not the document this replica serves: putting the \
+             serving one back could undo changes other replicas enforce; fix the stored document",
+            source.name(),
+            errors.join("; ")
+        ))),
         Err(errors) => Err(DataChangeError::Conflict(format!(
             "{} is not valid ({}); fix it before using the write API (revoke and remove still work)",
             source.name(),

@@ -203,8 +203,12 @@ impl SharedStore {
             }
         });
         let timeout_ms = self.config.timeout.as_millis().min(i32::MAX as u128);
+        // A writer that dies holding the row lock must not block every replica's writes
+        // until its TCP connection times out (hours): the server ends such a transaction.
+        let idle_ms = timeout_ms.saturating_mul(3);
         self.timed(client.batch_execute(&format!(
-            "SET statement_timeout = {timeout_ms}; SET lock_timeout = {timeout_ms}"
+            "SET statement_timeout = {timeout_ms}; SET lock_timeout = {timeout_ms}; \
+             SET idle_in_transaction_session_timeout = {idle_ms}"
         )))
         .await?;
         Ok(client)

@@ -39,6 +39,8 @@ struct Inner {
     shared: Option<Arc<SharedStore>>,
     stored_data: std::sync::Mutex<Option<Arc<str>>>,
     stored_generation: AtomicI64,
+    /// The last stored generation that did not build (logged once).
+    bad_generation: AtomicI64,
 }
 
 /// A handle that does not keep the store alive: background tasks that should end with
@@ -88,6 +90,7 @@ impl SnapshotStore {
                 shared,
                 stored_data: std::sync::Mutex::new(None),
                 stored_generation: AtomicI64::new(0),
+                bad_generation: AtomicI64::new(0),
             }),
         }
     }
@@ -133,12 +136,16 @@ impl SnapshotStore {
             Ok(snapshot) => Ok(self.activate_stored(snapshot, generation, text)),
             Err(errors) => {
                 self.inner.metrics.reload_failed();
-                // Not read again until the generation changes: one log line per bad one.
-                self.inner
-                    .stored_generation
-                    .store(generation, Ordering::Release);
-                for e in &errors {
-                    tracing::error!(error = %e, generation, "the stored data document is invalid; the previous revision keeps serving");
+                // The generation serving stays the last good one, so the follower tries
+                // this one again on every read, and a reload (once local files are fixed)
+                // builds from it, not from the older text. One log line per bad generation.
+                if let Ok(mut slot) = self.inner.stored_data.lock() {
+                    *slot = Some(Arc::from(text));
+                }
+                if self.inner.bad_generation.swap(generation, Ordering::AcqRel) != generation {
+                    for e in &errors {
+                        tracing::error!(error = %e, generation, "the stored data document is invalid; the previous revision keeps serving");
+                    }
                 }
                 Err(errors)
             }

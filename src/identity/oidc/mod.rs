@@ -46,19 +46,27 @@ async fn follow_ended_sessions(
     revoked: moka::sync::Cache<String, ()>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
+    // Set until a full read succeeds; retried on every later signal (the listener's
+    // re-read sends one each poll interval), so sign-outs announced while this replica
+    // was cut off are never left out.
+    let mut resync = false;
     loop {
         match signals.recv().await {
             Ok(Signal::SessionEnded(id)) => revoked.insert(id, ()),
-            Ok(Signal::Connected) | Err(RecvError::Lagged(_)) => {
-                match shared.ended_sessions().await {
-                    Ok(ids) => ids.into_iter().for_each(|id| revoked.insert(id, ())),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot read the sessions ended on other replicas");
-                    }
-                }
-            }
+            Ok(Signal::Connected) | Err(RecvError::Lagged(_)) => resync = true,
             Ok(Signal::Data(_)) => {}
             Err(RecvError::Closed) => return,
+        }
+        if resync {
+            match shared.ended_sessions().await {
+                Ok(ids) => {
+                    ids.into_iter().for_each(|id| revoked.insert(id, ()));
+                    resync = false;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the sessions ended on other replicas; trying again");
+                }
+            }
         }
     }
 }
@@ -172,8 +180,12 @@ impl SignIn {
         .map_err(|e| e.0)?;
         keys.start();
         let lifetime = config.session_lifetime;
+        // Least-recently-used, so a new sign-out is always admitted (the default policy may
+        // refuse a new entry when full); a million ended sessions within one session
+        // lifetime before the oldest could be forgotten.
         let revoked = moka::sync::Cache::builder()
-            .max_capacity(100_000)
+            .max_capacity(1_000_000)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .time_to_live(lifetime)
             .build();
         if let Some(shared) = &shared {
