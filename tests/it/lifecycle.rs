@@ -1328,3 +1328,72 @@ async fn a_revocation_goes_through_when_an_unrelated_part_of_the_file_is_invalid
         StatusCode::FORBIDDEN
     );
 }
+
+/// A stored document that does not build here (a bad hand edit in the database): the
+/// replica keeps its last good revision, refuses a narrowing write that would put that
+/// older document back over the stored one (409), and follows the next good generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_stored_document_is_not_served_and_not_overwritten() {
+    let Some(pg) = start_postgres("an_invalid_stored_document") else {
+        return;
+    };
+    let (_up, gw) = stored_replica(&pg, "").await;
+    let (client, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let write = |generation: i64, document: String| {
+        let client = &client;
+        async move {
+            client
+                .execute(
+                    "UPDATE guestgate_data SET generation = $1, document = $2 WHERE id",
+                    &[&generation, &document],
+                )
+                .await
+                .unwrap();
+            client
+                .execute(
+                    "SELECT pg_notify('guestgate_data', $1)",
+                    &[&generation.to_string()],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let mut doc: serde_json::Value = serde_json::from_str(TEST_DATA).unwrap();
+    // Generation 2: gina's ENG grant gone, and an unknown permission elsewhere.
+    doc["spaces"]["ENG"]["guests"]["users"] = serde_json::json!({});
+    let mut broken = doc.clone();
+    broken["spaces"]["DOCS"]["guests"]["groups"]["partner-guests"] = serde_json::json!(["fly"]);
+    write(2, broken.to_string()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        status_as(&gw, "gina", &["partner-guests"], "/display/ENG/Home").await,
+        StatusCode::OK,
+        "generation 2 does not build: generation 1 keeps serving"
+    );
+    let r = admin_post(
+        &gw,
+        "/guests/revoke",
+        serde_json::json!({"group": "acme-guests", "spaces": ["ENG"]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(
+        r.text().contains("not the document this replica serves"),
+        "{}",
+        r.text()
+    );
+    // Generation 3, valid: followed within a second.
+    write(3, doc.to_string()).await;
+    wait_until(
+        Duration::from_secs(1),
+        "generation 3 is enforced",
+        || async {
+            status_as(&gw, "gina", &["partner-guests"], "/display/ENG/Home").await
+                == StatusCode::FORBIDDEN
+        },
+    )
+    .await;
+}
