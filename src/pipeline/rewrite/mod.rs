@@ -22,7 +22,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming};
 
 use crate::config::RewriteConfig;
-use crate::http::body::{BoxError, ProxyBody, full_body};
+use crate::http::body::{BoxError, ProxyBody};
 use crate::pipeline::error::GatewayError;
 use crate::pipeline::limits::{BufferBudget, BufferCharge};
 use crate::routes::Route;
@@ -386,14 +386,16 @@ async fn rewrite_json(
 /// a client slow to read it keeps it counted.
 fn charged_body(bytes: Vec<u8>, charge: BufferCharge) -> ProxyBody {
     ChargedBody {
-        inner: full_body(bytes),
+        inner: http_body_util::Full::new(Bytes::from(bytes)),
         _charge: charge,
     }
     .boxed_unsync()
 }
 
+/// Holds the `Full` body itself rather than an already boxed one: one allocation per
+/// rewritten answer, not two.
 struct ChargedBody {
-    inner: ProxyBody,
+    inner: http_body_util::Full<Bytes>,
     _charge: BufferCharge,
 }
 
@@ -405,7 +407,9 @@ impl Body for ChargedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(|never| match never {})
     }
 
     fn is_end_stream(&self) -> bool {
