@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -72,6 +73,15 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Wait until the gateway of this config is ready (its admin `/readyz` answers 200):
+    /// for scripts that start `serve` in the background. Exit 0 when ready, 1 on timeout.
+    Wait {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -113,7 +123,64 @@ pub fn main() -> ExitCode {
             groups,
             ttl,
         } => token(&config.config, &sub, &groups, ttl),
+        Command::Wait { config, timeout } => wait(&config.config, Duration::from_secs(timeout)),
     }
+}
+
+fn wait(path: &Path, timeout: Duration) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let url = format!("http://{}/readyz", config.admin.listen);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let uri = match url.parse::<http::Uri>() {
+            Ok(uri) => uri,
+            Err(e) => {
+                eprintln!("cannot build the readiness address {url}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        loop {
+            let last = match client.get(uri.clone()).await {
+                Ok(resp) if resp.status() == http::StatusCode::OK => {
+                    println!("ready: {url}");
+                    return ExitCode::SUCCESS;
+                }
+                Ok(resp) => format!("{url} answered {}", resp.status()),
+                Err(e) => {
+                    // The client's own message is only "client error (Connect)"; its causes
+                    // say what happened (connection refused, …).
+                    let mut why = e.to_string();
+                    let mut cause = std::error::Error::source(&e);
+                    while let Some(c) = cause {
+                        why = format!("{why}: {c}");
+                        cause = c.source();
+                    }
+                    format!("{url} is not answering ({why})")
+                }
+            };
+            if tokio::time::Instant::now() >= deadline {
+                eprintln!("not ready after {}s: {last}", timeout.as_secs());
+                return ExitCode::from(1);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
 }
 
 fn load_config(path: &Path) -> Result<Config, ExitCode> {

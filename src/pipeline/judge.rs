@@ -32,6 +32,9 @@ pub fn admit(
     caller: &Caller,
 ) -> Result<Admitted, GatewayError> {
     let route = classify::classify(&snapshot.routes, accepted, config.rewrite.json);
+    if let Some(reason) = route.malformed {
+        return Err(GatewayError::BadRequest(reason));
+    }
     let body_limit = limits::body_limit(headers, &route, &config.server)?;
     let principal = decide::principal(snapshot, &route, caller, config.identity.anonymous)?;
     Ok(Admitted {

@@ -50,6 +50,10 @@ use limits::{BufferBudget, BufferCharge, UpstreamSlots};
 
 pub use judge::judge;
 
+/// How long an export file stays its exporter's to fetch (Confluence deletes its temporary
+/// exports sooner).
+const DOWNLOAD_KEEP: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Everything a request needs, owned by the pipeline: the snapshot store it reads, the
 /// upstream and its limits, the caches that outlive snapshots, telemetry, sign-in.
 pub struct Pipeline {
@@ -134,7 +138,7 @@ impl Pipeline {
         Ok(Pipeline {
             owned_downloads: moka::sync::Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(std::time::Duration::from_secs(3600))
+                .time_to_live(DOWNLOAD_KEEP)
                 .build(),
             buffer_budget,
             config,
@@ -275,7 +279,7 @@ impl Pipeline {
         self.observe(snapshot, &route, &decided);
         decided.enforce(&route, self.config.policy.dry_run)?;
         if is_owned_download(snapshot, &route) {
-            let owner = self.owned_downloads.get(&accepted.path);
+            let owner = self.download_owner(&accepted.path).await?;
             if owner.is_none() || owner.as_deref() != decided.user.as_deref() {
                 return Err(GatewayError::Denied {
                     reason: "download_not_yours".into(),
@@ -299,6 +303,13 @@ impl Pipeline {
                     body_limit,
                 ))
                 .await?;
+                if names_nothing(snapshot, &route, &targets) {
+                    return Err(GatewayError::Denied {
+                        reason: "no_identifier_named".into(),
+                        status: http::StatusCode::FORBIDDEN,
+                        anonymous: false,
+                    });
+                }
                 Box::pin(self.judge_targets(snapshot, accepted, &route, &principal, targets))
                     .await?;
                 body
@@ -343,7 +354,8 @@ impl Pipeline {
         self.forget_moved_content(snapshot, &route, &accepted.method, response.status())
             .await;
         if route.action == crate::routes::Action::Export && response.status().is_redirection() {
-            self.remember_download(snapshot, decided.user.as_ref(), response.headers());
+            self.remember_download(snapshot, decided.user.as_ref(), response.headers())
+                .await;
         }
         drop(body_charge);
         match plan {
@@ -354,7 +366,7 @@ impl Pipeline {
 
     /// An export the wiki answered with a redirect to a file made for this user
     /// (`/download/temp/…`, an `owned_download` route): the file is theirs to fetch.
-    fn remember_download(
+    async fn remember_download(
         &self,
         snapshot: &Snapshot,
         user: Option<&Arc<str>>,
@@ -374,8 +386,44 @@ impl Pipeline {
         };
         let path = accept::inside_context(path, &self.config.upstream.base_path);
         let target = snapshot.routes.classify(&http::Method::GET, &path, &[]);
-        if is_owned_download(snapshot, &target) {
-            self.owned_downloads.insert(path, user.clone());
+        if !is_owned_download(snapshot, &target) {
+            return;
+        }
+        // With a `[store]`, every replica learns the owner: the browser's download may
+        // reach another one. A failed write leaves the file to this replica only (the
+        // others refuse it), which is said in the log.
+        if let Some(shared) = self.store.shared() {
+            let expires_at = crate::identity::unix_now() as i64 + DOWNLOAD_KEEP.as_secs() as i64;
+            if let Err(e) = shared.own_download(&path, user, expires_at).await {
+                tracing::error!(
+                    "The export file {path} stays reachable through this replica only: the shared store did not take its owner ({e})."
+                );
+            }
+        }
+        self.owned_downloads.insert(path, user.clone());
+    }
+
+    /// Who may fetch the export file at `path`: this replica's memory, then the shared
+    /// store. A store that cannot answer refuses the download (503), never guesses.
+    async fn download_owner(&self, path: &str) -> Result<Option<Arc<str>>, GatewayError> {
+        if let Some(owner) = self.owned_downloads.get(path) {
+            return Ok(Some(owner));
+        }
+        let Some(shared) = self.store.shared() else {
+            return Ok(None);
+        };
+        match shared.download_owner(path).await {
+            Ok(owner) => Ok(owner.map(Arc::from)),
+            Err(e) => {
+                tracing::warn!(
+                    "An export file's owner could not be read from the shared store: {e}."
+                );
+                Err(GatewayError::Denied {
+                    reason: "download_owner_unavailable".into(),
+                    status: http::StatusCode::SERVICE_UNAVAILABLE,
+                    anonymous: false,
+                })
+            }
         }
     }
 
@@ -670,6 +718,25 @@ impl Pipeline {
         }
         rescue::refusal(&error, ctx.wants_html)
     }
+}
+
+/// A rule whose body names what the request acts on (`requires_identifier`), on a request
+/// that names nothing the gateway could judge — no capture, and no identifier other than
+/// Confluence's "none" (`0`) in query or body.
+fn names_nothing(
+    snapshot: &Snapshot,
+    route: &crate::routes::Route,
+    targets: &[identifiers::Target],
+) -> bool {
+    let requires = route
+        .rule
+        .and_then(|i| snapshot.routes.rules.get(i))
+        .is_some_and(|r| r.requires_identifier);
+    requires
+        && route.space.is_none()
+        && route.content.is_none()
+        && route.user.is_none()
+        && targets.iter().all(|t| t.route(route).is_none())
 }
 
 /// Whether `route` serves a file made for one user (`owned_download`).

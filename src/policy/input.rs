@@ -119,6 +119,7 @@ pub fn sample() -> Value {
         filtered: false,
         lookup: None,
         rule: None,
+        malformed: None,
     };
     let claims = Value::new_object();
     build(

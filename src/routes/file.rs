@@ -113,6 +113,8 @@ pub(super) struct RouteFile {
     #[serde(default)]
     pub(super) owned_download: bool,
     #[serde(default)]
+    pub(super) requires_identifier: bool,
+    #[serde(default)]
     pub(super) rewrite: Vec<String>,
     #[serde(default)]
     pub(super) max_body_bytes: Option<u64>,

@@ -216,6 +216,10 @@ pub struct RouteRule {
     /// A file the wiki made for one user (an export's `/download/temp/…`): only the user
     /// whose export request the wiki redirected there may fetch it (`owned_download`).
     pub owned_download: bool,
+    /// The request acts on something only its body names (`requires_identifier`): a
+    /// guest's request that names nothing — no capture, no identifier in query or body —
+    /// is refused instead of passed unjudged.
+    pub requires_identifier: bool,
     pub rewrites: Rewrites,
     /// Largest request body this rule accepts; `None`: `server.max_body_bytes`.
     pub max_body_bytes: Option<usize>,
@@ -251,6 +255,9 @@ pub struct Route {
     pub lookup: Option<usize>,
     /// The rule that matched (index into [`RouteProfile::rules`]); `None`: none did.
     pub rule: Option<usize>,
+    /// Why the request names something no one can act on (a tiny-link key that decodes to
+    /// no page id): the gateway answers 400 with this reason, to everyone.
+    pub malformed: Option<&'static str>,
 }
 
 /// A compiled route profile.
@@ -341,6 +348,7 @@ impl RouteProfile {
                 filtered: false,
                 lookup: rule.lookup,
                 rule: Some(index),
+                malformed: None,
             };
             if let Some(caps) = rule.path.captures(path) {
                 take_captures(&rule.path, &caps, &mut route);
@@ -365,6 +373,7 @@ impl RouteProfile {
             filtered: false,
             lookup: None,
             rule: None,
+            malformed: None,
         }
     }
 
@@ -385,11 +394,11 @@ fn take_captures(re: &Regex, caps: &regex::Captures<'_>, route: &mut Route) {
             continue;
         }
         if name == "tiny_link" {
-            // A key that does not decode names no content: the route then has no id to
-            // judge, which a guest is refused (and the wiki answers as it would).
             if route.content.is_none() {
-                route.content =
-                    decode_tiny_link(m.as_str()).map(|id| id.to_string().into_boxed_str());
+                match decode_tiny_link(m.as_str()) {
+                    Some(id) => route.content = Some(id.to_string().into_boxed_str()),
+                    None => route.malformed = Some("malformed_tiny_link"),
+                }
             }
             continue;
         }

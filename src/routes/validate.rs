@@ -278,6 +278,7 @@ fn rule(
         action,
         public: r.public,
         owned_download: r.owned_download,
+        requires_identifier: r.requires_identifier,
         rewrites,
         max_body_bytes,
         lookup,

@@ -52,6 +52,11 @@ CREATE TABLE IF NOT EXISTS guestgate_sent_events (
     id text PRIMARY KEY,
     expires_at bigint NOT NULL
 );
+CREATE TABLE IF NOT EXISTS guestgate_downloads (
+    path text PRIMARY KEY,
+    owner text NOT NULL,
+    expires_at bigint NOT NULL
+);
 ";
 
 /// What the listening connection reports.
@@ -384,6 +389,43 @@ impl SharedStore {
         Ok(inserted == 1)
     }
 
+    /// Records that the export file at `path` was made for `owner`, for every replica,
+    /// until `expires_at` (Unix seconds). A later export at the same path (the wiki reuses
+    /// none, but a restore could) takes it over.
+    pub async fn own_download(
+        &self,
+        path: &str,
+        owner: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.with_client(async |c| {
+            c.execute(
+                "INSERT INTO guestgate_downloads (path, owner, expires_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (path) DO UPDATE SET owner = EXCLUDED.owner,
+                     expires_at = EXCLUDED.expires_at",
+                &[&path, &owner, &expires_at],
+            )
+            .await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Whom the export file at `path` was made for, while that is still kept.
+    pub async fn download_owner(&self, path: &str) -> Result<Option<String>, StoreError> {
+        let now = unix_now() as i64;
+        let row = self
+            .with_client(async |c| {
+                c.query_opt(
+                    "SELECT owner FROM guestgate_downloads WHERE path = $1 AND expires_at > $2",
+                    &[&path, &now],
+                )
+                .await
+            })
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     async fn purge_expired(&self) -> Result<(), StoreError> {
         let now = unix_now() as i64;
         self.with_client(async |c| {
@@ -391,6 +433,7 @@ impl SharedStore {
                 "guestgate_ended_sessions",
                 "guestgate_used_states",
                 "guestgate_sent_events",
+                "guestgate_downloads",
             ] {
                 c.execute(
                     &format!("DELETE FROM {table} WHERE expires_at <= $1"),

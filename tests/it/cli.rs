@@ -576,3 +576,44 @@ fn eval_batch_prints_inputs_and_decides_given_ones() {
     assert_eq!(v["inputs"][0]["decision"]["reason"], "public_route");
     assert!(v["data"]["spaces"]["ENG"].is_object());
 }
+
+#[tokio::test]
+async fn wait_returns_once_the_gateway_is_ready_and_fails_after_its_timeout() {
+    let up = start_upstream().await;
+    let gw = start_gateway(TestConfig::new(&up.url())).await;
+    // `wait` reads the admin address from the config: point a copy at the running gateway.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &TestConfig::new(&up.url()));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let ready = text.replacen(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        &format!("[admin]\nlisten = \"{}\"", gw.admin),
+        1,
+    );
+    assert_ne!(ready, text);
+    std::fs::write(&path, &ready).unwrap();
+    let config = path.to_str().unwrap().to_string();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || guestgate(&["wait", "--config", &config]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("ready"), "{out}");
+
+    // Nothing listens on the discard port: a clear reason after the timeout, exit 1.
+    let gone = ready.replace(&gw.admin.to_string(), "127.0.0.1:9");
+    std::fs::write(&path, gone).unwrap();
+    let config = path.to_str().unwrap().to_string();
+    let started = std::time::Instant::now();
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        guestgate(&["wait", "--config", &config, "--timeout", "1"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("not ready after 1s") && err.contains("127.0.0.1:9/readyz is not answering"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

@@ -448,7 +448,7 @@ decision := 42 if input.route.family == "auth"
 
 /// Tiny links (`/x/<key>`, the Share button's links) are judged as viewing the page their
 /// key encodes: a guest reaches those of granted spaces only; a key that decodes to no
-/// page is refused; regular users pass them all.
+/// page is a bad request for everyone; regular users pass the others.
 #[tokio::test]
 async fn tiny_links_are_judged_by_the_page_they_encode() {
     let (up, gw) = setup().await;
@@ -458,11 +458,22 @@ async fn tiny_links_are_judged_by_the_page_they_encode() {
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     let a = get(&gw.url("/x/yQ"), &[("authorization", &gary)]).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
-    for bad in ["/x/AAAA", "/x/!!", "/x/ZQ/extra"] {
-        let a = get(&gw.url(bad), &[("authorization", &gary)]).await;
-        assert_eq!(a.status, StatusCode::FORBIDDEN, "{bad}");
-    }
     let alice = bearer(&token("alice", &[]));
+    // Zero, past 2^32, not base64: no page. 400 with the reason, before the wiki.
+    for bad in ["/x/AAAA", "/x/AAAAAAB", "/x/!!", "/x/%C3%A9t%C3%A9"] {
+        for who in [&gary, &alice] {
+            let a = get(&gw.url(bad), &[("authorization", who)]).await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert!(
+                a.text().contains("malformed_tiny_link"),
+                "{bad}: {}",
+                a.text()
+            );
+        }
+    }
+    // Not a tiny link at all (a second segment): no rule, refused to guests.
+    let a = get(&gw.url("/x/ZQ/extra"), &[("authorization", &gary)]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
     let a = get(&gw.url("/x/yQ"), &[("authorization", &alice)]).await;
     assert_eq!(a.status, StatusCode::OK);
     let forwarded: Vec<String> = up.forwarded().iter().map(|s| s.uri.clone()).collect();
@@ -636,10 +647,41 @@ async fn inline_comments_are_judged_by_the_page_in_their_body() {
     let mut reply_elsewhere = body("101");
     reply_elsewhere["parentCommentId"] = serde_json::json!("202");
     assert_eq!(
-        post(gary, reply_elsewhere).await.status,
+        post(gary.clone(), reply_elsewhere).await.status,
         StatusCode::FORBIDDEN
     );
-    assert_eq!(up.forwarded().len(), 1);
+    // A body naming no page (or only Confluence's "none", 0) cannot be judged: refused to
+    // guests (the rule's `requires_identifier`), passed for regular users.
+    let mut nowhere = body("0");
+    for unnamed in [serde_json::json!({"body": "<p>?</p>"}), nowhere.take()] {
+        let a = post(gary.clone(), unnamed.clone()).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{unnamed}");
+        assert!(a.text().contains("no_identifier_named"), "{}", a.text());
+        let alice = bearer(&token("alice", &[]));
+        assert_eq!(post(alice, unnamed).await.status, StatusCode::OK);
+    }
+    // The editor's heartbeat with its ids in a form body: the same.
+    let heartbeat = |auth: String, form: &'static str| {
+        let url = gw.url("/json/startheartbeatactivity.action");
+        async move {
+            request(
+                "POST",
+                &url,
+                &[
+                    ("authorization", auth.as_str()),
+                    ("content-type", "application/x-www-form-urlencoded"),
+                ],
+                form,
+            )
+            .await
+        }
+    };
+    let gina_edits = heartbeat(gina.clone(), "contentId=101&spaceKey=ENG").await;
+    assert_eq!(gina_edits.status, StatusCode::OK);
+    let a = heartbeat(gina, "draftType=page").await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(a.text().contains("no_identifier_named"), "{}", a.text());
+    assert_eq!(up.forwarded().len(), 4);
 }
 
 /// The guest home in headless Chromium (Debian's `chromium`, driven by playwright-core
@@ -656,12 +698,10 @@ async fn the_guest_home_renders_in_chromium() {
             .output()
             .is_ok();
     if !have_browser {
-        assert!(
-            std::env::var_os("GUESTGATE_REQUIRE_BROWSER").is_none(),
-            "chromium, node or tests/browser/node_modules missing (run `npm ci` in tests/browser)"
-        );
-        eprintln!(
-            "SKIP the_guest_home_renders_in_chromium: needs /usr/bin/chromium, node and `npm ci` in tests/browser"
+        crate::support::skip(
+            "GUESTGATE_REQUIRE_BROWSER",
+            "the_guest_home_renders_in_chromium",
+            "needs /usr/bin/chromium, node and `npm ci` in tests/browser",
         );
         return;
     }
@@ -766,4 +806,79 @@ async fn an_export_file_is_reachable_by_its_exporter_only() {
     )
     .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
+}
+
+/// With two replicas on one `[store]`, the export's redirect may be followed through the
+/// other replica: the owner is shared, and still no one else gets the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_file_is_its_exporters_on_every_replica_of_a_store() {
+    const FILE: &str = "/download/temp/pdfexport-20261206-131500-77-5/ENG-Home-131500-77-6.pdf";
+    let Some(pg) = start_postgres("an_export_file_on_every_replica") else {
+        return;
+    };
+    let inner = default_handler();
+    let wiki: Handler = std::sync::Arc::new(move |req| {
+        let inner = inner.clone();
+        Box::pin(async move {
+            if req.uri().path() == "/spaces/flyingpdf/pdfpageexport.action" {
+                return http::Response::builder()
+                    .status(StatusCode::FOUND)
+                    .header("location", FILE)
+                    .body(full(""))
+                    .unwrap();
+            }
+            inner(req).await
+        })
+    });
+    let up = start_upstream_with(wiki).await;
+    let replica = || {
+        let mut c = TestConfig::new(&up.url());
+        c.data = TEST_DATA.replace(
+            r#""acme-guests": ["view", "comment"]"#,
+            r#""acme-guests": ["view", "comment", "export"]"#,
+        );
+        c.extra_sections = format!(
+            "[store]\nurl = \"{}\"\npoll_interval_secs = 1\ntimeout_secs = 2\n",
+            pg.url()
+        );
+        start_gateway(c)
+    };
+    let a = replica().await;
+    let b = replica().await;
+    for gw in [&a, &b] {
+        // Ready once the stored document is read.
+        let start = std::time::Instant::now();
+        while get(&gw.admin_url("/readyz"), &[]).await.status != StatusCode::OK {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "not ready"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let gary = bearer(&token("gary", &[]));
+    let alice = bearer(&token("alice", &[]));
+    let export = get(
+        &a.url("/spaces/flyingpdf/pdfpageexport.action?pageId=101"),
+        &[("authorization", &gary)],
+    )
+    .await;
+    assert_eq!(export.status, StatusCode::FOUND, "{}", export.text());
+    let fetched = get(&b.url(FILE), &[("authorization", &gary)]).await;
+    assert_eq!(fetched.status, StatusCode::OK, "{}", fetched.text());
+    let other = get(&b.url(FILE), &[("authorization", &alice)]).await;
+    assert_eq!(other.status, StatusCode::FORBIDDEN);
+    assert_eq!(other.json()["reason"], "download_not_yours");
+
+    // The store gone: b cannot know the owner of a file it did not see, and says so.
+    const SECOND: &str = "/download/temp/pdfexport-x/second.pdf";
+    drop(pg);
+    let unknown = get(&b.url(SECOND), &[("authorization", &gary)]).await;
+    assert_eq!(
+        unknown.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        unknown.text()
+    );
+    assert_eq!(unknown.json()["reason"], "download_owner_unavailable");
 }

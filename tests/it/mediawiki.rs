@@ -37,10 +37,6 @@ impl Drop for Wiki {
     }
 }
 
-fn required(var: &str) -> bool {
-    std::env::var(var).is_ok_and(|v| v == "1")
-}
-
 /// Starts the wiki, or says why it cannot be (then the test is skipped).
 fn start_wiki(name: &str) -> Result<Wiki, String> {
     if let Ok(url) = std::env::var("GUESTGATE_MEDIAWIKI_URL") {
@@ -88,13 +84,10 @@ fn start_wiki(name: &str) -> Result<Wiki, String> {
 }
 
 fn skip(test: &str, why: &str) {
-    assert!(
-        !required("GUESTGATE_REQUIRE_MEDIAWIKI"),
-        "{test}: MediaWiki is required here (GUESTGATE_REQUIRE_MEDIAWIKI=1) but could not be installed:\n{why}"
-    );
-    eprintln!(
-        "SKIP {test}: MediaWiki cannot be installed here ({})",
-        why.trim()
+    crate::support::skip(
+        "GUESTGATE_REQUIRE_MEDIAWIKI",
+        test,
+        &format!("MediaWiki cannot be installed here ({})", why.trim()),
     );
 }
 
@@ -787,12 +780,10 @@ async fn browser_shows_guest_label_and_banner() {
         && browser_dir.join("node_modules/playwright-core").exists()
         && Command::new("node").arg("--version").output().is_ok();
     if !have_browser {
-        assert!(
-            !required("GUESTGATE_REQUIRE_BROWSER"),
-            "chromium, node or tests/browser/node_modules missing (run `npm ci` in tests/browser)"
-        );
-        eprintln!(
-            "SKIP browser_shows_guest_label_and_banner: needs /usr/bin/chromium, node and `npm ci` in tests/browser"
+        crate::support::skip(
+            "GUESTGATE_REQUIRE_BROWSER",
+            "browser_shows_guest_label_and_banner",
+            "needs /usr/bin/chromium, node and `npm ci` in tests/browser",
         );
         return;
     }

@@ -213,6 +213,7 @@ fn facts_and_policy_decide_as_the_pure_rego_policy_did() {
             filtered: case.filtered,
             lookup: None,
             rule: None,
+            malformed: None,
         };
         let facts = directory.facts(case.user, &groups, case.space, now);
         let mut doc = input::build(

@@ -38,6 +38,19 @@ mod upstream;
 
 pub use client::*;
 pub use gateway::*;
+
+/// A test whose outside program is missing here says so, one `SKIP <test>: <why>` line,
+/// where a plain `cargo test` shows it: written to stderr directly, because the harness
+/// captures only what `eprintln!` prints of passing tests. Where `require` is set (`.ci/run`
+/// sets every `GUESTGATE_REQUIRE_*`), a skip is a failure instead.
+pub fn skip(require: &str, test: &str, why: &str) {
+    assert!(
+        std::env::var_os(require).is_none(),
+        "{test} cannot run here, and {require} is set: {why}"
+    );
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}
 pub use oidc::*;
 pub use postgres::*;
 pub use tokens::*;

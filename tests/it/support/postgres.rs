@@ -120,11 +120,7 @@ fn is_root() -> bool {
 /// not installed (a failure under `GUESTGATE_REQUIRE_POSTGRES=1`).
 pub fn start_postgres(test: &str) -> Option<Postgres> {
     let skip = |why: String| {
-        assert!(
-            std::env::var_os("GUESTGATE_REQUIRE_POSTGRES").is_none(),
-            "{test}: PostgreSQL is required here (GUESTGATE_REQUIRE_POSTGRES=1): {why}"
-        );
-        eprintln!("SKIP {test}: {why}");
+        super::skip("GUESTGATE_REQUIRE_POSTGRES", test, &why);
         None
     };
     let Some(bin) = bin_dir() else {
