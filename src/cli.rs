@@ -73,6 +73,23 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Compare the wiki's own permissions for guest accounts with the data document
+    /// (docs/WIKI-PERMISSIONS.md). Exit 0 when they agree, 1 when not, 2 when the wiki
+    /// cannot be audited.
+    Audit {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also print the changes that would make the wiki agree (nothing is changed).
+        #[arg(long)]
+        plan: bool,
+        /// Make those changes, in order, stopping at the first the wiki refuses; then audit
+        /// again.
+        #[arg(long, conflicts_with = "plan")]
+        apply: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Wait until the gateway of this config is ready (its admin `/readyz` answers 200):
     /// for scripts that start `serve` in the background. Exit 0 when ready, 1 on timeout.
     Wait {
@@ -123,8 +140,144 @@ pub fn main() -> ExitCode {
             groups,
             ttl,
         } => token(&config.config, &sub, &groups, ttl),
+        Command::Audit {
+            config,
+            plan,
+            apply,
+            json,
+        } => audit(&config.config, plan, apply, json),
         Command::Wait { config, timeout } => wait(&config.config, Duration::from_secs(timeout)),
     }
+}
+
+fn audit(path: &Path, plan: bool, apply: bool, json: bool) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let snapshot = match load_snapshot(&config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let directory = match stored_directory(&config, &snapshot).await {
+            Ok(Some(d)) => d,
+            Ok(None) => snapshot.directory,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        };
+        let report = match crate::audit::audit(&config, &directory).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("guestgate audit: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        print_report(&report, json);
+        let changes = report.plan();
+        if plan {
+            print_plan(&changes);
+        }
+        if !apply || changes.is_empty() {
+            return if report.agrees() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            };
+        }
+        println!("Applying {} change(s):", changes.len());
+        match crate::audit::apply(&config, &changes).await {
+            Ok(done) => println!("{done} change(s) made."),
+            Err((done, e)) => {
+                for change in &changes[..done] {
+                    println!("  done: {change}");
+                }
+                eprintln!(
+                    "guestgate audit --apply: stopped after {done} of {} change(s): {e}",
+                    changes.len()
+                );
+                return ExitCode::from(1);
+            }
+        }
+        match crate::audit::audit(&config, &directory).await {
+            Ok(after) => {
+                println!("After the changes:");
+                print_report(&after, json);
+                if after.agrees() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!(
+                    "guestgate audit: the changes were made, but the audit after them failed: {e}"
+                );
+                ExitCode::from(2)
+            }
+        }
+    })
+}
+
+fn print_report(report: &crate::audit::Report, json: bool) {
+    if json {
+        println!("{:#}", report.to_json());
+    } else {
+        print!("{}", report.render());
+    }
+}
+
+fn print_plan(changes: &[crate::audit::Change]) {
+    if changes.is_empty() {
+        println!("Plan: nothing guestgate can change (the fixes above, if any, are by hand).");
+        return;
+    }
+    println!("Plan: {} change(s), made only with --apply:", changes.len());
+    for change in changes {
+        println!("  {change}");
+    }
+}
+
+/// With a `[store]`, the data document is the stored one, not the file (which only seeded
+/// the store).
+async fn stored_directory(
+    config: &Config,
+    snapshot: &Snapshot,
+) -> Result<Option<crate::directory::Directory>, String> {
+    let Some(store_config) = &config.store else {
+        return Ok(None);
+    };
+    let store = crate::shared::SharedStore::new(store_config).map_err(|e| e.to_string())?;
+    let (_, text) = store
+        .load_data()
+        .await
+        .map_err(|e| format!("cannot read the data document from the store: {e}"))?;
+    crate::directory::Directory::parse_with(
+        Path::new("(store)"),
+        &text,
+        snapshot.directory.user_names,
+        snapshot.directory.unknown_users,
+    )
+    .map(Some)
+    .map_err(|errors| {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
 }
 
 fn wait(path: &Path, timeout: Duration) -> ExitCode {
@@ -235,6 +388,7 @@ fn serve(path: &Path) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        gw.start_audits();
         let running = match crate::server::start(gw.clone()).await {
             Ok(r) => r,
             Err(e) => {

@@ -21,6 +21,8 @@ pub struct Gateway {
     pub notifier: Arc<Notifier>,
     pub metrics: Arc<Metrics>,
     pub remote_keys: Option<Arc<RemoteKeys>>,
+    /// The last periodic audit of the wiki's own permissions (`audit.interval_secs`).
+    pub last_audit: Arc<crate::audit::LastAudit>,
 }
 
 /// Why a gateway could not be started.
@@ -66,7 +68,38 @@ impl Gateway {
             pipeline: Arc::new(pipeline),
             metrics,
             remote_keys,
+            last_audit: Arc::default(),
         })
+    }
+
+    /// Audits the wiki's own permissions every `audit.interval_secs` against the serving
+    /// data document, for `/guests` and `guestgate_wiki_permission_drift`. Readiness does
+    /// not depend on it: a drifted wiki is the operator's to fix, not a reason to stop.
+    pub fn start_audits(self: &Arc<Self>) {
+        let Some(interval) = self.config.audit.interval else {
+            return;
+        };
+        let gw = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(gateway) = gw.upgrade() else { return };
+                let snapshot = gateway.snapshot();
+                let result = crate::audit::audit(&gateway.config, &snapshot.directory).await;
+                match &result {
+                    Ok(report) if !report.agrees() => tracing::warn!(
+                        "The wiki's own permissions for guest accounts disagree with the data document in {} place(s) (see /guests or `guestgate audit`).",
+                        report.findings.len()
+                    ),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!("The periodic audit of the wiki's permissions failed: {e}.")
+                    }
+                }
+                gateway.last_audit.store(result.map_err(|e| e.to_string()));
+                drop(gateway);
+                tokio::time::sleep(interval).await;
+            }
+        });
     }
 
     /// The serving snapshot.

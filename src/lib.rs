@@ -5,6 +5,7 @@
 //! above it (`tests/architecture.rs` checks this).
 
 pub mod admin;
+pub mod audit;
 pub mod changes;
 pub mod cli;
 pub mod config;

@@ -34,7 +34,13 @@ class GuestgateHardening {
 	 * @param int[] $spaceNamespaces subject (even) namespace numbers used as spaces
 	 */
 	public static function apply( array $spaceNamespaces ) {
-		global $wgNonincludableNamespaces, $wgAllowSpecialInclusion, $wgHooks;
+		global $wgNonincludableNamespaces, $wgAllowSpecialInclusion, $wgHooks, $wgExtensionCredits;
+		// Named in the API's siteinfo (siprop=extensions): `guestgate audit` checks it is loaded.
+		$wgExtensionCredits['other'][] = [
+			'path' => __FILE__,
+			'name' => 'GuestgateHardening',
+			'description' => 'Keeps other namespaces out of pages guestgate lets guests see',
+		];
 		foreach ( $spaceNamespaces as $ns ) {
 			$wgNonincludableNamespaces[] = $ns;
 			$wgNonincludableNamespaces[] = $ns + 1;

@@ -76,6 +76,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<ProxyBody>
             if let Some(shared) = gw.store.shared() {
                 shared.render_metrics(&mut text);
             }
+            gw.last_audit.render_metric(&mut text);
             reply(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         (&Method::POST, "/reload") => match gw.store.reload().await {
@@ -92,6 +93,9 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<ProxyBody>
             let snapshot = gw.snapshot();
             let mut report = report::guests(&snapshot.directory);
             report["revision"] = serde_json::Value::from(&*snapshot.revision);
+            if gw.config.audit.interval.is_some() {
+                report["wiki_permissions"] = gw.last_audit.to_json();
+            }
             if crate::pipeline::accept::prefers_html(req.headers()) {
                 reply(
                     StatusCode::OK,

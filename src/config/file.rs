@@ -17,6 +17,33 @@ pub struct FileConfig {
     pub bundle: Option<BundleFile>,
     pub notify: NotifyFile,
     pub store: Option<StoreFile>,
+    pub audit: AuditFile,
+}
+
+/// `[audit]`: how `guestgate audit` (and the gateway's periodic audit) reads the wiki's own
+/// permissions.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditFile {
+    /// `confluence` or `mediawiki`; unset: from the route profile's file name.
+    pub wiki: Option<String>,
+    /// Audit every this many seconds while serving; unset: never.
+    pub interval_secs: Option<u64>,
+    /// The wiki account the audit acts as where the wiki signs users in by
+    /// `upstream.user_header` (MediaWiki's header login).
+    pub service_user: Option<String>,
+    pub timeout_secs: u64,
+}
+
+impl Default for AuditFile {
+    fn default() -> Self {
+        Self {
+            wiki: None,
+            interval_secs: None,
+            service_user: None,
+            timeout_secs: 30,
+        }
+    }
 }
 
 /// `[store]`: the data document and sign-in state in PostgreSQL, shared by replicas.

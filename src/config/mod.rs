@@ -31,6 +31,7 @@ pub struct Config {
     /// The data document and sign-in state in PostgreSQL instead of the file and the
     /// process (`[store]`); `None`: the file is the source of truth.
     pub store: Option<StoreConfig>,
+    pub audit: AuditConfig,
 }
 
 /// `[store]`: where replicas share the data document, ended sessions, used sign-in states
@@ -284,6 +285,26 @@ pub struct PolicyConfig {
 #[derive(Debug, Clone)]
 pub struct RoutesConfig {
     pub profile: PathBuf,
+}
+
+/// Which wiki's permission scheme `guestgate audit` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WikiKind {
+    Confluence,
+    MediaWiki,
+}
+
+/// `[audit]`: reading the wiki's own permissions for guest accounts.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// `None`: neither set nor told by the profile's name; `audit` says so.
+    pub wiki: Option<WikiKind>,
+    /// While serving, audit this often (`/guests` and `guestgate_wiki_permission_drift`
+    /// show the last result); `None`: only on the command line.
+    pub interval: Option<Duration>,
+    pub service_user: Option<String>,
+    /// One whole audit (every request it makes) ends within this.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

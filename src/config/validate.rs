@@ -214,7 +214,9 @@ impl Validator {
                 "a bundle server supplies the data document already; use [store] or [bundle], not both",
             );
         }
+        let audit = self.audit(f.audit, &routes.profile);
         Config {
+            audit,
             store,
             path: self.file.clone(),
             server,
@@ -227,6 +229,49 @@ impl Validator {
             log,
             bundle,
             notify,
+        }
+    }
+
+    fn audit(&mut self, a: super::file::AuditFile, profile: &std::path::Path) -> AuditConfig {
+        let wiki = match a.wiki.as_deref() {
+            Some("confluence") => Some(WikiKind::Confluence),
+            Some("mediawiki") => Some(WikiKind::MediaWiki),
+            Some(other) => {
+                self.error(
+                    "audit.wiki",
+                    format_args!("`{other}` is not `confluence` or `mediawiki`"),
+                );
+                None
+            }
+            None => {
+                let stem = profile
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("")
+                    .to_ascii_lowercase();
+                if stem.contains("confluence") {
+                    Some(WikiKind::Confluence)
+                } else if stem.contains("mediawiki") {
+                    Some(WikiKind::MediaWiki)
+                } else {
+                    None
+                }
+            }
+        };
+        if a.interval_secs.is_some() && wiki.is_none() {
+            self.error(
+                "audit.interval_secs",
+                "needs audit.wiki (`confluence` or `mediawiki`): the route profile's name does not say",
+            );
+        }
+        if a.service_user.as_deref().is_some_and(str::is_empty) {
+            self.error("audit.service_user", "must not be empty");
+        }
+        AuditConfig {
+            wiki,
+            interval: a.interval_secs.map(|s| self.secs("audit.interval_secs", s)),
+            service_user: a.service_user,
+            timeout: self.secs("audit.timeout_secs", a.timeout_secs),
         }
     }
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 /// Bottom to top, as `src/lib.rs` lists them.
-const LAYERS: [&str; 16] = [
+const LAYERS: [&str; 17] = [
     "files",
     "http",
     "routes",
@@ -17,6 +17,7 @@ const LAYERS: [&str; 16] = [
     "identity",
     "snapshot",
     "changes",
+    "audit",
     "pipeline",
     "gateway",
     "admin",

@@ -8,6 +8,7 @@ mod support;
 
 mod admin;
 mod architecture;
+mod audit;
 mod browser_signin;
 mod bundles;
 mod canonical;

@@ -848,3 +848,129 @@ async fn browser_shows_guest_label_and_banner() {
         "empty screenshot"
     );
 }
+
+/// `guestgate audit` against the real wiki: the seeded wiki agrees (guest accounts in no
+/// group of their own, GuestgateHardening loaded with every space namespace); a guest put
+/// into `sysop` is reported, planned, removed by `--apply` only, and the wiki agrees again;
+/// without a service account the audit says the wiki answered as to an anonymous user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_finds_a_guest_in_sysop_and_apply_takes_him_out() {
+    let wiki = match start_wiki("audit") {
+        Ok(w) => w,
+        Err(why) => return skip("audit_finds_a_guest_in_sysop_and_apply_takes_him_out", &why),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = TestConfig::new(&wiki.url);
+    c.data = DATA.to_string();
+    c.upstream_extra = "user_header = \"X-Remote-User\"".into();
+    c.extra_sections = "[audit]\nservice_user = \"Admin\"\n".into();
+    let path = write_config(dir.path(), &c);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("routes/confluence.toml", "routes/mediawiki.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = path.to_str().unwrap().to_string();
+    let audit = |args: &'static [&'static str], config: String| async move {
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new(env!("CARGO_BIN_EXE_guestgate"))
+                .arg("audit")
+                .args(["--config", &config])
+                .args(args)
+                .env_remove("RUST_LOG")
+                .output()
+                .unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+        .await
+        .unwrap()
+    };
+    let (code, out, err) = audit(&[], config.clone()).await;
+    assert_eq!(code, 0, "the seeded wiki agrees:\n{out}\n{err}");
+
+    // Admin, straight at the wiki (its header login), puts Gary into sysop.
+    let groups_of_gary = || async {
+        let a = request(
+            "GET",
+            &format!("{}/api.php?action=query&list=users&ususers=Gary&usprop=groups&format=json&formatversion=2", wiki.url),
+            &[],
+            "",
+        )
+        .await;
+        a.json()["query"]["users"][0]["groups"].clone()
+    };
+    let admin = [("x-remote-user", "Admin")];
+    let t = request(
+        "GET",
+        &format!(
+            "{}/api.php?action=query&meta=tokens&type=userrights&format=json",
+            wiki.url
+        ),
+        &admin,
+        "",
+    )
+    .await;
+    let cookie: String = t
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.split(';').next().map(str::to_string))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let token = t.json()["query"]["tokens"]["userrightstoken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let add = request(
+        "POST",
+        &format!("{}/api.php", wiki.url),
+        &[
+            ("x-remote-user", "Admin"),
+            ("cookie", &cookie),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        &format!(
+            "action=userrights&user=Gary&add=sysop&format=json&token={}",
+            encode(&token)
+        ),
+    )
+    .await;
+    assert!(add.text().contains("sysop"), "{}", add.text());
+    assert!(groups_of_gary().await.to_string().contains("sysop"));
+
+    let (code, out, _) = audit(&["--plan"], config.clone()).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("MORE  guest user Gary is in the wiki group sysop"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  remove user Gary from wiki group sysop"),
+        "{out}"
+    );
+    assert!(
+        groups_of_gary().await.to_string().contains("sysop"),
+        "nothing changed without --apply"
+    );
+    let (code, out, err) = audit(&["--apply"], config.clone()).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!groups_of_gary().await.to_string().contains("sysop"));
+    let (code, out, _) = audit(&[], config.clone()).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("The wiki agrees with the data document."),
+        "{out}"
+    );
+
+    // No service account: MediaWiki answers as to anonymous, which the audit refuses.
+    std::fs::write(&path, text.replace("service_user = \"Admin\"\n", "")).unwrap();
+    let (code, _, err) = audit(&[], config.clone()).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("refused the service credentials") && err.contains("anonymous"),
+        "{err}"
+    );
+}
