@@ -748,7 +748,9 @@ async fn the_guest_home_renders_in_chromium() {
 /// or anyone at a path no export was sent to.
 #[tokio::test]
 async fn an_export_file_is_reachable_by_its_exporter_only() {
-    const FILE: &str = "/download/temp/pdfexport-20261206-121500-1234-5/ENG-Home-121500-1234-6.pdf";
+    // Where Confluence 8.7.2 puts a page's PDF (ExportPageAsPdfAction.prepareDownloadPath).
+    const FILE: &str =
+        "/download/export/pdfexport-20261206-121500-1234-5/ENG-Home-121500-1234-6.pdf";
     let inner = default_handler();
     let wiki: Handler = std::sync::Arc::new(move |req| {
         let inner = inner.clone();
@@ -881,4 +883,102 @@ async fn an_export_file_is_its_exporters_on_every_replica_of_a_store() {
         unknown.text()
     );
     assert_eq!(unknown.json()["reason"], "download_owner_unavailable");
+}
+
+/// Calls the real Confluence 8.7.2 UI makes that the toolkit's journeys do not record (the
+/// sources are cited on each rule): an inline comment resolved or replied to, a label
+/// removed, the page's watch link. Each is judged by the page or comment it names.
+#[tokio::test]
+async fn page_calls_beyond_the_journeys_follow_the_grants() {
+    let (_up, gw) = setup().await;
+    let gary = bearer(&token("gary", &[])); // ENG view, comment
+    let gina = bearer(&token("gina", &["partner-guests"])); // ENG view, edit
+    let cases: [(&str, &str, &String, StatusCode); 12] = [
+        (
+            "PUT",
+            "/rest/inlinecomments/1.0/comments/101/resolve/true/dangling/false",
+            &gary,
+            StatusCode::OK,
+        ),
+        (
+            "PUT",
+            "/rest/inlinecomments/1.0/comments/201/resolve/true/dangling/false",
+            &gary,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "PUT",
+            "/rest/inlinecomments/1.0/comments/101/resolve/true/dangling/false",
+            &gina,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "POST",
+            "/rest/inlinecomments/1.0/comments/101/replies",
+            &gary,
+            StatusCode::OK,
+        ),
+        (
+            "GET",
+            "/rest/inlinecomments/1.0/comments/101/replies",
+            &gina,
+            StatusCode::OK,
+        ),
+        (
+            "GET",
+            "/rest/inlinecomments/1.0/comments/201/replies",
+            &gina,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "DELETE",
+            "/rest/ui/1.0/content/101/label/77",
+            &gina,
+            StatusCode::OK,
+        ),
+        (
+            "DELETE",
+            "/rest/ui/1.0/content/101/label/77",
+            &gary,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "POST",
+            "/users/addpagenotification.action?pageId=101",
+            &gary,
+            StatusCode::OK,
+        ),
+        (
+            "POST",
+            "/users/removepagenotification.action?pageId=101",
+            &gina,
+            StatusCode::OK,
+        ),
+        (
+            "POST",
+            "/users/addpagenotification.action?pageId=201",
+            &gary,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "GET",
+            "/users/viewuserprofile.action?username=alice",
+            &gary,
+            StatusCode::FORBIDDEN,
+        ),
+    ];
+    for (method, path, who, want) in cases {
+        // Struts actions take forms (the XSRF token), REST resources JSON.
+        let (content_type, body) = match (method, path.contains(".action")) {
+            ("GET", _) => ("application/json", ""),
+            (_, true) => ("application/x-www-form-urlencoded", "atl_token=abc"),
+            (_, false) => ("application/json", "{}"),
+        };
+        let headers = [
+            ("authorization", who.as_str()),
+            ("content-type", content_type),
+        ];
+        let a = request(method, &gw.url(path), &headers, body).await;
+        assert_eq!(a.status, want, "{method} {path}: {}", a.text());
+    }
 }

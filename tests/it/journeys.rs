@@ -249,3 +249,51 @@ async fn the_real_uis_journeys_work_for_a_granted_guest_and_regular_users() {
         );
     }
 }
+
+/// Every rule of the Confluence profile says, in a comment right above it, which journey
+/// of the toolkit or which Confluence source (or which part of the guest model) needs it:
+/// a rule nobody can trace is one nobody can review.
+#[test]
+fn every_confluence_rule_cites_what_needs_it() {
+    let text = std::fs::read_to_string(repo_path("config/routes/confluence.toml")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let uncited: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, l)| l.trim() == "[[route]]" && (*i == 0 || !lines[i - 1].starts_with('#')))
+        .map(|(i, _)| format!("line {}: {}", i + 1, lines.get(i + 1).unwrap_or(&"")))
+        .collect();
+    assert!(
+        uncited.is_empty(),
+        "rules without a citation:\n{}",
+        uncited.join("\n")
+    );
+    let sourced = [
+        "Needed by:",
+        "Source:",
+        "Guest model",
+        "http_actions.py",
+        "8.7.2",
+        "KB ",
+    ];
+    let unsourced: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.trim() == "[[route]]")
+        .filter(|(i, _)| {
+            let mut j = *i;
+            let mut block = String::new();
+            while j > 0 && lines[j - 1].starts_with('#') {
+                j -= 1;
+                block.push_str(lines[j]);
+            }
+            !sourced.iter().any(|s| block.contains(s))
+        })
+        .map(|(i, _)| format!("line {}: {}", i + 1, lines.get(i + 1).unwrap_or(&"")))
+        .collect();
+    assert!(
+        unsourced.is_empty(),
+        "rules whose comment names no source:\n{}",
+        unsourced.join("\n")
+    );
+}
