@@ -18,6 +18,15 @@
 //!   `{"error": {"code", "message"}}` (`JsonRpcHandler`, `DefaultErrorMapper`).
 //! - `GET /rest/api/permissions/group/{group}` (Data Center 9.1+ only; 404 before):
 //!   `[{"operation": {"targetType", "operationKey"}}]`, global permissions.
+//! - Data Center 9.1+ also reads and changes space permissions by REST (Atlassian's "Space
+//!   Permissions" REST group, v910 and later): `GET /rest/api/space/{key}/permissions/
+//!   group/{group}`, `…/user/{userKey}` and `…/anonymous` → `[{"operation": {"targetType",
+//!   "operationKey"}, "subject", "spaceKey"}]`; `PUT …/group/{group}/grant|revoke` (and
+//!   `…/user/{userKey}/…`) with `[{"targetType", "operationKey"}]`. The audit uses them
+//!   where they exist (the JSON-RPC remote API is deprecated, and gone with XML-RPC and SOAP
+//!   on 9.x installs that removed it) and names the permissions as the remote API does;
+//!   the pairs map to those names as Atlassian's permission table lists them side by side.
+//!   A user's key comes from `GET /rest/api/user?username=` (`userKey`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -140,7 +149,139 @@ struct SpacePermissions {
     everyone: BTreeSet<String>,
 }
 
+/// How this Confluence lists and changes space permissions.
+enum SpaceApi {
+    /// The JSON-RPC remote API (Server and Data Center before 9.1).
+    RemoteApi,
+    /// REST, per subject (Data Center 9.1+); user subjects by user key.
+    Rest { user_keys: BTreeMap<String, String> },
+}
+
+/// REST `operationKey targetType` pairs and the remote API's names for them.
+const REST_OPERATIONS: [(&str, &str, &str); 14] = [
+    ("read", "space", "VIEWSPACE"),
+    ("create", "page", "EDITSPACE"),
+    ("create", "blogpost", "EDITBLOG"),
+    ("create", "comment", "COMMENT"),
+    ("create", "attachment", "CREATEATTACHMENT"),
+    ("delete", "page", "REMOVEPAGE"),
+    ("delete", "blogpost", "REMOVEBLOG"),
+    ("delete", "comment", "REMOVECOMMENT"),
+    ("delete", "attachment", "REMOVEATTACHMENT"),
+    ("delete", "space", "REMOVEOWNCONTENT"),
+    ("export", "space", "EXPORTSPACE"),
+    ("administer", "space", "SETSPACEPERMISSIONS"),
+    ("restrict_content", "space", "SETPAGEPERMISSIONS"),
+    ("delete_mail", "space", "REMOVEMAIL"),
+];
+
+fn legacy_name(operation: &str, target: &str) -> String {
+    REST_OPERATIONS
+        .iter()
+        .find(|(o, t, _)| *o == operation && *t == target)
+        .map_or_else(
+            || format!("{operation} {target}"),
+            |(_, _, n)| n.to_string(),
+        )
+}
+
+fn rest_operation(name: &str) -> Option<(&'static str, &'static str)> {
+    REST_OPERATIONS
+        .iter()
+        .find(|(_, _, n)| *n == name)
+        .map(|(o, t, _)| (*o, *t))
+}
+
+/// Which API this Confluence has: REST where `space` answers on it, else the remote API.
+async fn space_api(
+    client: &WikiClient,
+    space: Option<&str>,
+    users: impl Iterator<Item = &String>,
+) -> Result<SpaceApi, AuditError> {
+    let Some(space) = space else {
+        return Ok(SpaceApi::RemoteApi);
+    };
+    let probe = client
+        .get(&format!(
+            "/rest/api/space/{}/permissions/anonymous",
+            encode(space)
+        ))
+        .await?;
+    if probe.status == http::StatusCode::NOT_FOUND {
+        return Ok(SpaceApi::RemoteApi);
+    }
+    json_of("the space permissions REST API", probe)?;
+    let mut user_keys = BTreeMap::new();
+    for user in users {
+        let json = client
+            .get_json(
+                &format!("the user key of {user}"),
+                &format!("/rest/api/user?username={}", encode(user)),
+            )
+            .await?;
+        if let Some(key) = string_at(&json, "userKey") {
+            user_keys.insert(user.clone(), key.to_string());
+        }
+    }
+    Ok(SpaceApi::Rest { user_keys })
+}
+
+/// The grants of one subject in `space`, by REST.
+async fn rest_grants(
+    client: &WikiClient,
+    space: &str,
+    subject_path: &str,
+) -> Result<BTreeSet<String>, AuditError> {
+    let what = format!("the permissions of {subject_path} in {space}");
+    let path = format!(
+        "/rest/api/space/{}/permissions/{subject_path}",
+        encode(space)
+    );
+    let json = match client.get_json(&what, &path).await {
+        Err(AuditError::NotFound(_)) => return Ok(BTreeSet::new()),
+        other => other?,
+    };
+    Ok(json
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let op = p
+                .pointer("/operation/operationKey")
+                .and_then(Value::as_str)?;
+            let target = p.pointer("/operation/targetType").and_then(Value::as_str)?;
+            Some(legacy_name(op, target))
+        })
+        .collect())
+}
+
 async fn space_permissions(
+    client: &WikiClient,
+    api: &SpaceApi,
+    space: &str,
+    groups: &BTreeSet<String>,
+) -> Result<SpacePermissions, AuditError> {
+    let SpaceApi::Rest { user_keys } = api else {
+        return remote_space_permissions(client, space).await;
+    };
+    let mut out = SpacePermissions::default();
+    for group in groups {
+        let grants = rest_grants(client, space, &format!("group/{}", encode(group))).await?;
+        if !grants.is_empty() {
+            out.by_subject.insert(Subject::Group(group.clone()), grants);
+        }
+    }
+    for (user, key) in user_keys {
+        let grants = rest_grants(client, space, &format!("user/{}", encode(key))).await?;
+        if !grants.is_empty() {
+            out.by_subject.insert(Subject::User(user.clone()), grants);
+        }
+    }
+    out.everyone = rest_grants(client, space, "anonymous").await?;
+    Ok(out)
+}
+
+async fn remote_space_permissions(
     client: &WikiClient,
     space: &str,
 ) -> Result<SpacePermissions, AuditError> {
@@ -249,8 +390,16 @@ pub async fn audit(
         .filter_map(|s| string_at(s, "key").map(str::to_string))
         .collect();
     let on_wiki: BTreeSet<String> = spaces.iter().map(|s| s.to_uppercase()).collect();
+    let api = space_api(client, spaces.first().map(String::as_str), accounts.keys()).await?;
+    // The groups whose entries matter: the guest groups and those guest accounts are in.
+    let groups: BTreeSet<String> = expected
+        .guest_groups
+        .iter()
+        .chain(accounts.values().flatten())
+        .cloned()
+        .collect();
     for space in &spaces {
-        let have = space_permissions(client, space).await?;
+        let have = space_permissions(client, &api, space, &groups).await?;
         // The guest groups' own entries.
         for (subject, perms) in &have.by_subject {
             let may = match subject {
@@ -422,6 +571,24 @@ pub async fn audit(
 }
 
 pub async fn apply(client: &WikiClient, change: &Change) -> Result<(), AuditError> {
+    let space = match change {
+        Change::Grant { space, .. } | Change::Revoke { space, .. } => space.as_str(),
+        Change::LeaveGroup { .. } => "",
+    };
+    let users: Vec<String> = match change {
+        Change::Grant {
+            subject: Subject::User(u),
+            ..
+        }
+        | Change::Revoke {
+            subject: Subject::User(u),
+            ..
+        } => vec![u.clone()],
+        _ => Vec::new(),
+    };
+    if let SpaceApi::Rest { user_keys } = space_api(client, Some(space), users.iter()).await? {
+        return rest_apply(client, change, &user_keys).await;
+    }
     let (method, params) = match change {
         Change::Grant {
             space,
@@ -450,4 +617,59 @@ pub async fn apply(client: &WikiClient, change: &Change) -> Result<(), AuditErro
         });
     }
     Ok(())
+}
+
+async fn rest_apply(
+    client: &WikiClient,
+    change: &Change,
+    user_keys: &BTreeMap<String, String>,
+) -> Result<(), AuditError> {
+    let (space, subject, permission, verb) = match change {
+        Change::Grant {
+            space,
+            subject,
+            permission,
+        } => (space, subject, permission, "grant"),
+        Change::Revoke {
+            space,
+            subject,
+            permission,
+        } => (space, subject, permission, "revoke"),
+        Change::LeaveGroup { .. } => {
+            return Err(AuditError::Setup(
+                "Confluence group memberships are changed by hand".into(),
+            ));
+        }
+    };
+    let subject_path = match subject {
+        Subject::Group(g) => format!("group/{}", encode(g)),
+        Subject::User(u) => match user_keys.get(u) {
+            Some(key) => format!("user/{}", encode(key)),
+            None => {
+                return Err(AuditError::NotFound(format!("user key of {u}")));
+            }
+        },
+    };
+    let Some((operation, target)) = rest_operation(permission) else {
+        return Err(AuditError::Setup(format!(
+            "{permission} has no REST operation to {verb}; change it in the space's permissions by hand"
+        )));
+    };
+    let body = json!([{"targetType": target, "operationKey": operation}]).to_string();
+    let what = format!("{change}");
+    let fetched = client
+        .send(
+            Method::PUT,
+            &format!(
+                "/rest/api/space/{}/permissions/{subject_path}/{verb}",
+                encode(space)
+            ),
+            Some("application/json"),
+            Bytes::from(body),
+        )
+        .await?;
+    if fetched.status.is_success() {
+        return Ok(());
+    }
+    json_of(&what, fetched).map(drop)
 }

@@ -52,6 +52,21 @@ struct Wiki {
     writes: Vec<String>,
     /// The service account may not administer spaces.
     not_admin: bool,
+    /// Data Center 9.1+: space permissions by REST, no remote API.
+    rest: bool,
+}
+
+/// REST `operationKey`/`targetType` pairs of the remote API's names (Data Center 9.1+).
+const REST_NAMES: [(&str, &str, &str); 5] = [
+    ("VIEWSPACE", "read", "space"),
+    ("COMMENT", "create", "comment"),
+    ("EDITSPACE", "create", "page"),
+    ("EDITBLOG", "create", "blogpost"),
+    ("SETSPACEPERMISSIONS", "administer", "space"),
+];
+
+fn user_key(user: &str) -> String {
+    format!("key-of-{user}")
 }
 
 impl Wiki {
@@ -186,11 +201,77 @@ async fn start_wiki(wiki: Wiki) -> (Upstream, Arc<Mutex<Wiki>>) {
                 let items = groups.iter().map(|g| json!({"name": g})).collect();
                 return json_response(StatusCode::OK, page("memberof.json", items));
             }
+            if wiki.rest
+                && let Some(rest) = path.strip_prefix("/rest/api/space/")
+                && let Some((space, subject)) = rest.split_once("/permissions/")
+            {
+                let space = space.to_string();
+                let (subject, verb) = match subject.rsplit_once('/') {
+                    Some((s, v)) if v == "grant" || v == "revoke" => (s.to_string(), Some(v)),
+                    _ => (subject.to_string(), None),
+                };
+                let matches = |(_, u, g): &Entry| match subject.split_once('/') {
+                    Some(("group", name)) => g.as_deref() == Some(name),
+                    Some(("user", key)) => u.as_deref().map(user_key).as_deref() == Some(key),
+                    _ => subject == "anonymous" && u.is_none() && g.is_none(),
+                };
+                let Some(verb) = verb else {
+                    let template = fixture("space-permissions-rest.json")[0].clone();
+                    let list: Vec<Value> = wiki.spaces[&space]
+                        .iter()
+                        .filter(|e| matches(e))
+                        .map(|(kind, _, _)| {
+                            let (_, op, target) =
+                                REST_NAMES.iter().find(|(n, _, _)| n == kind).unwrap();
+                            let mut p = template.clone();
+                            p["operation"] = json!({"targetType": target, "operationKey": op});
+                            p["spaceKey"] = json!(space);
+                            p
+                        })
+                        .collect();
+                    return json_response(StatusCode::OK, Value::Array(list));
+                };
+                assert_eq!(method, http::Method::PUT);
+                let ops: Value = serde_json::from_slice(&body).unwrap();
+                let (op, target) = (
+                    ops[0]["operationKey"].as_str().unwrap(),
+                    ops[0]["targetType"].as_str().unwrap(),
+                );
+                let kind = REST_NAMES
+                    .iter()
+                    .find(|(_, o, t)| *o == op && *t == target)
+                    .unwrap()
+                    .0;
+                let e = match subject.split_once('/').unwrap() {
+                    ("group", name) => entry(kind, None, Some(name)),
+                    (_, key) => entry(kind, Some(key.trim_start_matches("key-of-")), None),
+                };
+                let entries = wiki.spaces.get_mut(&space).unwrap();
+                if verb == "grant" {
+                    entries.push(e);
+                } else {
+                    entries.retain(|x| x != &e);
+                }
+                wiki.writes.push(format!("PUT {path} {ops}"));
+                return http::Response::builder()
+                    .status(StatusCode::NO_CONTENT)
+                    .body(full(""))
+                    .unwrap();
+            }
+            if path == "/rest/api/user" {
+                let user = param("username").unwrap_or_default();
+                let mut u = fixture("user.json");
+                u["username"] = json!(user);
+                u["userKey"] = json!(user_key(&user));
+                return json_response(StatusCode::OK, u);
+            }
             if path.starts_with("/rest/api/permissions/") {
                 // Confluence before Data Center 9.1: no such resource.
                 return json_response(StatusCode::NOT_FOUND, json!({"statusCode": 404}));
             }
-            if let Some(rpc) = path.strip_prefix("/rpc/json-rpc/confluenceservice-v2/") {
+            if let Some(rpc) = path.strip_prefix("/rpc/json-rpc/confluenceservice-v2/")
+                && !wiki.rest
+            {
                 assert_eq!(method, http::Method::POST);
                 let params: Value = serde_json::from_slice(&body).unwrap();
                 if wiki.not_admin {
@@ -329,6 +410,43 @@ async fn audit_reports_drift_plans_the_fix_and_apply_makes_the_wiki_agree() {
     let (code, _, _) = audit(&config, Some(SERVICE_TOKEN), &["--apply"]).await;
     assert_eq!(code, 0);
     assert_eq!(wiki.lock().unwrap().writes.len(), 2);
+}
+
+/// Data Center 9.1+: the same audit and fix through the space permissions REST API (the
+/// remote API is not there).
+#[tokio::test]
+async fn on_data_center_9_the_rest_api_is_read_and_changed() {
+    let mut w = drifted();
+    w.rest = true;
+    let (up, wiki) = start_wiki(w).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_for(dir.path(), &up, "");
+    let (code, out, _) = audit(&config, Some(SERVICE_TOKEN), &["--plan"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("MORE  group acme-guests holds VIEWSPACE in HR"),
+        "{out}"
+    );
+    assert!(
+        out.contains("LESS  group acme-guests lacks COMMENT in ENG"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("gina"),
+        "gina's own entries match her grant: {out}"
+    );
+    assert!(wiki.lock().unwrap().writes.is_empty());
+    let (code, out, err) = audit(&config, Some(SERVICE_TOKEN), &["--apply"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        wiki.lock().unwrap().writes,
+        vec![
+            r#"PUT /rest/api/space/ENG/permissions/group/acme-guests/grant [{"operationKey":"create","targetType":"comment"}]"#,
+            r#"PUT /rest/api/space/HR/permissions/group/acme-guests/revoke [{"operationKey":"read","targetType":"space"}]"#,
+        ]
+    );
+    let (code, out, _) = audit(&config, Some(SERVICE_TOKEN), &[]).await;
+    assert_eq!(code, 0, "{out}");
 }
 
 /// The usual Server/DC set-up: guest accounts in `confluence-users`, which views most
