@@ -9,6 +9,11 @@
 #   BASELINE=/path/to/older/guestgate bash benches/load.sh   # also an older build, side by side
 #   BASELINE=... BASELINE_POLICY_DIR=/older/checkout/policies ... # with the policies it shipped with
 #   BASELINE=... BASELINE_PROFILE=/older/checkout/config/routes/confluence.toml ... # and its route profile
+#   MODE=pinned bash benches/load.sh     # the proxy under test alone on CPU 0 with one worker,
+#                                        # wrk and the upstream on CPU 1 (steadier on 2 cores;
+#                                        # ROUNDS defaults to 5 there)
+#   SKIP_HALF=1 SKIP_IDLE=1 ...          # peak load only
+#   CHART=docs/benchmarks.svg ...        # also the peak-load medians as an SVG bar chart
 #
 # Needs nginx and wrk (Debian: apt-get install nginx wrk). Loopback only; it starts its
 # own processes on ports 18080-18093 and stops exactly those (by PID) when it exits.
@@ -16,7 +21,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
-ROUNDS=${ROUNDS:-3}
+MODE=${MODE:-shared}
+case "$MODE" in
+  shared) PROXY_CPU=(); LOAD_CPU=(); PROXY_WORKERS=2; ROUNDS=${ROUNDS:-3} ;;
+  pinned)
+    [ "$(nproc)" -ge 2 ] || { echo "MODE=pinned needs 2 CPUs" >&2; exit 1; }
+    PROXY_CPU=(taskset -c 0); LOAD_CPU=(taskset -c 1); PROXY_WORKERS=1; ROUNDS=${ROUNDS:-5} ;;
+  *) echo "MODE is shared or pinned" >&2; exit 1 ;;
+esac
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 IDLE_CONNS=${IDLE_CONNS:-10000}
@@ -72,7 +84,7 @@ http {
 }
 CONF
 cat > "$WORK/px/nginx.conf" <<CONF
-worker_processes 2;
+worker_processes $PROXY_WORKERS;
 pid $WORK/px/nginx.pid;
 error_log stderr error;
 daemon off;
@@ -91,6 +103,7 @@ cat > "$WORK/guestgate.toml" <<CONF
 [server]
 listen = "127.0.0.1:18083"
 max_connections = 20000
+workers = $PROXY_WORKERS
 [upstream]
 url = "http://127.0.0.1:18080"
 [identity]
@@ -108,10 +121,10 @@ decisions = "off"
 CONF
 
 ulimit -n 65536 2>/dev/null || true
-nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" & PIDS+=($!)
-nginx -p "$WORK/px" -c "$WORK/px/nginx.conf" & PIDS+=($!); NGINX_PX=$!
-"$BARE" 127.0.0.1:18081 http://127.0.0.1:18080 2>/dev/null & PIDS+=($!); BARE_PID=$!
-RUST_LIB_BACKTRACE=0 RUST_BACKTRACE=0 RUST_LOG=warn ./target/release/guestgate serve --config "$WORK/guestgate.toml" 2>"$WORK/gg.log" & PIDS+=($!); GG_PID=$!
+"${LOAD_CPU[@]}" nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" & PIDS+=($!)
+"${PROXY_CPU[@]}" nginx -p "$WORK/px" -c "$WORK/px/nginx.conf" & PIDS+=($!); NGINX_PX=$!
+"${PROXY_CPU[@]}" "$BARE" 127.0.0.1:18081 http://127.0.0.1:18080 2>/dev/null & PIDS+=($!); BARE_PID=$!
+RUST_LIB_BACKTRACE=0 RUST_BACKTRACE=0 RUST_LOG=warn "${PROXY_CPU[@]}" ./target/release/guestgate serve --config "$WORK/guestgate.toml" 2>"$WORK/gg.log" & PIDS+=($!); GG_PID=$!
 PORTS=(18080 18081 18082 18083)
 if [ -n "${BASELINE:-}" ]; then
   # An older build of guestgate on the same config, as one more target ("guestgate_before").
@@ -120,7 +133,7 @@ if [ -n "${BASELINE:-}" ]; then
     -e "s|^dir = .*|dir = \"${BASELINE_POLICY_DIR:-$PWD/policies}\"|" \
     -e "s|^profile = .*|profile = \"${BASELINE_PROFILE:-$PWD/config/routes/confluence.toml}\"|" \
     "$WORK/guestgate.toml" > "$WORK/guestgate-before.toml"
-  RUST_LIB_BACKTRACE=0 RUST_BACKTRACE=0 RUST_LOG=warn "$BASELINE" serve --config "$WORK/guestgate-before.toml" 2>"$WORK/gg-before.log" & PIDS+=($!); BEFORE_PID=$!
+  RUST_LIB_BACKTRACE=0 RUST_BACKTRACE=0 RUST_LOG=warn "${PROXY_CPU[@]}" "$BASELINE" serve --config "$WORK/guestgate-before.toml" 2>"$WORK/gg-before.log" & PIDS+=($!); BEFORE_PID=$!
   PORTS+=(18084)
 fi
 for port in "${PORTS[@]}"; do
@@ -156,13 +169,13 @@ if [ -n "${BASELINE:-}" ]; then
   PORT[guestgate_before]=18084; PID[guestgate_before]=$BEFORE_PID; AUTH[guestgate_before]="$REGULAR"
   TARGETS+=(guestgate_before)
 fi
-echo "== $ROUNDS interleaved rounds of ${DURATION}s, $CONNS connections, $THREADS wrk threads, $(nproc) cores"
+echo "== $ROUNDS interleaved rounds of ${DURATION}s, $CONNS connections, $THREADS wrk threads, $(nproc) cores, MODE=$MODE"
 for round in $(seq "$ROUNDS"); do
   for t in "${TARGETS[@]}"; do
     header=()
     [ -n "${AUTH[$t]}" ] && header=(-H "Authorization: Bearer ${AUTH[$t]}")
     before=$(ticks "${PID[$t]}")
-    out=$(wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "${header[@]}" "http://127.0.0.1:${PORT[$t]}$PATH_UNDER_TEST")
+    out=$("${LOAD_CPU[@]}" wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "${header[@]}" "http://127.0.0.1:${PORT[$t]}$PATH_UNDER_TEST")
     after=$(ticks "${PID[$t]}")
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
     total=$(echo "$out" | awk '/requests in/ {print $1}')
@@ -190,9 +203,43 @@ for t, m in med.items():
 print()
 for t in [t for t in ("guestgate", "guestgate_guest", "guestgate_before") if t in med]:
     print(f"{t}: {med[t][0]/med['nginx'][0]:.2f}x nginx req/s, {med[t][0]/med['bare'][0]:.2f}x bare proxy req/s, "
-          f"CPU/req {med[t][3]/med['nginx'][3]:.2f}x nginx, p99 +{med[t][2]-med['nginx'][2]:.0f} µs vs nginx")
+          f"CPU/req {med[t][3]/med['nginx'][3]:.2f}x nginx, {med[t][3]/med['bare'][3]:.2f}x bare proxy, "
+          f"p99 +{med[t][2]-med['nginx'][2]:.0f} µs vs nginx")
 PY
+if [ -n "${CHART:-}" ]; then
+  # The medians as one picture: req/s and CPU µs per request, one bar each per target.
+  python3 - "$WORK/results" "$CHART" "$MODE" <<'PY'
+import statistics, sys, collections, html
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    t, rps, p50, p99, cpu, rss, bad = line.split()
+    rows[t].append((float(rps), float(cpu)))
+med = {t: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v)) for t, v in rows.items()}
+w, bar, gap, left = 760, 22, 10, 150
+panels = [("requests per second (more is better)", 0, "#4a7ebb"), ("proxy CPU µs per request (less is better)", 1, "#c0504d")]
+height = 40 + len(panels) * (30 + len(med) * (bar + gap)) + 20
+out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height}" font-family="sans-serif" font-size="13">',
+       f'<text x="10" y="22" font-size="15" font-weight="bold">benches/load.sh MODE={html.escape(sys.argv[3])}: medians of {len(next(iter(rows.values())))} rounds</text>']
+y = 40
+for title, i, color in panels:
+    out.append(f'<text x="10" y="{y + 14}" font-weight="bold">{html.escape(title)}</text>')
+    y += 24
+    top = max(m[i] for m in med.values())
+    for t, m in med.items():
+        length = (w - left - 90) * m[i] / top
+        out.append(f'<text x="10" y="{y + 16}">{html.escape(t)}</text>')
+        out.append(f'<rect x="{left}" y="{y}" width="{length:.1f}" height="{bar}" fill="{color}"/>')
+        label = f"{m[i]:,.0f}" if i == 0 else f"{m[i]:.1f}"
+        out.append(f'<text x="{left + length + 6:.1f}" y="{y + 16}">{label}</text>')
+        y += bar + gap
+    y += 6
+out.append("</svg>")
+open(sys.argv[2], "w").write("\n".join(out) + "\n")
+print("chart written to", sys.argv[2])
+PY
+fi
 
+if [ -z "${SKIP_HALF:-}" ]; then
 # Latency at half load: every target at the same fixed rate, half the lowest peak measured
 # above (so each runs at or below half of its own peak), open loop (fixed_rate.rs).
 HALF=$(python3 - "$WORK/results" <<'PY'
@@ -210,7 +257,7 @@ for round in $(seq "$ROUNDS"); do
     header=()
     [ -n "${AUTH[$t]}" ] && header=(--header "Authorization: Bearer ${AUTH[$t]}")
     before=$(ticks "${PID[$t]}")
-    out=$("$FIXED" --url "http://127.0.0.1:${PORT[$t]}$PATH_UNDER_TEST" --rate "$HALF" --duration "$DURATION" --connections 32 "${header[@]}")
+    out=$("${LOAD_CPU[@]}" "$FIXED" --url "http://127.0.0.1:${PORT[$t]}$PATH_UNDER_TEST" --rate "$HALF" --duration "$DURATION" --connections 32 "${header[@]}")
     after=$(ticks "${PID[$t]}")
     echo "$t $out $((after - before))" >> "$WORK/half"
     echo "round $round  $t: $out"
@@ -232,6 +279,9 @@ for t in [t for t in ("guestgate", "guestgate_guest", "guestgate_before") if t i
     print(f"{t}: added p99 {med[t][1]-med['nginx'][1]:+.0f} µs vs nginx, {med[t][1]-med['bare'][1]:+.0f} µs vs the bare proxy")
 PY
 
+fi
+
+if [ -n "${SKIP_IDLE:-}" ]; then exit 0; fi
 echo
 echo "== RSS with $IDLE_CONNS idle keep-alive connections (each answered once, then left open)"
 # The holder opens the connections one after another; each sends one request (guestgate

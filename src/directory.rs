@@ -175,7 +175,7 @@ pub struct CallerFacts {
 #[derive(Debug)]
 pub struct Directory {
     pub groups: BTreeMap<String, GroupEntry>,
-    pub users: HashMap<String, User>,
+    pub users: HashMap<String, User, crate::FastHash>,
     /// Keyed by upper-cased space key.
     pub spaces: BTreeMap<String, SpaceGrants>,
     /// Every expiry instant in the document, sorted: a cached decision must not outlive the
@@ -294,7 +294,8 @@ impl Directory {
             file: path.to_path_buf(),
             seen: Vec::new(),
         };
-        let mut users = HashMap::with_capacity(file.users.len());
+        let mut users =
+            HashMap::with_capacity_and_hasher(file.users.len(), crate::FastHash::default());
         for (written, u) in &file.users {
             let name = &user_names.canonical(written).into_owned();
             if users.contains_key(name) {

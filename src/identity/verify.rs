@@ -29,7 +29,7 @@ pub struct Verifier {
     leeway: u64,
     user_claim: String,
     groups_claim: String,
-    cache: moka::sync::Cache<[u8; 32], Arc<Identity>>,
+    cache: moka::sync::Cache<[u8; 32], Arc<Identity>, crate::FastHash>,
     /// Keys fetched from the identity provider, shared across snapshots.
     remote: Option<Arc<RemoteKeys>>,
 }
@@ -111,7 +111,7 @@ impl Verifier {
             cache: moka::sync::Cache::builder()
                 .max_capacity(config.token_cache_max_entries)
                 .expire_after(UntilExp)
-                .build(),
+                .build_with_hasher(crate::FastHash::default()),
             remote,
         })
     }
