@@ -4,12 +4,6 @@
 //! The modules are layers, listed here from the bottom up; each uses only layers listed
 //! above it (`tests/architecture.rs` checks this).
 
-/// The hasher of the caches and maps every request reads (tokens, decisions, users):
-/// foldhash's quality variant, seeded per process. It is several times faster than the
-/// standard SipHash on short keys and still keyed, so collisions cannot be aimed at a table
-/// whose seed is unknown.
-pub type FastHash = foldhash::quality::RandomState;
-
 pub mod admin;
 pub mod audit;
 pub mod changes;

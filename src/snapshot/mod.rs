@@ -74,8 +74,9 @@ pub struct Snapshot {
     /// it when the source (file or store) has since become invalid.
     pub data_text: Arc<str>,
     pub verifier: Verifier,
-    pub decisions: moka::sync::Cache<Box<[u8]>, Timed<Arc<Decision>>, crate::FastHash>,
-    pub viewable: moka::sync::Cache<Box<[u8]>, Timed<SpaceSet>, crate::FastHash>,
+    pub decisions:
+        moka::sync::Cache<Box<[u8]>, Timed<Arc<Decision>>, foldhash::quality::RandomState>,
+    pub viewable: moka::sync::Cache<Box<[u8]>, Timed<SpaceSet>, foldhash::quality::RandomState>,
     pub decision_ttl: Duration,
     pub listing_query: String,
 }
@@ -209,11 +210,11 @@ impl Snapshot {
                     decisions: moka::sync::Cache::builder()
                         .max_capacity(config.policy.decision_cache_max_entries)
                         .expire_after(OwnTtl)
-                        .build_with_hasher(crate::FastHash::default()),
+                        .build_with_hasher(foldhash::quality::RandomState::default()),
                     viewable: moka::sync::Cache::builder()
                         .max_capacity(config.policy.decision_cache_max_entries / 10 + 1)
                         .expire_after(OwnTtl)
-                        .build_with_hasher(crate::FastHash::default()),
+                        .build_with_hasher(foldhash::quality::RandomState::default()),
                     decision_ttl: config.policy.decision_cache_ttl,
                     listing_query: config.policy.listing_query.clone(),
                 })
