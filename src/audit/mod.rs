@@ -192,6 +192,9 @@ pub struct Expected {
     pub guest_groups: BTreeSet<String>,
     /// Users the document declares, whose groups make them guests.
     pub guest_users: BTreeMap<String, Vec<String>>,
+    /// Users the document declares regular: never audited as guest accounts, even when the
+    /// wiki also has them in a guest group.
+    pub regular_users: BTreeSet<String>,
     /// Upper-cased space key → subject → the permissions its active grants give there.
     pub grants: BTreeMap<String, BTreeMap<Subject, BTreeSet<Action>>>,
 }
@@ -214,6 +217,12 @@ impl Expected {
                     u.groups.iter().map(|g| g.to_string()).collect(),
                 )
             })
+            .collect();
+        let regular_users = directory
+            .users
+            .iter()
+            .filter(|(_, u)| directory.standing(&u.groups) == Standing::Regular)
+            .map(|(name, _)| name.clone())
             .collect();
         let mut grants: BTreeMap<String, BTreeMap<Subject, BTreeSet<Action>>> = BTreeMap::new();
         for (space, g) in &directory.spaces {
@@ -238,6 +247,7 @@ impl Expected {
         Expected {
             guest_groups,
             guest_users,
+            regular_users,
             grants,
         }
     }
@@ -365,6 +375,7 @@ mod tests {
         let e = Expected::from_directory(&d, OffsetDateTime::now_utc());
         assert_eq!(e.guest_groups, BTreeSet::from(["acme".to_string()]));
         assert_eq!(e.guest_users.keys().collect::<Vec<_>>(), vec!["gary"]);
+        assert_eq!(e.regular_users, BTreeSet::from(["alice".to_string()]));
         assert_eq!(
             e.own("ENG", &Subject::Group("acme".into())),
             BTreeSet::from([Action::View, Action::Comment])

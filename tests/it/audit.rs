@@ -125,7 +125,11 @@ fn drifted() -> Wiki {
     w.groups_of
         .insert("gina".into(), vec!["partner-guests".into()]);
     w.groups_of
-        .insert("alice".into(), vec!["confluence-users".into()]);
+        // Regular in the data document; the wiki also has her in a guest group.
+        .insert(
+            "alice".into(),
+            vec!["confluence-users".into(), "acme-guests".into()],
+        );
     w
 }
 
