@@ -278,7 +278,11 @@ impl Pipeline {
         )?;
         self.observe(snapshot, &route, &decided);
         decided.enforce(&route, self.config.policy.dry_run)?;
-        if is_owned_download(snapshot, &route) {
+        // A guest may fetch only the export files made for them. Regular users pass: the
+        // wiki admits only the exporting user itself (Confluence's GateKeeper key, checked
+        // by ExportDownloadResourceManager), and the same paths serve their own space
+        // exports and profile-picture previews, which no export redirect announced here.
+        if guest && is_owned_download(snapshot, &route) {
             let owner = self.download_owner(&accepted.path).await?;
             if owner.is_none() || owner.as_deref() != decided.user.as_deref() {
                 return Err(GatewayError::Denied {
@@ -495,6 +499,26 @@ impl Pipeline {
             BodyKind::Multipart | BodyKind::Other => false,
         };
         if !read_whole {
+            // A rule that says where its body names what it acts on, sent a body of another
+            // type (`text/json`, none): it would go to the wiki unread, so it does not go.
+            let rule = route.rule.and_then(|i| profile.rules.get(i));
+            let names_in_body = rule.is_some_and(|r| {
+                r.json_identifiers.as_ref().is_some_and(|p| !p.is_empty()) || r.requires_identifier
+            });
+            if matches!(kind, BodyKind::Other)
+                && names_in_body
+                && !matches!(
+                    accepted.method,
+                    http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+                )
+                && has_body(headers)
+            {
+                return Err(GatewayError::Denied {
+                    reason: "unjudged_request_body".into(),
+                    status: http::StatusCode::FORBIDDEN,
+                    anonymous: false,
+                });
+            }
             let targets = identifiers::in_params(&profile.identifiers, query)?;
             let body = limited(body, body_limit);
             if matches!(kind, BodyKind::Multipart) && !profile.identifiers.is_empty() {
@@ -786,6 +810,15 @@ enum BodyKind {
     /// `multipart/form-data`: form fields among the files.
     Multipart,
     Other,
+}
+
+/// Whether the request announces a body: a non-zero `Content-Length`, or a transfer coding.
+fn has_body(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
 }
 
 fn body_kind(method: &http::Method, headers: &http::HeaderMap) -> BodyKind {

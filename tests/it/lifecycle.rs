@@ -301,7 +301,10 @@ async fn invite_assign_revoke_remove_round_trip() {
     let a = request(
         "POST",
         &gw.url("/rest/api/content/201/child/comment"),
-        &[("authorization", &gwen)],
+        &[
+            ("authorization", &gwen),
+            ("content-type", "application/json"),
+        ],
         "{}",
     )
     .await;
@@ -319,7 +322,10 @@ async fn invite_assign_revoke_remove_round_trip() {
     let a = request(
         "POST",
         &gw.url("/rest/api/content/201/child/comment"),
-        &[("authorization", &gwen)],
+        &[
+            ("authorization", &gwen),
+            ("content-type", "application/json"),
+        ],
         "{}",
     )
     .await;
