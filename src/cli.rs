@@ -197,12 +197,20 @@ fn audit(path: &Path, plan: bool, apply: bool, json: bool) -> ExitCode {
                 ExitCode::from(1)
             };
         }
-        println!("Applying {} change(s):", changes.len());
+        // With --json, standard output holds only the reports: progress goes to stderr.
+        let say = |line: String| {
+            if json {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+        };
+        say(format!("Applying {} change(s):", changes.len()));
         match crate::audit::apply(&config, &changes).await {
-            Ok(done) => println!("{done} change(s) made."),
+            Ok(done) => say(format!("{done} change(s) made.")),
             Err((done, e)) => {
                 for change in &changes[..done] {
-                    println!("  done: {change}");
+                    say(format!("  done: {change}"));
                 }
                 eprintln!(
                     "guestgate audit --apply: stopped after {done} of {} change(s): {e}",
@@ -213,7 +221,7 @@ fn audit(path: &Path, plan: bool, apply: bool, json: bool) -> ExitCode {
         }
         match crate::audit::audit(&config, &directory).await {
             Ok(after) => {
-                println!("After the changes:");
+                say("After the changes:".to_string());
                 print_report(&after, json);
                 if after.agrees() {
                     ExitCode::SUCCESS
@@ -309,13 +317,15 @@ fn wait(path: &Path, timeout: Duration) -> ExitCode {
             }
         };
         loop {
-            let last = match client.get(uri.clone()).await {
-                Ok(resp) if resp.status() == http::StatusCode::OK => {
+            let asked = tokio::time::timeout(Duration::from_secs(2), client.get(uri.clone())).await;
+            let last = match asked {
+                Err(_) => format!("{url} did not answer within 2 s"),
+                Ok(Ok(resp)) if resp.status() == http::StatusCode::OK => {
                     println!("ready: {url}");
                     return ExitCode::SUCCESS;
                 }
-                Ok(resp) => format!("{url} answered {}", resp.status()),
-                Err(e) => {
+                Ok(Ok(resp)) => format!("{url} answered {}", resp.status()),
+                Ok(Err(e)) => {
                     // The client's own message is only "client error (Connect)"; its causes
                     // say what happened (connection refused, …).
                     let mut why = e.to_string();

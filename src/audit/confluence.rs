@@ -107,12 +107,11 @@ async fn paged(client: &WikiClient, what: &str, path: &str) -> Result<Vec<Value>
     const MAX_PAGES: usize = 1000;
     let mut items = Vec::new();
     let sep = if path.contains('?') { '&' } else { '?' };
-    for page in 0..MAX_PAGES {
+    // The next page starts after what this one held: a server may cap `limit` lower.
+    let mut start = 0;
+    for _ in 0..MAX_PAGES {
         let json = client
-            .get_json(
-                what,
-                &format!("{path}{sep}start={}&limit={LIMIT}", page * LIMIT),
-            )
+            .get_json(what, &format!("{path}{sep}start={start}&limit={LIMIT}"))
             .await?;
         let results = json
             .get("results")
@@ -122,6 +121,7 @@ async fn paged(client: &WikiClient, what: &str, path: &str) -> Result<Vec<Value>
                 why: "no `results` array".into(),
             })?;
         items.extend(results.iter().cloned());
+        start += results.len();
         let limit = json
             .get("limit")
             .and_then(Value::as_u64)
@@ -341,6 +341,23 @@ pub async fn audit(
     }
     let mut findings = Vec::new();
     let mut unchecked = Vec::new();
+    // Only an administrator sees every space: spaces hidden from the service account would
+    // be missing from the audit without a word.
+    if let Some(me) = string_at(&me, "username") {
+        let path = format!("/rest/api/user/memberof?username={}", encode(me));
+        let admin = match paged(client, "the service account's groups", &path).await {
+            Ok(groups) => groups
+                .iter()
+                .any(|g| string_at(g, "name") == Some("confluence-administrators")),
+            Err(AuditError::NotFound(_)) => false,
+            Err(e) => return Err(e),
+        };
+        if !admin {
+            unchecked.push(format!(
+                "spaces the service account {me} cannot see: it is not in confluence-administrators, so only the spaces it can see were audited"
+            ));
+        }
+    }
 
     // The guest accounts: those the document declares and the guest groups' members, each
     // with its groups on the wiki.
@@ -370,6 +387,16 @@ pub async fn audit(
             Err(e) => return Err(e),
         }
     }
+    // Users with a grant of their own are guest accounts too (unless declared regular).
+    for granted in expected.grants.values() {
+        for subject in granted.keys() {
+            if let Subject::User(user) = subject
+                && !expected.regular_users.contains(user)
+            {
+                accounts.entry(user.clone()).or_default();
+            }
+        }
+    }
     let mut missing_users = BTreeSet::new();
     for (user, groups) in accounts.iter_mut() {
         let path = format!("/rest/api/user/memberof?username={}", encode(user));
@@ -377,7 +404,13 @@ pub async fn audit(
             Ok(found) => {
                 *groups = found
                     .iter()
-                    .filter_map(|g| string_at(g, "name").map(str::to_string))
+                    .filter_map(|g| string_at(g, "name"))
+                    .map(|g| {
+                        expected
+                            .guest_group(g)
+                            .cloned()
+                            .unwrap_or_else(|| g.to_string())
+                    })
                     .collect();
             }
             Err(AuditError::NotFound(_)) => {
@@ -403,7 +436,18 @@ pub async fn audit(
         .cloned()
         .collect();
     for space in &spaces {
-        let have = space_permissions(client, &api, space, &groups).await?;
+        let mut have = space_permissions(client, &api, space, &groups).await?;
+        // Confluence stores group names lower-cased: the document's spelling from here on.
+        have.by_subject = std::mem::take(&mut have.by_subject)
+            .into_iter()
+            .map(|(subject, perms)| match subject {
+                Subject::Group(g) => (
+                    Subject::Group(expected.guest_group(&g).cloned().unwrap_or(g)),
+                    perms,
+                ),
+                user => (user, perms),
+            })
+            .collect();
         // The guest groups' own entries.
         for (subject, perms) in &have.by_subject {
             let may = match subject {
@@ -416,16 +460,25 @@ pub async fn audit(
                 _ => continue,
             };
             for extra in perms.iter().filter(|p| !may.contains(p.as_str())) {
+                // A REST operation with no remote API name (`archive page`, …) is revoked
+                // in the space's permissions by hand.
+                let fix = if extra.contains(' ') {
+                    Fix::Manual(format!(
+                        "revoke {extra} from {subject} in {space}'s permissions"
+                    ))
+                } else {
+                    Fix::Change(Change::Revoke {
+                        space: space.clone(),
+                        subject: subject.clone(),
+                        permission: extra.clone(),
+                    })
+                };
                 findings.push(Finding {
                     excess: true,
                     what: format!(
                         "{subject} holds {extra} in {space}, which the data document does not grant"
                     ),
-                    fix: Fix::Change(Change::Revoke {
-                        space: space.clone(),
-                        subject: subject.clone(),
-                        permission: extra.clone(),
-                    }),
+                    fix,
                 });
             }
         }
@@ -488,7 +541,10 @@ pub async fn audit(
             for (subject, actions) in granted {
                 let exists = match subject {
                     Subject::Group(g) => !missing_groups.contains(g),
-                    Subject::User(u) => !missing_users.contains(u),
+                    // A user the document declares regular is no guest account to grant to.
+                    Subject::User(u) => {
+                        !missing_users.contains(u) && !expected.regular_users.contains(u)
+                    }
                 };
                 if !exists {
                     continue;
@@ -592,6 +648,26 @@ pub async fn apply(client: &WikiClient, change: &Change) -> Result<(), AuditErro
     };
     if let SpaceApi::Rest { user_keys } = space_api(client, Some(space), users.iter()).await? {
         return rest_apply(client, change, &user_keys).await;
+    }
+    // The remote API looks a name up as a user first, then as a group: a change meant for
+    // a group that shares a user's name would land on the user.
+    if let Change::Grant {
+        subject: Subject::Group(group),
+        ..
+    }
+    | Change::Revoke {
+        subject: Subject::Group(group),
+        ..
+    } = change
+    {
+        let user = client
+            .get(&format!("/rest/api/user?username={}", encode(group)))
+            .await?;
+        if user.status.is_success() {
+            return Err(AuditError::Setup(format!(
+                "a user is also named {group}: Confluence's remote API would change that user's permission instead of the group's; make this change by hand"
+            )));
+        }
     }
     let (method, params) = match change {
         Change::Grant {

@@ -5,8 +5,9 @@
 //! `tests/it/mediawiki.rs`):
 //! - `meta=userinfo`: `{"query": {"userinfo": {"id", "name", "anon": true?}}}`
 //!   (`ApiQueryUserInfo`);
-//! - `list=users&ususers=A|B&usprop=groups|rights`: `{"query": {"users": [{"name",
-//!   "groups", "rights"} | {"name", "missing": true}]}}` (`ApiQueryUsers`);
+//! - `list=users&ususers=A|B&usprop=groups|implicitgroups|rights`: `{"query": {"users":
+//!   [{"name", "groups", "implicitgroups", "rights"} | {"name", "missing": true}]}}`
+//!   (`ApiQueryUsers`);
 //! - `meta=siteinfo&siprop=namespaces|extensions`: namespaces by id with `name`,
 //!   `canonical` and `nonincludable: true` for those in `$wgNonincludableNamespaces`;
 //!   extensions with their `name` (`ApiQuerySiteinfo`);
@@ -125,7 +126,7 @@ pub async fn audit(
             client,
             "the guest accounts (list=users)",
             &format!(
-                "action=query&list=users&usprop=groups%7Crights&ususers={}",
+                "action=query&list=users&usprop=groups%7Cimplicitgroups%7Crights&ususers={}",
                 encode(&list)
             ),
         )
@@ -150,10 +151,14 @@ pub async fn audit(
                 continue;
             }
             let groups = strings(user.get("groups"));
+            // Groups the wiki puts every account in, or promotes it to by itself
+            // ($wgAutopromote: `autoconfirmed`, `emailconfirmed`, …), are no one's choice.
+            let implicit = strings(user.get("implicitgroups"));
             let mut from_groups = false;
             for group in &groups {
                 if IMPLICIT_GROUPS.contains(&group.as_str())
-                    || expected.guest_groups.contains(group)
+                    || implicit.contains(group)
+                    || expected.guest_group(group).is_some()
                 {
                     continue;
                 }

@@ -195,6 +195,8 @@ pub struct Expected {
     /// Users the document declares regular: never audited as guest accounts, even when the
     /// wiki also has them in a guest group.
     pub regular_users: BTreeSet<String>,
+    /// Guests whose access has ended: their accounts should hold nothing.
+    pub ended_users: BTreeSet<String>,
     /// Upper-cased space key → subject → the permissions its active grants give there.
     pub grants: BTreeMap<String, BTreeMap<Subject, BTreeSet<Action>>>,
 }
@@ -207,16 +209,30 @@ impl Expected {
             .filter(|(_, g)| g.guest)
             .map(|(name, _)| name.clone())
             .collect();
+        // As the gateway judges them now: a lapsed membership gives nothing, and a guest
+        // whose access has ended holds nothing at all (their wiki account should not either).
+        let ended = |u: &crate::directory::User| u.expires.is_some_and(|e| e <= now);
         let guest_users = directory
             .users
             .iter()
             .filter(|(_, u)| directory.standing(&u.groups) == Standing::Guest)
             .map(|(name, u)| {
-                (
-                    name.clone(),
-                    u.groups.iter().map(|g| g.to_string()).collect(),
-                )
+                let active = u
+                    .groups
+                    .iter()
+                    .filter(|g| {
+                        !ended(u) && u.membership_expires.get(&***g).is_none_or(|e| now < *e)
+                    })
+                    .map(|g| g.to_string())
+                    .collect();
+                (name.clone(), active)
             })
+            .collect();
+        let ended_users: BTreeSet<String> = directory
+            .users
+            .iter()
+            .filter(|(_, u)| ended(u))
+            .map(|(name, _)| name.clone())
             .collect();
         let regular_users = directory
             .users
@@ -236,7 +252,7 @@ impl Expected {
                 }
             }
             for (user, grant) in &g.users {
-                if grant.active_at(now) {
+                if grant.active_at(now) && !ended_users.contains(user) {
                     entry
                         .entry(Subject::User(user.clone()))
                         .or_default()
@@ -248,6 +264,7 @@ impl Expected {
             guest_groups,
             guest_users,
             regular_users,
+            ended_users,
             grants,
         }
     }
@@ -264,14 +281,25 @@ impl Expected {
     /// What a guest account holds in `space`: its own grant and its guest groups' (the
     /// groups the document names for it, and `wiki_groups`, its groups on the wiki).
     pub fn effective(&self, space: &str, user: &str, wiki_groups: &[String]) -> BTreeSet<Action> {
+        if self.ended_users.contains(user) {
+            return BTreeSet::new();
+        }
         let mut all = self.own(space, &Subject::User(user.to_string()));
         let declared = self.guest_users.get(user).into_iter().flatten();
         for group in declared.chain(wiki_groups) {
-            if self.guest_groups.contains(group) {
+            if let Some(group) = self.guest_group(group) {
                 all.extend(self.own(space, &Subject::Group(group.clone())));
             }
         }
         all
+    }
+
+    /// The document's guest group `name` names, compared as Confluence compares group names
+    /// (it stores them lower-cased).
+    pub fn guest_group(&self, name: &str) -> Option<&String> {
+        self.guest_groups
+            .iter()
+            .find(|g| g.eq_ignore_ascii_case(name))
     }
 }
 
@@ -368,13 +396,22 @@ mod tests {
     fn expected_holds_active_guest_grants_only() {
         let d = directory(
             r#"{"groups": {"staff": {}, "acme": {"guest": true}},
-                "users": {"gary": {"groups": ["acme"]}, "alice": {"groups": ["staff"]}},
+                "users": {"gary": {"groups": ["acme"]}, "alice": {"groups": ["staff"]},
+                          "gwen": {"groups": ["acme"], "expires": "2001-01-01T00:00:00Z"}},
                 "spaces": {"eng": {"guests": {"groups": {"acme": ["view", "comment"]},
                                              "users": {"gary": {"permissions": ["edit"], "expires": "2001-01-01T00:00:00Z"}}}}}}"#,
         );
         let e = Expected::from_directory(&d, OffsetDateTime::now_utc());
         assert_eq!(e.guest_groups, BTreeSet::from(["acme".to_string()]));
-        assert_eq!(e.guest_users.keys().collect::<Vec<_>>(), vec!["gary"]);
+        assert_eq!(
+            e.guest_users.keys().collect::<Vec<_>>(),
+            vec!["gary", "gwen"]
+        );
+        assert!(
+            e.effective("ENG", "gwen", &["acme".to_string()]).is_empty(),
+            "a guest whose access ended holds nothing"
+        );
+        assert_eq!(e.guest_group("ACME"), Some(&"acme".to_string()));
         assert_eq!(e.regular_users, BTreeSet::from(["alice".to_string()]));
         assert_eq!(
             e.own("ENG", &Subject::Group("acme".into())),

@@ -131,9 +131,21 @@ impl WikiClient {
         if pairs.is_empty() {
             return;
         }
-        if let (Ok(value), Ok(mut slot)) =
-            (HeaderValue::from_str(&pairs.join("; ")), self.cookie.lock())
-        {
+        let Ok(mut slot) = self.cookie.lock() else {
+            return;
+        };
+        // Merged by name: an answer that sets one cookie keeps the others.
+        let mut jar: Vec<String> = slot
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split("; ").map(str::to_string).collect())
+            .unwrap_or_default();
+        for pair in pairs {
+            let name = pair.split('=').next().unwrap_or("");
+            jar.retain(|kv| kv.split('=').next() != Some(name));
+            jar.push(pair.to_string());
+        }
+        if let Ok(value) = HeaderValue::from_str(&jar.join("; ")) {
             *slot = Some(value);
         }
     }

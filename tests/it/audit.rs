@@ -130,6 +130,11 @@ fn drifted() -> Wiki {
             "alice".into(),
             vec!["confluence-users".into(), "acme-guests".into()],
         );
+    // The service account (`user-current.json`) is an administrator: it sees every space.
+    w.groups_of.insert(
+        "svc-guestgate".into(),
+        vec!["confluence-administrators".into()],
+    );
     w
 }
 
@@ -264,6 +269,9 @@ async fn start_wiki(wiki: Wiki) -> (Upstream, Arc<Mutex<Wiki>>) {
             }
             if path == "/rest/api/user" {
                 let user = param("username").unwrap_or_default();
+                if !wiki.groups_of.contains_key(&user) {
+                    return json_response(StatusCode::NOT_FOUND, json!({"statusCode": 404}));
+                }
                 let mut u = fixture("user.json");
                 u["username"] = json!(user);
                 u["userKey"] = json!(user_key(&user));
@@ -459,6 +467,8 @@ async fn on_data_center_9_the_rest_api_is_read_and_changed() {
 #[tokio::test]
 async fn a_guest_account_in_a_regular_group_is_reported_with_a_fix_by_hand() {
     let mut w = drifted();
+    // Not an administrator this time: the spaces it cannot see are named as unchecked.
+    w.groups_of.remove("svc-guestgate");
     w.groups_of.insert(
         "gina".into(),
         vec!["partner-guests".into(), "confluence-users".into()],
@@ -496,6 +506,10 @@ async fn a_guest_account_in_a_regular_group_is_reported_with_a_fix_by_hand() {
         out.contains(
             "MORE  anonymous users or all signed-in users (guests included) hold VIEWSPACE in DOCS"
         ),
+        "{out}"
+    );
+    assert!(
+        out.contains("UNCHECKED  spaces the service account svc-guestgate cannot see"),
         "{out}"
     );
     assert!(wiki.lock().unwrap().writes.is_empty(), "{out}");
@@ -620,4 +634,24 @@ async fn the_gateway_shows_the_last_audit_on_guests_and_in_a_metric() {
         "{metrics}"
     );
     assert_eq!(get(&url("/readyz"), &[]).await.status, StatusCode::OK);
+}
+
+/// The remote API finds a name as a user before a group: a planned change for a group
+/// that shares a user's name is not made (it would land on the user); what came before it
+/// stays made, and the command says where it stopped.
+#[tokio::test]
+async fn apply_stops_before_a_group_change_that_would_land_on_a_user() {
+    let mut w = drifted();
+    w.groups_of.insert("acme-guests".into(), Vec::new());
+    let (up, wiki) = start_wiki(w).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_for(dir.path(), &up, "");
+    let (code, out, err) = audit(&config, Some(SERVICE_TOKEN), &["--apply"]).await;
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("stopped after 0 of 2 change(s)")
+            && err.contains("a user is also named acme-guests"),
+        "{err}"
+    );
+    assert!(wiki.lock().unwrap().writes.is_empty());
 }
