@@ -951,6 +951,7 @@ async fn audit_finds_a_guest_in_sysop_and_apply_takes_him_out() {
         out.contains("  remove user Gary from wiki group sysop"),
         "{out}"
     );
+    assert!(out.contains("Plan: 1 change(s)"), "only that: {out}");
     assert!(
         groups_of_gary().await.to_string().contains("sysop"),
         "nothing changed without --apply"
