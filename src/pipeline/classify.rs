@@ -25,13 +25,13 @@ pub fn classify(profile: &RouteProfile, accepted: &Accepted, json_rewriting: boo
 }
 
 /// Content id → space key, shared by all snapshots (it depends on the wiki, not on policy).
-pub type ContentCache = moka::future::Cache<Box<str>, Arc<str>>;
+pub type ContentCache = moka::future::Cache<Box<str>, Arc<str>, foldhash::quality::RandomState>;
 
 pub fn content_cache(ttl: std::time::Duration) -> ContentCache {
     moka::future::Cache::builder()
         .max_capacity(100_000)
         .time_to_live(ttl)
-        .build()
+        .build_with_hasher(foldhash::quality::RandomState::default())
 }
 
 /// True when the route names content but no space: the space must be looked up.
@@ -56,6 +56,13 @@ pub async fn resolve_space(
         });
     };
     let key = lookup.cache_key(content);
+    // A hit (nearly every request) needs no loader future, which `try_get_with` builds
+    // and moves even when it finds the key.
+    if let Some(space) = cache.get(&key).await {
+        crate::telemetry::count(&crate::telemetry::CONTENT_LOOKUPS, 1);
+        route.space = Some(Box::from(&*space));
+        return Ok(());
+    }
     let fetched = std::sync::atomic::AtomicBool::new(false);
     let result = cache
         .try_get_with(key, async {
