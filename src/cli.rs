@@ -159,15 +159,9 @@ fn audit(path: &Path, plan: bool, apply: bool, json: bool) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match small_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let directory = match stored_directory(&config, &snapshot).await {
@@ -294,48 +288,43 @@ fn wait(path: &Path, timeout: Duration) -> ExitCode {
         Err(code) => return code,
     };
     let url = format!("http://{}/readyz", config.admin.listen);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match small_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<http_body_util::Empty<bytes::Bytes>>();
-        let deadline = tokio::time::Instant::now() + timeout;
-        let uri = match url.parse::<http::Uri>() {
-            Ok(uri) => uri,
+        use crate::http::client::{self, FetchError};
+        let http = match client::build::<http_body_util::Empty<bytes::Bytes>>(
+            None,
+            Duration::from_secs(2),
+        ) {
+            Ok(c) => c,
             Err(e) => {
-                eprintln!("cannot build the readiness address {url}: {e}");
+                eprintln!("cannot build the HTTP client: {e}");
                 return ExitCode::from(2);
             }
         };
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let asked = tokio::time::timeout(Duration::from_secs(2), client.get(uri.clone())).await;
-            let last = match asked {
-                Err(_) => format!("{url} did not answer within 2 s"),
-                Ok(Ok(resp)) if resp.status() == http::StatusCode::OK => {
+            let answer = match client::get_json_request(&url, http_body_util::Empty::new()) {
+                Ok(req) => client::fetch(&http, req, Duration::from_secs(2), 4096).await,
+                Err(e) => {
+                    eprintln!("cannot build the readiness request: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let last = match answer {
+                Ok(a) if a.status == http::StatusCode::OK => {
                     println!("ready: {url}");
                     return ExitCode::SUCCESS;
                 }
-                Ok(Ok(resp)) => format!("{url} answered {}", resp.status()),
-                Ok(Err(e)) => {
-                    // The client's own message is only "client error (Connect)"; its causes
-                    // say what happened (connection refused, …).
-                    let mut why = e.to_string();
-                    let mut cause = std::error::Error::source(&e);
-                    while let Some(c) = cause {
-                        why = format!("{why}: {c}");
-                        cause = c.source();
-                    }
-                    format!("{url} is not answering ({why})")
-                }
+                Ok(a) => format!("{url} answered {}", a.status),
+                Err(FetchError::Timeout { .. }) => format!("{url} did not answer within 2 s"),
+                // The cause, not the client's own "{url}: unreachable".
+                Err(e) => format!(
+                    "{url} is not answering ({})",
+                    std::error::Error::source(&e).map_or_else(|| e.to_string(), client::sentence)
+                ),
             };
             if tokio::time::Instant::now() >= deadline {
                 eprintln!("not ready after {}s: {last}", timeout.as_secs());
@@ -344,6 +333,17 @@ fn wait(path: &Path, timeout: Duration) -> ExitCode {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })
+}
+
+/// The runtime of a one-shot command (`audit`, `wait`): one thread is plenty.
+fn small_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("cannot start the runtime: {e}");
+            ExitCode::from(1)
+        })
 }
 
 fn load_config(path: &Path) -> Result<Config, ExitCode> {

@@ -96,7 +96,7 @@ impl WikiClient {
             .map_err(|e| AuditError::Setup(format!("{uri}: cannot build the request: {e}")))?;
         let fetched = client::fetch(&self.client, req, REQUEST_DEADLINE, MAX_ANSWER_BYTES)
             .await
-            .map_err(|e| AuditError::Unreachable(error_chain(&e)))?;
+            .map_err(|e| AuditError::Unreachable(client::sentence(&e)))?;
         self.keep_session(&fetched);
         if matches!(fetched.status.as_u16(), 401 | 403)
             && fetched.headers.contains_key(http::header::WWW_AUTHENTICATE)
@@ -173,16 +173,6 @@ pub fn json_of(what: &str, fetched: Fetched) -> Result<serde_json::Value, AuditE
             ),
         }),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text = format!("{text}: {c}");
-        cause = c.source();
-    }
-    text
 }
 
 /// `s` as it goes in a URL path segment or a query value.

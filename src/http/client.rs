@@ -293,6 +293,24 @@ where
     }
 }
 
+/// An error and each of its causes, joined by `: `: what a failed outbound request says
+/// in a log line or on a terminal (`client error (Connect): tcp connect error: Connection
+/// refused`), rather than the client's bare "client error (Connect)".
+pub fn sentence(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let more = e.to_string();
+        // Some errors repeat their cause in their own message.
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = e.source();
+    }
+    text
+}
+
 /// A `GET` of `uri` asking for JSON, with `empty` as its (empty) body.
 pub fn get_json_request<B>(uri: &str, empty: B) -> Result<Request<B>, FetchError> {
     Request::get(uri)

@@ -7,6 +7,7 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 
 use super::error::GatewayError;
 use crate::http::body::{ProxyBody, full_body};
+use crate::http::client::sentence;
 use crate::http::cookies;
 use crate::http::gateway_paths;
 use crate::http::page;
@@ -87,22 +88,6 @@ pub fn log(error: &GatewayError) {
         ),
         _ => tracing::warn!(error = %sentence(error), "request refused"),
     }
-}
-
-/// An error and each of its causes, joined by `: `.
-fn sentence(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        let more = e.to_string();
-        // Some errors repeat their cause in their own message.
-        if !text.ends_with(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = e.source();
-    }
-    text
 }
 
 /// The `error` field of the error body.

@@ -343,21 +343,12 @@ fn config_for(dir: &std::path::Path, wiki: &Upstream, extra: &str) -> String {
 }
 
 async fn audit(config: &str, auth: Option<&str>, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_guestgate"));
-    cmd.arg("audit").args(["--config", config]).args(args);
-    cmd.env_remove("RUST_LOG");
-    match auth {
-        Some(a) => cmd.env(AUTH_VAR, a),
-        None => cmd.env_remove(AUTH_VAR),
-    };
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let args = ["audit", "--config", config]
+        .iter()
+        .chain(args)
+        .map(|a| a.to_string())
+        .collect();
+    run_guestgate_async(args, vec![(AUTH_VAR.into(), auth.map(Into::into))]).await
 }
 
 #[tokio::test]

@@ -6,17 +6,7 @@ use std::process::Command;
 use crate::support::*;
 
 fn guestgate(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_guestgate"))
-        .args(args)
-        .env("GUESTGATE_HS256_SECRET", SECRET)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_guestgate(args, &[("GUESTGATE_HS256_SECRET", Some(SECRET))])
 }
 
 fn shipped() -> String {

@@ -870,23 +870,13 @@ async fn audit_finds_a_guest_in_sysop_and_apply_takes_him_out() {
         .replace("routes/confluence.toml", "routes/mediawiki.toml");
     std::fs::write(&path, &text).unwrap();
     let config = path.to_str().unwrap().to_string();
-    let audit = |args: &'static [&'static str], config: String| async move {
-        tokio::task::spawn_blocking(move || {
-            let out = Command::new(env!("CARGO_BIN_EXE_guestgate"))
-                .arg("audit")
-                .args(["--config", &config])
-                .args(args)
-                .env_remove("RUST_LOG")
-                .output()
-                .unwrap();
-            (
-                out.status.code().unwrap_or(-1),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
-        })
-        .await
-        .unwrap()
+    let audit = |args: &'static [&'static str], config: String| {
+        let args = ["audit", "--config", &config]
+            .iter()
+            .chain(args)
+            .map(|a| a.to_string())
+            .collect();
+        run_guestgate_async(args, Vec::new())
     };
     let (code, out, err) = audit(&[], config.clone()).await;
     assert_eq!(code, 0, "the seeded wiki agrees:\n{out}\n{err}");

@@ -39,6 +39,42 @@ mod upstream;
 pub use client::*;
 pub use gateway::*;
 
+/// Runs the real `guestgate` binary with `args`, `RUST_LOG` removed and `env` set (`None`:
+/// removed); its exit code, stdout and stderr.
+pub fn run_guestgate(args: &[&str], env: &[(&str, Option<&str>)]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_guestgate"));
+    cmd.args(args).env_remove("RUST_LOG");
+    for (name, value) in env {
+        match value {
+            Some(v) => cmd.env(name, v),
+            None => cmd.env_remove(name),
+        };
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// As [`run_guestgate`], off the async runtime.
+pub async fn run_guestgate_async(
+    args: Vec<String>,
+    env: Vec<(String, Option<String>)>,
+) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, Option<&str>)> = env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref()))
+            .collect();
+        run_guestgate(&args, &env)
+    })
+    .await
+    .unwrap()
+}
+
 /// A test whose outside program is missing here says so, one `SKIP <test>: <why>` line,
 /// where a plain `cargo test` shows it: written to stderr directly, because the harness
 /// captures only what `eprintln!` prints of passing tests. Where `require` is set (`.ci/run`
