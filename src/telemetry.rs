@@ -147,6 +147,15 @@ pub static SESSION_REFRESHES: [AtomicU64; 3] =
 pub static BUFFER_BUDGET_EXCEEDED: [AtomicU64; 3] =
     [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
 
+/// A gauge up or down by one.
+fn step(gauge: &AtomicU64, up: bool) {
+    if up {
+        gauge.fetch_add(1, Ordering::Relaxed);
+    } else {
+        gauge.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub fn count<const N: usize>(counter: &[AtomicU64; N], index: usize) {
     counter[index].fetch_add(1, Ordering::Relaxed);
 }
@@ -209,6 +218,9 @@ pub struct Metrics {
     revision: Mutex<String>,
     /// When a bundle poll last succeeded (a new bundle or 304), Unix seconds; 0: never.
     bundle_last_success: AtomicU64,
+    /// Client connections open now, and how many of those are parked.
+    client_connections: AtomicU64,
+    parked_connections: AtomicU64,
 }
 
 impl Metrics {
@@ -226,6 +238,17 @@ impl Metrics {
         self.decisions[family][usize::from(decided.decision.allow)].fetch_add(1, Ordering::Relaxed);
         self.decision_cache[usize::from(decided.cached)].fetch_add(1, Ordering::Relaxed);
         self.decision_latency.observe(decided.duration);
+    }
+
+    /// A client connection opened (`true`) or closed.
+    pub fn client_connection(&self, opened: bool) {
+        step(&self.client_connections, opened);
+    }
+
+    /// A client connection was parked (`true`: only its socket is held while it waits for
+    /// the client) or taken out of the parking.
+    pub fn parked_connection(&self, parked: bool) {
+        step(&self.parked_connections, parked);
     }
 
     pub fn set_revision(&self, revision: &str) {
@@ -365,6 +388,18 @@ impl Metrics {
                 "guestgate_bundle_last_success_timestamp_seconds {last}"
             );
         }
+        let open = self.client_connections.load(Ordering::Relaxed);
+        let parked = self.parked_connections.load(Ordering::Relaxed);
+        let _ = writeln!(out, "# TYPE guestgate_client_connections gauge");
+        let _ = writeln!(
+            out,
+            "guestgate_client_connections{{state=\"active\"}} {}",
+            open.saturating_sub(parked)
+        );
+        let _ = writeln!(
+            out,
+            "guestgate_client_connections{{state=\"parked\"}} {parked}"
+        );
         let revision = self.revision.lock().map(|r| r.clone()).unwrap_or_default();
         let _ = writeln!(out, "# TYPE guestgate_policy_revision gauge");
         let _ = writeln!(

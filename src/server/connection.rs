@@ -8,113 +8,326 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::FutureExt as _;
 use http::{Request, Response};
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::{Body as _, Incoming};
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::http::body::ProxyBody;
+use crate::http::body::{BoxError, ProxyBody};
 use crate::pipeline::Pipeline;
 use crate::pipeline::error::GatewayError;
 use crate::pipeline::forward::ConnInfo;
 use crate::pipeline::rescue::refusal;
 
-/// Serves one client connection until it ends. It is closed gracefully — the request in
-/// progress finishes, then the connection closes (HTTP/2: GOAWAY) — when the gateway shuts
-/// down or when no request has been in progress for `server.idle_timeout`.
-pub(super) async fn serve_connection<I>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
+/// The hyper builders proxy connections are served with.
+pub(super) struct Protocols {
+    /// HTTP/2, and any connection whose first bytes could still be the HTTP/2 preface.
+    pub auto: auto::Builder<TokioExecutor>,
+    /// Plain-text HTTP/1.1, served so that it can be parked between requests.
+    pub http1: http1::Builder,
+}
+
+/// How long a plain HTTP/1.1 connection must have been idle before it is parked: long
+/// enough that a connection in steady use is never parked between its requests (parking
+/// and unparking costs a few allocations), short enough that a burst of connections left
+/// open after one request each is parked before many of them pile up.
+const PARK_AFTER: Duration = Duration::from_millis(50);
+
+/// What a connection carries from one served stretch to the next. It counts the connection
+/// in the gateway's metrics while it lives.
+struct Session {
+    pipeline: Arc<Pipeline>,
+    /// Parked now: waiting for the client with only the socket held.
+    parked: bool,
+    activity: Arc<Activity>,
+    shutdown: watch::Receiver<bool>,
+    idle_timeout: Duration,
+    header_read_timeout: Duration,
+    send_timeout: Duration,
+    /// Set at shutdown for a connection that has not begun a request: when it must have.
+    first_request_wait: Option<tokio::time::Instant>,
+}
+
+impl Session {
+    fn new(
+        pipeline: &Arc<Pipeline>,
+        activity: Arc<Activity>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Session {
+        let server = &pipeline.config.server;
+        pipeline.metrics().client_connection(true);
+        // Shutting down already: the connection was accepted just before the listener closed.
+        let first_request_wait = shutdown
+            .borrow()
+            .then(|| tokio::time::Instant::now() + SHUTDOWN_FIRST_REQUEST_WAIT);
+        Session {
+            pipeline: pipeline.clone(),
+            parked: false,
+            activity,
+            shutdown,
+            idle_timeout: server.idle_timeout,
+            header_read_timeout: server.header_read_timeout,
+            send_timeout: server.send_timeout,
+            first_request_wait,
+        }
+    }
+
+    fn set_parked(&mut self, parked: bool) {
+        if self.parked != parked {
+            self.parked = parked;
+            self.pipeline.metrics().parked_connection(parked);
+        }
+    }
+
+    /// How long the connection may have no request in progress. One that has not begun a
+    /// single request is held to the header deadline: one that never sends a byte must not
+    /// keep its `max_connections` slot for a whole idle timeout.
+    fn idle_limit(&self) -> Duration {
+        if self.activity.served_any() {
+            self.idle_timeout
+        } else {
+            self.header_read_timeout.min(self.idle_timeout)
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.set_parked(false);
+        self.pipeline.metrics().client_connection(false);
+    }
+}
+
+/// Serves a plain-text client connection until it ends. Nothing is allocated for it until
+/// the client sends its first bytes; HTTP/1.1 connections idle for [`PARK_AFTER`] are
+/// parked — hyper's connection and its buffers are dropped, only the socket is kept — and
+/// served afresh when the client sends again, so that an idle keep-alive connection costs
+/// little more than its socket.
+pub(super) async fn serve_plain(
+    protocols: &Protocols,
+    stream: TcpStream,
     pipeline: Arc<Pipeline>,
     conn: ConnInfo,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     activity: Arc<Activity>,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let idle_timeout = pipeline.config.server.idle_timeout;
-    let send_timeout = pipeline.config.server.send_timeout;
-    // A connection that has not begun a single request is held to the header deadline:
-    // one that never sends a byte must not keep its `max_connections` slot for a whole
-    // idle timeout.
-    let first_request = pipeline.config.server.header_read_timeout.min(idle_timeout);
-    let service = {
-        let activity = activity.clone();
-        service_fn(move |req| {
-            let pipeline = pipeline.clone();
-            let busy = activity.begin();
-            // Boxed: hyper keeps a slot the size of this future for every connection, idle or
-            // not (its `in_flight`); a pointer there instead of the whole request future
-            // saves about 3.5 KB per idle keep-alive connection for one allocation per request.
-            let request: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
-                let response = respond(&pipeline, req, conn).await;
-                // The request stays in progress until its response body has been sent (or
-                // dropped), so a long download is never taken for an idle connection; and
-                // the body tells the connection when a frame waits for the client to take it.
-                let response =
-                    response.map(|body| WatchedBody { inner: body, busy }.boxed_unsync());
-                Ok::<_, Infallible>(response)
-            });
-            request
-        })
+) {
+    let mut session = Session::new(&pipeline, activity.clone(), shutdown);
+    if !await_request(&stream, &mut session).await {
+        return;
+    }
+    let mut head = [0u8; H2_PREFACE.len()];
+    let Ok(read @ 1..) = stream.peek(&mut head).await else {
+        return;
     };
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(connection);
+    let mut service = RequestService {
+        pipeline,
+        conn,
+        activity: activity.clone(),
+    };
+    if H2_PREFACE.starts_with(&head[..read]) {
+        // HTTP/2 with prior knowledge, or too few bytes yet to tell: the auto builder
+        // reads the preface itself. Such connections are not parked.
+        let connection = protocols
+            .auto
+            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let mut connection = Box::pin(connection);
+        drive(
+            &mut connection,
+            |c| c.as_mut().graceful_shutdown(),
+            false,
+            &mut session,
+        )
+        .await;
+        return;
+    }
+    let mut socket = ClientSocket {
+        unread: Bytes::new(),
+        stream,
+        activity,
+    };
+    loop {
+        let mut connection = Box::new(
+            protocols
+                .http1
+                .serve_connection(TokioIo::new(socket), service)
+                .with_upgrades(),
+        );
+        let graceful = |c: &mut Box<http1::UpgradeableConnection<_, _>>| {
+            Pin::new(&mut **c).graceful_shutdown()
+        };
+        if let Turn::Ended = drive(&mut connection, graceful, true, &mut session).await {
+            return;
+        }
+        // Nothing is in progress and everything written has been flushed: all hyper holds
+        // that must be kept is what it read of a request not yet begun.
+        let Some(parts) = connection.into_parts() else {
+            return;
+        };
+        service = parts.service;
+        socket = parts.io.into_inner();
+        socket.unread = if socket.unread.is_empty() {
+            parts.read_buf
+        } else {
+            [parts.read_buf, socket.unread].concat().into()
+        };
+        if socket.unread.is_empty() {
+            if !await_request(&socket.stream, &mut session).await {
+                return;
+            }
+        } else {
+            // Part of the next request had arrived. It is served at once, and not parked
+            // again until a request begins, so that a client trickling a request's head
+            // cannot restart hyper's header deadline by getting itself parked.
+            session.activity.clean.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Serves a TLS client connection until it ends (not parked: rustls's own buffers would
+/// stay, and the handshake may already have read the first request).
+pub(super) async fn serve_tls(
+    protocols: &Protocols,
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    pipeline: Arc<Pipeline>,
+    conn: ConnInfo,
+    shutdown: watch::Receiver<bool>,
+    activity: Arc<Activity>,
+) {
+    let mut session = Session::new(&pipeline, activity.clone(), shutdown);
+    let service = RequestService {
+        pipeline,
+        conn,
+        activity,
+    };
+    let connection = protocols
+        .auto
+        .serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let mut connection = Box::pin(connection);
+    drive(
+        &mut connection,
+        |c| c.as_mut().graceful_shutdown(),
+        false,
+        &mut session,
+    )
+    .await;
+}
+
+/// The client preface every HTTP/2 connection with prior knowledge begins with (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a proxied request is answered with.
+type ClientResponse = Response<UnsyncBoxBody<Bytes, BoxError>>;
+
+/// The service every request on a connection runs through.
+#[derive(Clone)]
+struct RequestService {
+    pipeline: Arc<Pipeline>,
+    conn: ConnInfo,
+    activity: Arc<Activity>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for RequestService {
+    type Response = ClientResponse;
+    type Error = Infallible;
+    // Boxed: hyper keeps a slot the size of this future for every connection, idle or not
+    // (its `in_flight`); a pointer there instead of the whole request future saves about
+    // 3.5 KB per idle keep-alive connection for one allocation per request.
+    type Future = Pin<Box<dyn Future<Output = Result<ClientResponse, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let pipeline = self.pipeline.clone();
+        let conn = self.conn;
+        let busy = self.activity.begin(req.body().is_end_stream());
+        Box::pin(async move {
+            let response = respond(&pipeline, req, conn).await;
+            // The request stays in progress until its response body has been sent (or
+            // dropped), so a long download is never taken for an idle connection; and the
+            // body tells the connection when a frame waits for the client to take it.
+            Ok(response.map(|body| WatchedBody { inner: body, busy }.boxed_unsync()))
+        })
+    }
+}
+
+/// How a served stretch of a connection ended.
+enum Turn {
+    /// The connection is over.
+    Ended,
+    /// It is idle and may be parked.
+    Park,
+}
+
+/// Serves `connection` until it ends or, where `parks`, until it is idle enough to park.
+/// It is closed gracefully — the request in progress finishes, then the connection closes
+/// (HTTP/2: GOAWAY) — when the gateway shuts down or when no request has been in progress
+/// for `server.idle_timeout`.
+async fn drive<C>(
+    connection: &mut C,
+    graceful_shutdown: impl Fn(&mut C),
+    parks: bool,
+    session: &mut Session,
+) -> Turn
+where
+    C: Future + Unpin,
+{
+    let activity = session.activity.clone();
     let mut closing = false;
     // Set when an idle connection is being closed. Nothing is in progress on it, so if the
     // client does not take part in the graceful close (an HTTP/2 client that never answers
     // the GOAWAY's PING) it is dropped after another `idle_timeout`: an idle client must not
     // be able to keep its connection — and its `max_connections` slot — for ever.
     let mut drop_at: Option<tokio::time::Instant> = None;
-    // Shutting down already: the connection was accepted just before the listener closed.
-    let mut first_request_wait = shutdown
-        .borrow()
-        .then(|| tokio::time::Instant::now() + SHUTDOWN_FIRST_REQUEST_WAIT);
     let (mut last_progress, mut strikes) = (0u64, 0u32);
     // Periodic, whether or not a request is in progress: arming it when a request begins
     // would cost every request a wake-up, and an idle connection never strikes.
-    let stall_period = send_timeout / 2;
+    let stall_period = session.send_timeout / 2;
     let mut stall_check = tokio::time::Instant::now() + stall_period;
     loop {
-        let limit = if activity.served_any() {
-            idle_timeout
-        } else {
-            first_request
-        };
-        let idle_at = tokio::time::Instant::from_std(activity.idle_deadline(limit));
+        let limit = session.idle_limit();
+        let may_park = parks && session.first_request_wait.is_none();
+        // One timer for both: closing when idle too long, parking when idle a little.
+        let mut check_at = activity.idle_deadline(limit);
+        if may_park {
+            check_at = check_at.min(activity.idle_deadline(PARK_AFTER));
+        }
         tokio::select! {
-            _ = connection.as_mut() => break,
+            _ = &mut *connection => return Turn::Ended,
             // At capacity the listener evicts the oldest connection that never began a
             // request, rather than refuse a new one (server/mod.rs).
             _ = activity.evict.notified(), if !activity.served_any() => {
                 tracing::debug!("never-used connection evicted for a new one");
-                break;
+                return Turn::Ended;
             }
-            _ = shutdown.changed(), if !closing && first_request_wait.is_none() => {
+            _ = session.shutdown.changed(), if !closing && session.first_request_wait.is_none() => {
                 if activity.served_any() {
-                    connection.as_mut().graceful_shutdown();
+                    graceful_shutdown(connection);
                     closing = true;
                 } else {
                     // Accepted, its request perhaps already in the socket but not read yet:
                     // closing now would leave a request sent and never answered. It gets a
                     // moment to begin one, which is then answered (and the connection closed).
-                    first_request_wait = Some(tokio::time::Instant::now() + SHUTDOWN_FIRST_REQUEST_WAIT);
+                    session.first_request_wait = Some(tokio::time::Instant::now() + SHUTDOWN_FIRST_REQUEST_WAIT);
                 }
             }
-            _ = sleep_until_some(first_request_wait), if !closing => {
-                connection.as_mut().graceful_shutdown();
+            _ = sleep_until_some(session.first_request_wait), if !closing => {
+                graceful_shutdown(connection);
                 closing = true;
             }
-            _ = tokio::time::sleep_until(idle_at), if !closing => {
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(check_at)), if !closing => {
                 if activity.idle_for() >= limit {
-                    connection.as_mut().graceful_shutdown();
+                    graceful_shutdown(connection);
                     closing = true;
                     drop_at = Some(tokio::time::Instant::now() + limit);
+                } else if may_park && activity.parkable(PARK_AFTER) {
+                    return Turn::Park;
                 }
             }
             _ = tokio::time::sleep_until(stall_check) => {
@@ -131,17 +344,123 @@ pub(super) async fn serve_connection<I>(
                 stall_check = tokio::time::Instant::now() + stall_period;
                 if strikes >= 2 {
                     tracing::debug!("client stopped reading; connection dropped");
-                    break;
+                    return Turn::Ended;
                 }
             }
             _ = sleep_until_some(drop_at) => {
                 if activity.idle_for() >= limit {
                     tracing::debug!("idle connection did not close gracefully; dropped");
-                    break;
+                    return Turn::Ended;
                 }
                 drop_at = Some(tokio::time::Instant::now() + limit);
             }
         }
+    }
+}
+
+/// Waits, holding nothing but the socket, until the client sends something: `false` when
+/// the connection is to be closed instead — evicted, idle too long, or the gateway shutting
+/// down (a connection that has not begun a request gets a moment to begin one first).
+/// A parked connection that has served requests may stay idle for the shorter of
+/// `idle_timeout` and `header_read_timeout`, as it could unparked: hyper runs its header
+/// timer while a connection waits for its next request.
+async fn await_request(stream: &TcpStream, session: &mut Session) -> bool {
+    session.set_parked(true);
+    let woken = wait_parked(stream, session).await;
+    session.set_parked(false);
+    woken
+}
+
+async fn wait_parked(stream: &TcpStream, session: &mut Session) -> bool {
+    let activity = session.activity.clone();
+    loop {
+        let limit = session.idle_limit().min(session.header_read_timeout);
+        let idle_at = tokio::time::Instant::from_std(activity.idle_deadline(limit));
+        tokio::select! {
+            ready = stream.readable() => return ready.is_ok(),
+            _ = activity.evict.notified(), if !activity.served_any() => {
+                tracing::debug!("never-used connection evicted for a new one");
+                return false;
+            }
+            _ = session.shutdown.changed(), if session.first_request_wait.is_none() => {
+                if activity.served_any() {
+                    return false;
+                }
+                session.first_request_wait = Some(tokio::time::Instant::now() + SHUTDOWN_FIRST_REQUEST_WAIT);
+            }
+            _ = sleep_until_some(session.first_request_wait) => return false,
+            _ = tokio::time::sleep_until(idle_at) => {
+                if activity.idle_for() >= limit {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// The client socket as hyper sees it: bytes an earlier stretch read but did not use come
+/// first, and whether everything hyper wrote has been flushed is kept where the
+/// connection can see it (a connection is parked only when it has).
+struct ClientSocket {
+    unread: Bytes,
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for ClientSocket {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread.split_to(n));
+            return std::task::Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientSocket {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.activity.unflushed.store(true, Ordering::Relaxed);
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.activity.unflushed.store(true, Ordering::Relaxed);
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let flushed = Pin::new(&mut self.stream).poll_flush(cx);
+        if let std::task::Poll::Ready(Ok(())) = flushed {
+            self.activity.unflushed.store(false, Ordering::Relaxed);
+        }
+        flushed
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -169,6 +488,12 @@ pub(super) struct Activity {
     waiting_on_client: std::sync::atomic::AtomicBool,
     /// Counts hyper's requests for response frames: unchanged while the client reads nothing.
     progress: AtomicU64,
+    /// The last request began with no body: once it is answered, nothing of it is left for
+    /// hyper to read (a body the pipeline did not read, hyper drains after the response —
+    /// parked then, the rest of that body would be read as the next request).
+    clean: std::sync::atomic::AtomicBool,
+    /// hyper has written bytes it has not flushed yet (the client is not reading).
+    unflushed: std::sync::atomic::AtomicBool,
 }
 
 /// A request in progress on a connection; dropping it marks the connection active now.
@@ -183,6 +508,8 @@ impl Activity {
             served: std::sync::atomic::AtomicBool::new(false),
             waiting_on_client: std::sync::atomic::AtomicBool::new(false),
             progress: AtomicU64::new(0),
+            clean: std::sync::atomic::AtomicBool::new(false),
+            unflushed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -195,8 +522,9 @@ impl Activity {
         self.evict.notify_one();
     }
 
-    fn begin(self: &Arc<Self>) -> Busy {
+    fn begin(self: &Arc<Self>, bodiless: bool) -> Busy {
         self.served.store(true, Ordering::Relaxed);
+        self.clean.store(bodiless, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.touch();
         Busy(self.clone())
@@ -215,6 +543,15 @@ impl Activity {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .elapsed()
+    }
+
+    /// Whether the connection may be parked now: it has served a request, none is in
+    /// progress or left half-read, all it wrote is flushed, and it has been idle `for_at_least`.
+    fn parkable(&self, for_at_least: Duration) -> bool {
+        self.served_any()
+            && self.clean.load(Ordering::Relaxed)
+            && !self.unflushed.load(Ordering::Relaxed)
+            && self.idle_for() >= for_at_least
     }
 
     /// When the connection will have been idle for `timeout`, if nothing happens before.
@@ -243,14 +580,14 @@ impl hyper::body::Body for WatchedBody {
     type Error = crate::http::body::BoxError;
 
     fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
         let this = &mut *self;
         let activity = &this.busy.0;
         activity.progress.fetch_add(1, Ordering::Relaxed);
         activity.waiting_on_client.store(false, Ordering::Relaxed);
-        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let std::task::Poll::Ready(Some(Ok(_))) = &polled {
             activity.waiting_on_client.store(true, Ordering::Relaxed);
         }
@@ -367,7 +704,7 @@ mod tests {
     #[test]
     fn activity_counts_idle_time_only_between_requests() {
         let activity = Arc::new(Activity::new());
-        let busy = activity.begin();
+        let busy = activity.begin(true);
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(activity.idle_for(), Duration::ZERO, "busy is not idle");
         drop(busy);

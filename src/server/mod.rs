@@ -25,7 +25,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::config::TlsFiles;
 use crate::gateway::Gateway;
 use crate::pipeline::forward::ConnInfo;
-use connection::{Activity, serve_connection};
+use connection::{Activity, Protocols, serve_plain, serve_tls};
 use workers::Workers;
 
 /// Why the listeners could not start.
@@ -127,22 +127,28 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
         crate::snapshot::follow::start(&gw.store);
     }
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper also runs the header timer while an idle HTTP/1.1 connection waits for its next
-    // request, so that wait ends at the shorter of this and `idle_timeout`.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.server.header_read_timeout)
-        .max_buf_size(config.server.max_header_bytes.max(8192) + 1024)
-        .max_headers(config.server.max_headers);
-    builder
-        .http2()
+    let mut auto = auto::Builder::new(TokioExecutor::new());
+    // The same HTTP/1.1 limits on both builders. hyper also runs the header timer while an
+    // idle HTTP/1.1 connection waits for its next request, so that wait ends at the shorter
+    // of this and `idle_timeout`.
+    macro_rules! http1_limits {
+        ($builder:expr) => {
+            $builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(config.server.header_read_timeout)
+                .max_buf_size(config.server.max_header_bytes.max(8192) + 1024)
+                .max_headers(config.server.max_headers)
+        };
+    }
+    http1_limits!(auto.http1());
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1_limits!(http1);
+    auto.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(config.server.max_header_bytes as u32)
         .max_concurrent_streams(config.server.h2_max_concurrent_streams)
         .max_pending_accept_reset_streams(config.server.h2_max_pending_reset_streams);
-    let builder = Arc::new(builder);
+    let protocols = Arc::new(Protocols { auto, http1 });
 
     let proxy_task = {
         let pipeline = gw.pipeline.clone();
@@ -204,7 +210,7 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
                         // that serves it.
                         let Ok(stream) = stream.into_std() else { continue };
                         let pipeline = pipeline.clone();
-                        let builder = builder.clone();
+                        let protocols = protocols.clone();
                         let tls = tls.clone();
                         let shutdown = rx.clone();
                         workers.spawn(async move {
@@ -230,9 +236,9 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
                                     let Ok(Ok(stream)) = tokio::time::timeout(timeout, handshake).await else {
                                         return;
                                     };
-                                    serve_connection(&builder, stream, pipeline, conn, shutdown, activity).await;
+                                    serve_tls(&protocols, stream, pipeline, conn, shutdown, activity).await;
                                 }
-                                None => serve_connection(&builder, stream, pipeline, conn, shutdown, activity).await,
+                                None => serve_plain(&protocols, stream, pipeline, conn, shutdown, activity).await,
                             }
                         });
                     }

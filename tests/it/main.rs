@@ -23,6 +23,7 @@ mod lifecycle;
 mod limits;
 mod mediawiki;
 mod operations;
+mod parking;
 mod policy_cases;
 mod policy_equivalence;
 mod proxy;
