@@ -103,6 +103,9 @@ cat > "$WORK/guestgate.toml" <<CONF
 [server]
 listen = "127.0.0.1:18083"
 max_connections = 20000
+# The idle connections below must still be open when RSS is read (the default, 10 s, closes
+# a keep-alive connection that long idle, as hyper's header timer did before parking).
+header_read_timeout_secs = 120
 workers = $PROXY_WORKERS
 [upstream]
 url = "http://127.0.0.1:18080"
@@ -302,9 +305,18 @@ for _ in range(int(sys.argv[1])):
     except OSError as e:
         print("stopped at", len(conns), "connections:", e); break
 answered = sum(1 for s in conns if s.recv(4096).startswith(b"HTTP/1.1 "))
-print(f"  {len(conns)} connections open, {answered} answered and idle")
 open(sys.argv[3], "w").close()
-time.sleep(6)
+time.sleep(1.5)
+def is_open(s):
+    try:
+        return s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+still = sum(1 for s in conns if is_open(s))
+print(f"  {len(conns)} connections opened, {answered} answered, {still} still open when RSS was read")
+time.sleep(4.5)
 PY
   holder=$!
   for _ in $(seq 600); do [ -e "$WORK/idle-ready" ] && break; sleep 0.1; done

@@ -107,6 +107,9 @@ pub struct ServerConfig {
     /// Open connections from one client address at most; 0: no such cap
     /// (`server.max_connections_per_client`). Behind a proxy every client is the proxy.
     pub max_connections_per_client: usize,
+    /// Connections the kernel queues for the proxy listener until they are accepted
+    /// (`listen(2)`'s backlog; Linux caps it at `net.core.somaxconn`).
+    pub listen_backlog: u32,
     /// Bytes of bodies held in memory at once, all requests together
     /// (`server.buffer_budget_bytes`; see `pipeline::limits::BufferBudget`).
     pub buffer_budget_bytes: usize,

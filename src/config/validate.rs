@@ -418,6 +418,9 @@ impl Validator {
         if s.max_connections > 1 << 20 {
             self.error("server.max_connections", "must be at most 1048576");
         }
+        if !(1..=65535).contains(&s.listen_backlog) {
+            self.error("server.listen_backlog", "must be between 1 and 65535");
+        }
         if s.max_upstream_in_flight > 1 << 20 {
             self.error("server.max_upstream_in_flight", "must be at most 1048576");
         }
@@ -461,6 +464,7 @@ impl Validator {
             idle_timeout: self.secs("server.idle_timeout_secs", s.idle_timeout_secs),
             max_connections: s.max_connections,
             max_connections_per_client: s.max_connections_per_client,
+            listen_backlog: s.listen_backlog,
             buffer_budget_bytes: usize::try_from(s.buffer_budget_bytes).unwrap_or(usize::MAX),
             h2_max_concurrent_streams: s.h2_max_concurrent_streams,
             h2_max_pending_reset_streams: s.h2_max_pending_reset_streams,

@@ -140,12 +140,12 @@ pub(super) async fn serve_plain(
             .auto
             .serve_connection_with_upgrades(TokioIo::new(stream), service);
         let mut connection = Box::pin(connection);
-        drive(
+        Box::pin(drive(
             &mut connection,
             |c| c.as_mut().graceful_shutdown(),
             false,
             &mut session,
-        )
+        ))
         .await;
         return;
     }
@@ -164,7 +164,9 @@ pub(super) async fn serve_plain(
         let graceful = |c: &mut Box<http1::UpgradeableConnection<_, _>>| {
             Pin::new(&mut **c).graceful_shutdown()
         };
-        if let Turn::Ended = drive(&mut connection, graceful, true, &mut session).await {
+        // Boxed, as the connection is: a parked connection's task holds neither.
+        let turn = Box::pin(drive(&mut connection, graceful, true, &mut session)).await;
+        if let Turn::Ended = turn {
             return;
         }
         // Nothing is in progress and everything written has been flushed: all hyper holds
@@ -174,11 +176,15 @@ pub(super) async fn serve_plain(
         };
         service = parts.service;
         socket = parts.io.into_inner();
-        socket.unread = if socket.unread.is_empty() {
-            parts.read_buf
+        // Copied, and dropped here: hyper's `read_buf` is a view of its whole read buffer,
+        // which would otherwise stay allocated for as long as the connection is parked.
+        let read_buf = parts.read_buf;
+        socket.unread = if read_buf.is_empty() && socket.unread.is_empty() {
+            Bytes::new()
         } else {
-            [parts.read_buf, socket.unread].concat().into()
+            [&read_buf[..], &socket.unread[..]].concat().into()
         };
+        drop(read_buf);
         if socket.unread.is_empty() {
             if !await_request(&socket.stream, &mut session).await {
                 return;
@@ -375,7 +381,11 @@ async fn wait_parked(stream: &TcpStream, session: &mut Session) -> bool {
     let activity = session.activity.clone();
     loop {
         let limit = session.idle_limit().min(session.header_read_timeout);
-        let idle_at = tokio::time::Instant::from_std(activity.idle_deadline(limit));
+        // One timer: a parked connection is small, and each timer is a tenth of it.
+        let mut wake_at = tokio::time::Instant::from_std(activity.idle_deadline(limit));
+        if let Some(at) = session.first_request_wait {
+            wake_at = wake_at.min(at);
+        }
         tokio::select! {
             ready = stream.readable() => return ready.is_ok(),
             _ = activity.evict.notified(), if !activity.served_any() => {
@@ -388,9 +398,11 @@ async fn wait_parked(stream: &TcpStream, session: &mut Session) -> bool {
                 }
                 session.first_request_wait = Some(tokio::time::Instant::now() + SHUTDOWN_FIRST_REQUEST_WAIT);
             }
-            _ = sleep_until_some(session.first_request_wait) => return false,
-            _ = tokio::time::sleep_until(idle_at) => {
-                if activity.idle_for() >= limit {
+            _ = tokio::time::sleep_until(wake_at) => {
+                let shutdown_wait_over = session
+                    .first_request_wait
+                    .is_some_and(|at| at <= tokio::time::Instant::now());
+                if shutdown_wait_over || activity.idle_for() >= limit {
                     return false;
                 }
             }

@@ -85,6 +85,20 @@ fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServerErr
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Binds the proxy listener with `backlog` (tokio's `TcpListener::bind` listens with 128,
+/// which a burst of new connections overflows: measured, a client opening connections one
+/// after another had a SYN dropped — and waited a second to retry — every few hundred).
+fn bind_with_backlog(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// How long the accept loop pauses after a failed `accept` (out of file descriptors, say),
 /// so that the failure does not become a busy loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -99,12 +113,12 @@ const TURN_AWAY_TIME: Duration = Duration::from_secs(1);
 pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
     let config = gw.config.clone();
     let tls = config.server.tls.as_ref().map(tls_acceptor).transpose()?;
-    let proxy = TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
+    let proxy = bind_with_backlog(config.server.listen, config.server.listen_backlog).map_err(
+        |source| ServerError::Bind {
             addr: config.server.listen,
             source,
-        })?;
+        },
+    )?;
     let admin = TcpListener::bind(config.admin.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -220,7 +234,7 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
                                 // The evicted connection gives its slot back at once; a
                                 // new one that still finds none is closed.
                                 Slot::Soon(connections) => {
-                                    match tokio::time::timeout(EVICTION_WAIT, connections.acquire_owned()).await {
+                                    match Box::pin(tokio::time::timeout(EVICTION_WAIT, connections.acquire_owned())).await {
                                         Ok(Ok(slot)) => slot,
                                         _ => return,
                                     }
@@ -228,8 +242,11 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
                             };
                             let Ok(stream) = TcpStream::from_std(stream) else { return };
                             let conn = ConnInfo { remote, tls: tls.is_some() };
+                            // Boxed, the TLS path: this task lives as long as its connection, and
+                            // a parked plain-text connection should not carry the handshake's
+                            // state in it.
                             match tls {
-                                Some(acceptor) => {
+                                Some(acceptor) => Box::pin(async move {
                                     // A client that never finishes the handshake must not hold the slot.
                                     let timeout = pipeline.config.server.header_read_timeout;
                                     let handshake = acceptor.accept(stream);
@@ -237,7 +254,7 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
                                         return;
                                     };
                                     serve_tls(&protocols, stream, pipeline, conn, shutdown, activity).await;
-                                }
+                                }).await,
                                 None => serve_plain(&protocols, stream, pipeline, conn, shutdown, activity).await,
                             }
                         });

@@ -81,13 +81,17 @@ fn invalid_config_exits_2_naming_file_and_line() {
 
     std::fs::write(
         &path,
-        "[upstream]\nurl = \"http://127.0.0.1:8090\"\n[server]\nworkers = 5000\n",
+        "[upstream]\nurl = \"http://127.0.0.1:8090\"\n[server]\nworkers = 5000\nlisten_backlog = 0\n",
     )
     .unwrap();
     let (code, _, err) = guestgate(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(
         err.contains("server.workers: must be at most 1024"),
+        "{err}"
+    );
+    assert!(
+        err.contains("server.listen_backlog: must be between 1 and 65535"),
         "{err}"
     );
 
