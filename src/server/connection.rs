@@ -50,9 +50,6 @@ struct Session {
     parked: bool,
     activity: Arc<Activity>,
     shutdown: watch::Receiver<bool>,
-    idle_timeout: Duration,
-    header_read_timeout: Duration,
-    send_timeout: Duration,
     /// Set at shutdown for a connection that has not begun a request: when it must have.
     first_request_wait: Option<tokio::time::Instant>,
 }
@@ -63,7 +60,6 @@ impl Session {
         activity: Arc<Activity>,
         shutdown: watch::Receiver<bool>,
     ) -> Session {
-        let server = &pipeline.config.server;
         pipeline.metrics().client_connection(true);
         // Shutting down already: the connection was accepted just before the listener closed.
         let first_request_wait = shutdown
@@ -74,9 +70,6 @@ impl Session {
             parked: false,
             activity,
             shutdown,
-            idle_timeout: server.idle_timeout,
-            header_read_timeout: server.header_read_timeout,
-            send_timeout: server.send_timeout,
             first_request_wait,
         }
     }
@@ -92,11 +85,16 @@ impl Session {
     /// single request is held to the header deadline: one that never sends a byte must not
     /// keep its `max_connections` slot for a whole idle timeout.
     fn idle_limit(&self) -> Duration {
+        let server = &self.pipeline.config.server;
         if self.activity.served_any() {
-            self.idle_timeout
+            server.idle_timeout
         } else {
-            self.header_read_timeout.min(self.idle_timeout)
+            server.header_read_timeout.min(server.idle_timeout)
         }
+    }
+
+    fn header_read_timeout(&self) -> Duration {
+        self.pipeline.config.server.header_read_timeout
     }
 }
 
@@ -107,8 +105,8 @@ impl Drop for Session {
     }
 }
 
-/// Serves a plain-text client connection until it ends. Nothing is allocated for it until
-/// the client sends its first bytes; HTTP/1.1 connections idle for [`PARK_AFTER`] are
+/// Serves a plain-text client connection until it ends. hyper's connection is not built
+/// until the client sends its first bytes; HTTP/1.1 connections idle for [`PARK_AFTER`] are
 /// parked — hyper's connection and its buffers are dropped, only the socket is kept — and
 /// served afresh when the client sends again, so that an idle keep-alive connection costs
 /// little more than its socket.
@@ -294,7 +292,7 @@ where
     let (mut last_progress, mut strikes) = (0u64, 0u32);
     // Periodic, whether or not a request is in progress: arming it when a request begins
     // would cost every request a wake-up, and an idle connection never strikes.
-    let stall_period = session.send_timeout / 2;
+    let stall_period = session.pipeline.config.server.send_timeout / 2;
     let mut stall_check = tokio::time::Instant::now() + stall_period;
     loop {
         let limit = session.idle_limit();
@@ -380,7 +378,7 @@ async fn await_request(stream: &TcpStream, session: &mut Session) -> bool {
 async fn wait_parked(stream: &TcpStream, session: &mut Session) -> bool {
     let activity = session.activity.clone();
     loop {
-        let limit = session.idle_limit().min(session.header_read_timeout);
+        let limit = session.idle_limit().min(session.header_read_timeout());
         // One timer: a parked connection is small, and each timer is a tenth of it.
         let mut wake_at = tokio::time::Instant::from_std(activity.idle_deadline(limit));
         if let Some(at) = session.first_request_wait {
