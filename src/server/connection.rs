@@ -269,7 +269,8 @@ enum Turn {
     Park,
 }
 
-/// Serves `connection` until it ends or, where `parks`, until it is idle enough to park.
+/// Serves `connection` until it ends or, where `parks` (a plain HTTP/1.1 connection), until
+/// it is idle enough to park.
 /// It is closed gracefully — the request in progress finishes, then the connection closes
 /// (HTTP/2: GOAWAY) — when the gateway shuts down or when no request has been in progress
 /// for `server.idle_timeout`.
@@ -295,7 +296,14 @@ where
     let stall_period = session.pipeline.config.server.send_timeout / 2;
     let mut stall_check = tokio::time::Instant::now() + stall_period;
     loop {
-        let limit = session.idle_limit();
+        // On a plain HTTP/1.1 connection hyper runs no header timer (server/mod.rs): with
+        // no request in progress — none begun, or the next one's head still arriving — it
+        // is closed at the header deadline here, as hyper's timer would.
+        let limit = if parks {
+            session.idle_limit().min(session.header_read_timeout())
+        } else {
+            session.idle_limit()
+        };
         let may_park = parks && session.first_request_wait.is_none();
         // One timer for both: closing when idle too long, parking when idle a little.
         let mut check_at = activity.idle_deadline(limit);

@@ -142,21 +142,23 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
     }
 
     let mut auto = auto::Builder::new(TokioExecutor::new());
-    // The same HTTP/1.1 limits on both builders. hyper also runs the header timer while an
-    // idle HTTP/1.1 connection waits for its next request, so that wait ends at the shorter
-    // of this and `idle_timeout`.
+    // The same HTTP/1.1 limits on both builders.
     macro_rules! http1_limits {
         ($builder:expr) => {
             $builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(config.server.header_read_timeout)
                 .max_buf_size(config.server.max_header_bytes.max(8192) + 1024)
                 .max_headers(config.server.max_headers)
         };
     }
-    http1_limits!(auto.http1());
+    // hyper also runs the header timer while an idle HTTP/1.1 connection waits for its next
+    // request, so that wait ends at the shorter of this and `idle_timeout`. On the plain
+    // HTTP/1.1 builder the connection enforces the same deadline itself
+    // (`connection::drive`): hyper's timer is armed and dropped for every request.
+    http1_limits!(auto.http1())
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.server.header_read_timeout);
     let mut http1 = hyper::server::conn::http1::Builder::new();
-    http1_limits!(http1);
+    http1_limits!(http1).header_read_timeout(None);
     auto.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(config.server.max_header_bytes as u32)

@@ -199,6 +199,53 @@ async fn a_connection_that_never_sends_a_byte_is_closed_at_the_header_deadline()
     );
 }
 
+/// A request head that stops arriving is cut off at the header deadline, on a new connection
+/// and between requests on a kept-alive one (parked meanwhile or not): a slow loris keeps
+/// neither the connection nor its slot.
+#[tokio::test]
+async fn a_request_head_that_stops_arriving_is_cut_off_at_the_header_deadline() {
+    let up = start_upstream().await;
+    let gw = start_gateway(with_server(
+        &up.url(),
+        "idle_timeout_secs = 60\nheader_read_timeout_secs = 1",
+    ))
+    .await;
+    let mut fresh = TcpStream::connect(gw.addr).await.unwrap();
+    fresh
+        .write_all(b"GET /login.action HTTP/1.1\r\nHost: gw\r\nX-Slow")
+        .await
+        .unwrap();
+    let closed = time_to_close(&mut fresh, Duration::from_secs(10)).await;
+    let closed = closed.expect("a half-sent first head is cut off");
+    assert!(closed < Duration::from_secs(4), "closed after {closed:?}");
+
+    let mut kept = TcpStream::connect(gw.addr).await.unwrap();
+    kept.write_all(b"GET /login.action HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 512];
+    let n = kept.read(&mut answer).await.unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 "));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kept.write_all(b"GET /login.action HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), kept.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "a half-sent second head is cut off");
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("HTTP/1.1 2"),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn idle_connections_are_closed_after_the_idle_timeout() {
     let up = start_upstream().await;
