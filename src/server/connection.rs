@@ -136,17 +136,7 @@ pub(super) async fn serve_plain(
     if H2_PREFACE.starts_with(&head[..read]) {
         // HTTP/2 with prior knowledge, or too few bytes yet to tell: the auto builder
         // reads the preface itself. Such connections are not parked.
-        let connection = protocols
-            .auto
-            .serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let mut connection = Box::pin(connection);
-        Box::pin(drive(
-            &mut connection,
-            |c| c.as_mut().graceful_shutdown(),
-            false,
-            &mut session,
-        ))
-        .await;
+        Box::pin(serve_auto(protocols, stream, service, &mut session)).await;
         return;
     }
     let mut socket = ClientSocket {
@@ -191,8 +181,8 @@ pub(super) async fn serve_plain(
             }
         } else {
             // Part of the next request had arrived. It is served at once, and not parked
-            // again until a request begins, so that a client trickling a request's head
-            // cannot restart hyper's header deadline by getting itself parked.
+            // again until a request begins: still idle past `PARK_AFTER`, it would otherwise
+            // be parked and woken again at once, over and over, while the head trickles in.
             session.activity.clean.store(false, Ordering::Relaxed);
         }
     }
@@ -214,15 +204,23 @@ pub(super) async fn serve_tls(
         conn,
         activity,
     };
+    serve_auto(protocols, stream, service, &mut session).await;
+}
+
+/// Serves a connection with the auto builder (HTTP/2, or HTTP/1.1 over TLS) to its end.
+async fn serve_auto<I>(protocols: &Protocols, io: I, service: RequestService, session: &mut Session)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let connection = protocols
         .auto
-        .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
     let mut connection = Box::pin(connection);
     drive(
         &mut connection,
         |c| c.as_mut().graceful_shutdown(),
         false,
-        &mut session,
+        session,
     )
     .await;
 }
