@@ -14,6 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use futures_util::FutureExt as _;
 use tokio::sync::oneshot;
 
 struct Worker {
@@ -93,10 +94,10 @@ impl Workers {
         };
         worker.open.fetch_add(1, Ordering::Relaxed);
         let open = OpenConnection(worker.open.clone());
-        worker.handle.spawn(async move {
-            let _open = open;
-            connection.await;
-        });
+        // A combinator, not an `async move` block awaiting `connection`: such a block keeps
+        // the captured future and the awaited one side by side, and the task — alive as long
+        // as its connection, idle or not — was twice as large (2,776 bytes instead of 1,392).
+        worker.handle.spawn(connection.map(move |()| drop(open)));
     }
 
     /// Stops every worker and waits for its thread to end.
