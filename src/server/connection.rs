@@ -112,78 +112,92 @@ impl Drop for Session {
 /// parked — hyper's connection and its buffers are dropped, only the socket is kept — and
 /// served afresh when the client sends again, so that an idle keep-alive connection costs
 /// little more than its socket.
-pub(super) async fn serve_plain(
-    protocols: &Protocols,
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice"
+)]
+pub(super) fn serve_plain<'a>(
+    protocols: &'a Protocols,
     stream: TcpStream,
     pipeline: Arc<Pipeline>,
     conn: ConnInfo,
     shutdown: watch::Receiver<bool>,
     activity: Arc<Activity>,
-) {
-    let mut session = Session::new(&pipeline, activity.clone(), shutdown);
-    if !await_request(&stream, &mut session).await {
-        return;
-    }
-    let mut head = [0u8; H2_PREFACE.len()];
-    let Ok(read @ 1..) = stream.peek(&mut head).await else {
-        return;
-    };
-    let mut service = RequestService {
-        pipeline,
-        conn,
-        activity: activity.clone(),
-    };
-    if H2_PREFACE.starts_with(&head[..read]) {
-        // HTTP/2 with prior knowledge, or too few bytes yet to tell: the auto builder
-        // reads the preface itself. Such connections are not parked.
-        Box::pin(serve_auto(protocols, stream, service, &mut session)).await;
-        return;
-    }
-    let mut socket = ClientSocket {
-        unread: Bytes::new(),
-        stream,
-        activity,
-    };
-    loop {
-        let mut connection = Box::new(
-            protocols
-                .http1
-                .serve_connection(TokioIo::new(socket), service)
-                .with_upgrades(),
-        );
-        let graceful = |c: &mut Box<http1::UpgradeableConnection<_, _>>| {
-            Pin::new(&mut **c).graceful_shutdown()
-        };
-        // Boxed, as the connection is: a parked connection's task holds neither.
-        let turn = Box::pin(drive(&mut connection, graceful, true, &mut session)).await;
-        if let Turn::Ended = turn {
+) -> impl Future<Output = ()> + Send + 'a {
+    // Not an `async fn`, which copies its arguments into locals: both copies would stay
+    // in every connection's task (-Zprint-type-sizes).
+    async move {
+        let mut session = Session::new(&pipeline, activity.clone(), shutdown);
+        if !await_request(&stream, &mut session).await {
             return;
         }
-        // Nothing is in progress and everything written has been flushed: all hyper holds
-        // that must be kept is what it read of a request not yet begun.
-        let Some(parts) = connection.into_parts() else {
+        // Scoped, as `parts` below: a local's storage outlives its last use to the end of its
+        // scope, and would take room in every parked connection's task.
+        let may_be_http2 = {
+            let mut head = [0u8; H2_PREFACE.len()];
+            let Ok(read @ 1..) = stream.peek(&mut head).await else {
+                return;
+            };
+            H2_PREFACE.starts_with(&head[..read])
+        };
+        let mut service = RequestService {
+            pipeline,
+            conn,
+            activity: activity.clone(),
+        };
+        if may_be_http2 {
+            // HTTP/2 with prior knowledge, or too few bytes yet to tell: the auto builder
+            // reads the preface itself. Such connections are not parked.
+            Box::pin(serve_auto(protocols, stream, service, &mut session)).await;
             return;
+        }
+        let mut socket = ClientSocket {
+            unread: Bytes::new(),
+            stream,
+            activity,
         };
-        service = parts.service;
-        socket = parts.io.into_inner();
-        // Copied, and dropped here: hyper's `read_buf` is a view of its whole read buffer,
-        // which would otherwise stay allocated for as long as the connection is parked.
-        let read_buf = parts.read_buf;
-        socket.unread = if read_buf.is_empty() && socket.unread.is_empty() {
-            Bytes::new()
-        } else {
-            [&read_buf[..], &socket.unread[..]].concat().into()
-        };
-        drop(read_buf);
-        if socket.unread.is_empty() {
-            if !await_request(&socket.stream, &mut session).await {
+        loop {
+            let mut connection = Box::new(
+                protocols
+                    .http1
+                    .serve_connection(TokioIo::new(socket), service)
+                    .with_upgrades(),
+            );
+            let graceful = |c: &mut Box<http1::UpgradeableConnection<_, _>>| {
+                Pin::new(&mut **c).graceful_shutdown()
+            };
+            // Boxed, as the connection is: a parked connection's task holds neither.
+            let turn = Box::pin(drive(&mut connection, graceful, true, &mut session)).await;
+            if let Turn::Ended = turn {
                 return;
             }
-        } else {
-            // Part of the next request had arrived. It is served at once, and not parked
-            // again until a request begins: still idle past `PARK_AFTER`, it would otherwise
-            // be parked and woken again at once, over and over, while the head trickles in.
-            session.activity.clean.store(false, Ordering::Relaxed);
+            // Nothing is in progress and everything written has been flushed: all hyper holds
+            // that must be kept is what it read of a request not yet begun.
+            {
+                let Some(parts) = connection.into_parts() else {
+                    return;
+                };
+                service = parts.service;
+                socket = parts.io.into_inner();
+                // Copied, and dropped here: hyper's `read_buf` is a view of its whole read
+                // buffer, which would otherwise stay allocated while the connection is parked.
+                let read_buf = parts.read_buf;
+                socket.unread = if read_buf.is_empty() && socket.unread.is_empty() {
+                    Bytes::new()
+                } else {
+                    [&read_buf[..], &socket.unread[..]].concat().into()
+                };
+            }
+            if socket.unread.is_empty() {
+                if !await_request(&socket.stream, &mut session).await {
+                    return;
+                }
+            } else {
+                // Part of the next request had arrived. It is served at once, and not parked
+                // again until a request begins: still idle past `PARK_AFTER`, it would otherwise
+                // be parked and woken again at once, over and over, while the head trickles in.
+                session.activity.clean.store(false, Ordering::Relaxed);
+            }
         }
     }
 }

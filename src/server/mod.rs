@@ -204,7 +204,7 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
                             None => None,
                         };
                         let slot = match connections.clone().try_acquire_owned() {
-                            Ok(slot) => Slot::Now(slot),
+                            Ok(permit) => Slot::Now { _permit: permit },
                             Err(_) if evict_oldest_unused(&mut unused) => Slot::Soon(connections.clone()),
                             Err(_) => {
                                 turn_away(stream, tls.is_some(), &turned_away, &over_capacity);
@@ -229,19 +229,20 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
                         let protocols = protocols.clone();
                         let tls = tls.clone();
                         let shutdown = rx.clone();
+                        let mut slot = slot;
                         workers.spawn(async move {
-                            let _per_client = per_client;
-                            let _slot = match slot {
-                                Slot::Now(slot) => slot,
-                                // The evicted connection gives its slot back at once; a
-                                // new one that still finds none is closed.
-                                Slot::Soon(connections) => {
-                                    match Box::pin(tokio::time::timeout(EVICTION_WAIT, connections.acquire_owned())).await {
-                                        Ok(Ok(slot)) => slot,
-                                        _ => return,
-                                    }
+                            // The evicted connection gives its slot back at once; a new one
+                            // that still finds none is closed.
+                            if let Slot::Soon(connections) = &slot {
+                                match Box::pin(tokio::time::timeout(EVICTION_WAIT, connections.clone().acquire_owned())).await {
+                                    Ok(Ok(permit)) => slot = Slot::Now { _permit: permit },
+                                    _ => return,
                                 }
-                            };
+                            }
+                            // Held until the connection ends, by reference: moved into
+                            // locals, they would be second copies in the task, which lives
+                            // as long as the connection (-Zprint-type-sizes).
+                            let _held = (&per_client, &slot);
                             let Ok(stream) = TcpStream::from_std(stream) else { return };
                             let conn = ConnInfo { remote, tls: tls.is_some() };
                             // Boxed, the TLS path: this task lives as long as its connection, and
@@ -317,7 +318,10 @@ const EVICTION_WAIT: Duration = Duration::from_secs(1);
 /// A connection's `max_connections` slot: taken now, or to be taken once the connection
 /// evicted for it has closed.
 enum Slot {
-    Now(tokio::sync::OwnedSemaphorePermit),
+    /// Held, never read: given back when dropped, as the connection ends.
+    Now {
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    },
     Soon(Arc<Semaphore>),
 }
 
