@@ -283,7 +283,7 @@ impl Pipeline {
         // by ExportDownloadResourceManager), and the same paths serve their own space
         // exports and profile-picture previews, which no export redirect announced here.
         if guest && is_owned_download(snapshot, &route) {
-            let owner = self.download_owner(&accepted.path).await?;
+            let owner = Box::pin(self.download_owner(&accepted.path)).await?;
             if owner.is_none() || owner.as_deref() != decided.user.as_deref() {
                 return Err(GatewayError::Denied {
                     reason: "download_not_yours".into(),
@@ -358,7 +358,7 @@ impl Pipeline {
         self.forget_moved_content(snapshot, &route, &accepted.method, response.status())
             .await;
         if route.action == crate::routes::Action::Export && response.status().is_redirection() {
-            self.remember_download(snapshot, decided.user.as_ref(), response.headers())
+            Box::pin(self.remember_download(snapshot, decided.user.as_ref(), response.headers()))
                 .await;
         }
         drop(body_charge);
@@ -695,12 +695,15 @@ impl Pipeline {
             uri: &head.uri,
             tls,
         };
-        crate::identity::oidc::endpoint(self.signin.as_deref(), &request)
-            .await
-            .map_err(|e| GatewayError::SignIn {
-                error: e.error,
-                clear_cookie: e.clear_cookie,
-            })
+        Box::pin(crate::identity::oidc::endpoint(
+            self.signin.as_deref(),
+            &request,
+        ))
+        .await
+        .map_err(|e| GatewayError::SignIn {
+            error: e.error,
+            clear_cookie: e.clear_cookie,
+        })
     }
 
     /// The one rescue: a browser without credentials is sent to sign in; everything else
