@@ -112,22 +112,24 @@ impl Drop for Session {
 /// parked — hyper's connection and its buffers are dropped, only the socket is kept — and
 /// served afresh when the client sends again, so that an idle keep-alive connection costs
 /// little more than its socket.
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn would hold its arguments twice"
-)]
-pub(super) fn serve_plain<'a>(
-    protocols: &'a Protocols,
+pub(super) fn serve_plain(
+    protocols: Arc<Protocols>,
     stream: TcpStream,
     pipeline: Arc<Pipeline>,
     conn: ConnInfo,
     shutdown: watch::Receiver<bool>,
     activity: Arc<Activity>,
-) -> impl Future<Output = ()> + Send + 'a {
-    // Not an `async fn`, which copies its arguments into locals: both copies would stay
-    // in every connection's task (-Zprint-type-sizes).
+) -> impl Future<Output = ()> + Send {
+    // Not an `async fn`, which copies its arguments into locals, and what is built from
+    // them is built before the future: everything the future captures stays in the
+    // connection's task for as long as the connection is open (-Zprint-type-sizes).
+    let mut session = Session::new(&pipeline, activity.clone(), shutdown);
+    let mut service = RequestService {
+        pipeline,
+        conn,
+        activity: activity.clone(),
+    };
     async move {
-        let mut session = Session::new(&pipeline, activity.clone(), shutdown);
         if !await_request(&stream, &mut session).await {
             return;
         }
@@ -140,15 +142,10 @@ pub(super) fn serve_plain<'a>(
             };
             H2_PREFACE.starts_with(&head[..read])
         };
-        let mut service = RequestService {
-            pipeline,
-            conn,
-            activity: activity.clone(),
-        };
         if may_be_http2 {
             // HTTP/2 with prior knowledge, or too few bytes yet to tell: the auto builder
             // reads the preface itself. Such connections are not parked.
-            Box::pin(serve_auto(protocols, stream, service, &mut session)).await;
+            Box::pin(serve_auto(&protocols, stream, service, &mut session)).await;
             return;
         }
         let mut socket = ClientSocket {

@@ -14,6 +14,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
+use futures_util::future::Either;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -229,27 +231,18 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
                         let protocols = protocols.clone();
                         let tls = tls.clone();
                         let shutdown = rx.clone();
-                        let mut slot = slot;
-                        workers.spawn(async move {
-                            // The evicted connection gives its slot back at once; a new one
-                            // that still finds none is closed.
-                            if let Slot::Soon(connections) = &slot {
-                                match Box::pin(tokio::time::timeout(EVICTION_WAIT, connections.clone().acquire_owned())).await {
-                                    Ok(Ok(permit)) => slot = Slot::Now { _permit: permit },
-                                    _ => return,
-                                }
-                            }
-                            // Held until the connection ends, by reference: moved into
-                            // locals, they would be second copies in the task, which lives
-                            // as long as the connection (-Zprint-type-sizes).
-                            let _held = (&per_client, &slot);
-                            let Ok(stream) = TcpStream::from_std(stream) else { return };
+                        // Combinators rather than one async block: a block keeps everything
+                        // it captured for as long as it runs, beside the copies it handed on,
+                        // and this task lives as long as its connection (-Zprint-type-sizes).
+                        workers.spawn(admit(slot).then(move |slot| {
+                            let (Some(slot), Ok(stream)) = (slot, TcpStream::from_std(stream)) else {
+                                return Either::Left(std::future::ready(()));
+                            };
                             let conn = ConnInfo { remote, tls: tls.is_some() };
-                            // Boxed, the TLS path: this task lives as long as its connection, and
-                            // a parked plain-text connection should not carry the handshake's
-                            // state in it.
-                            match tls {
-                                Some(acceptor) => Box::pin(async move {
+                            // Boxed, the TLS path: a parked plain-text connection should not
+                            // carry the handshake's state in it.
+                            let serve = match tls {
+                                Some(acceptor) => Either::Left(Box::pin(async move {
                                     // A client that never finishes the handshake must not hold the slot.
                                     let timeout = pipeline.config.server.header_read_timeout;
                                     let handshake = acceptor.accept(stream);
@@ -257,10 +250,12 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
                                         return;
                                     };
                                     serve_tls(&protocols, stream, pipeline, conn, shutdown, activity).await;
-                                }).await,
-                                None => serve_plain(&protocols, stream, pipeline, conn, shutdown, activity).await,
-                            }
-                        });
+                                })),
+                                None => Either::Right(serve_plain(protocols, stream, pipeline, conn, shutdown, activity)),
+                            };
+                            // Both slots are given back when the connection ends.
+                            Either::Right(serve.map(move |()| drop((per_client, slot))))
+                        }));
                     }
                     _ = rx.changed() => break,
                 }
@@ -314,6 +309,20 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
 
 /// How long a connection admitted by evicting another waits for the evicted one's slot.
 const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
+/// The connection's slot, once it has one: a connection admitted by evicting another waits
+/// for the evicted one to give its slot back, and is closed (`None`) if it still finds none.
+async fn admit(slot: Slot) -> Option<Slot> {
+    match slot {
+        Slot::Now { .. } => Some(slot),
+        Slot::Soon(connections) => {
+            match tokio::time::timeout(EVICTION_WAIT, connections.acquire_owned()).await {
+                Ok(Ok(permit)) => Some(Slot::Now { _permit: permit }),
+                _ => None,
+            }
+        }
+    }
+}
 
 /// A connection's `max_connections` slot: taken now, or to be taken once the connection
 /// evicted for it has closed.
