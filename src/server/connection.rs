@@ -95,8 +95,12 @@ impl Session {
         }
     }
 
-    fn header_read_timeout(&self) -> Duration {
-        self.pipeline.config.server.header_read_timeout
+    /// The same for a plain HTTP/1.1 connection, parked or not: hyper runs no header timer
+    /// on it (server/mod.rs), so the header deadline also ends the wait between requests,
+    /// as hyper's timer would.
+    fn http1_idle_limit(&self) -> Duration {
+        let server = &self.pipeline.config.server;
+        server.idle_timeout.min(server.header_read_timeout)
     }
 }
 
@@ -307,11 +311,8 @@ where
     let stall_period = session.pipeline.config.server.send_timeout / 2;
     let mut stall_check = tokio::time::Instant::now() + stall_period;
     loop {
-        // On a plain HTTP/1.1 connection hyper runs no header timer (server/mod.rs): with
-        // no request in progress — none begun, or the next one's head still arriving — it
-        // is closed at the header deadline here, as hyper's timer would.
         let limit = if parks {
-            session.idle_limit().min(session.header_read_timeout())
+            session.http1_idle_limit()
         } else {
             session.idle_limit()
         };
@@ -384,9 +385,8 @@ where
 /// Waits, holding nothing but the socket, until the client sends something: `false` when
 /// the connection is to be closed instead — evicted, idle too long, or the gateway shutting
 /// down (a connection that has not begun a request gets a moment to begin one first).
-/// A parked connection that has served requests may stay idle for the shorter of
-/// `idle_timeout` and `header_read_timeout`, as it could unparked: hyper runs its header
-/// timer while a connection waits for its next request.
+/// A parked connection may stay idle as long as it could unparked
+/// ([`Session::http1_idle_limit`]).
 async fn await_request(stream: &TcpStream, session: &mut Session) -> bool {
     session.set_parked(true);
     let woken = wait_parked(stream, session).await;
@@ -397,7 +397,7 @@ async fn await_request(stream: &TcpStream, session: &mut Session) -> bool {
 async fn wait_parked(stream: &TcpStream, session: &mut Session) -> bool {
     let activity = session.activity.clone();
     loop {
-        let limit = session.idle_limit().min(session.header_read_timeout());
+        let limit = session.http1_idle_limit();
         // One timer: a parked connection is small, and each timer is a tenth of it.
         let mut wake_at = tokio::time::Instant::from_std(activity.idle_deadline(limit));
         if let Some(at) = session.first_request_wait {
