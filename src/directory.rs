@@ -129,6 +129,9 @@ pub struct User {
     pub display_name: Option<String>,
     pub email: Option<String>,
     pub expires: Option<OffsetDateTime>,
+    /// [`Directory::is_guest`] of `groups`, worked out at load: a response is tagged by
+    /// looking up every user it names.
+    pub guest: bool,
 }
 
 /// One grant of permissions in a space.
@@ -196,6 +199,36 @@ pub struct Directory {
     pub generation: u64,
     /// What becomes of a user with no declared group.
     pub unknown_users: UnknownUsers,
+}
+
+/// [`Directory::standing`], before the directory is built.
+fn standing_among(declared: &BTreeMap<String, GroupEntry>, groups: &[Arc<str>]) -> Standing {
+    let mut guest = false;
+    for g in groups {
+        match declared.get(&**g) {
+            Some(entry) if !entry.guest => return Standing::Regular,
+            Some(_) => guest = true,
+            None => {}
+        }
+    }
+    if guest {
+        Standing::Guest
+    } else {
+        Standing::Unclassified
+    }
+}
+
+/// [`Directory::is_guest`], before the directory is built.
+fn judged_guest(
+    declared: &BTreeMap<String, GroupEntry>,
+    unknown_users: UnknownUsers,
+    groups: &[Arc<str>],
+) -> bool {
+    match standing_among(declared, groups) {
+        Standing::Guest => true,
+        Standing::Regular => false,
+        Standing::Unclassified => unknown_users == UnknownUsers::Guest,
+    }
 }
 
 /// Where a caller stands by the guest rule.
@@ -340,6 +373,7 @@ impl Directory {
                     display_name: u.display_name.clone(),
                     email: u.email.clone(),
                     expires,
+                    guest: false,
                 },
             );
         }
@@ -410,6 +444,9 @@ impl Directory {
         let mut expiry_items = expiries.seen;
         expiry_items.sort();
         let expiries = expiry_items.iter().map(|(t, _)| *t).collect();
+        for user in users.values_mut() {
+            user.guest = judged_guest(&file.groups, unknown_users, &user.groups);
+        }
         Ok(Directory {
             groups: file.groups,
             users,
@@ -450,19 +487,7 @@ impl Directory {
     /// makes a user regular; declared guest groups only make a guest; nothing else places a
     /// user at all.
     pub fn standing(&self, groups: &[Arc<str>]) -> Standing {
-        let mut guest = false;
-        for g in groups {
-            match self.groups.get(&**g) {
-                Some(entry) if !entry.guest => return Standing::Regular,
-                Some(_) => guest = true,
-                None => {}
-            }
-        }
-        if guest {
-            Standing::Guest
-        } else {
-            Standing::Unclassified
-        }
+        standing_among(&self.groups, groups)
     }
 
     /// Whether these groups are judged as a guest's: by the guest rule, or for want of any
@@ -470,11 +495,7 @@ impl Directory {
     /// gateway uses this to know when a request needs more facts (a content id's space)
     /// before the policy can decide, and whom to tag.
     pub fn is_guest(&self, groups: &[Arc<str>]) -> bool {
-        match self.standing(groups) {
-            Standing::Guest => true,
-            Standing::Regular => false,
-            Standing::Unclassified => self.unknown_users == UnknownUsers::Guest,
-        }
+        judged_guest(&self.groups, self.unknown_users, groups)
     }
 
     /// What the directory says of a caller at `now`, for the policy input (docs/POLICIES.md:

@@ -52,6 +52,12 @@ fn wiki() -> Handler {
             if query.contains("html") {
                 return reply("text/html", "<html><body>results</body></html>");
             }
+            if query.contains("spelled") {
+                return reply(
+                    json,
+                    CONTENT.replace("\"username\": \"gary\"", "\"username\": \"GaRy\""),
+                );
+            }
             let (ct, body) = if path.starts_with("/rest/api/search") {
                 (json, SEARCH)
             } else if path.starts_with("/rest/api/content") {
@@ -173,6 +179,27 @@ async fn json_users_are_tagged_and_everything_else_is_byte_for_byte() {
     )
     .await;
     assert_eq!(a.text(), tagged_content());
+}
+
+#[tokio::test]
+async fn users_are_tagged_however_the_wiki_spells_their_names() {
+    // Confluence looks a user up by the lower-cased name (the profile's `user_names`), so
+    // `GaRy` in an answer is gary, a guest, and is tagged as one.
+    let (_up, gw) = setup("").await;
+    let a = get(
+        &gw.url("/rest/api/content/101?spelled"),
+        &[("authorization", &alice())],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let v = a.json();
+    assert_eq!(v["version"]["by"]["username"], "GaRy");
+    assert_eq!(v["version"]["by"]["isExternalCollaborator"], true);
+    assert_eq!(
+        v["history"]["contributors"]["publishers"]["users"][0]["isExternalCollaborator"],
+        true
+    );
+    assert_eq!(v["history"]["createdBy"]["isExternalCollaborator"], false);
 }
 
 #[tokio::test]

@@ -79,9 +79,16 @@ impl RewritePlan {
             .then_some(plan)
     }
 
+    /// A user a response names, looked up under the wiki's rule for names, as the
+    /// directory is keyed: to Confluence `Gary` and `gary` are one user
+    /// ([`UserNames::CaseInsensitive`](crate::routes::extract::UserNames)), and so they are
+    /// to the tags.
     fn is_guest(snapshot: &Snapshot, username: &str) -> Option<bool> {
-        let user = snapshot.directory.users.get(username)?;
-        Some(snapshot.directory.is_guest(&user.groups))
+        let directory = &snapshot.directory;
+        let user = directory
+            .users
+            .get(directory.user_names.canonical(username).as_ref())?;
+        Some(user.guest)
     }
 }
 
