@@ -45,6 +45,10 @@ pub struct Upstream {
     clients: Box<[HttpsClient<UpstreamBody>]>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
+    /// `Host` towards the wiki, as hyper_util's client would write it from the URI (the
+    /// port only where it is not the scheme's default), made once instead of formatted
+    /// for every request.
+    host: Option<HeaderValue>,
     base_path: String,
     user_header: Option<HeaderName>,
     request_timeout: Duration,
@@ -89,6 +93,7 @@ impl Upstream {
         };
         Ok(Upstream {
             clients: clients.into_boxed_slice(),
+            host: host_header(&config.scheme, &config.authority),
             scheme: config.scheme.clone(),
             authority: config.authority.clone(),
             base_path: config.base_path.clone(),
@@ -156,6 +161,28 @@ pub struct ForwardIdentity<'a> {
 pub struct ConnInfo {
     pub remote: SocketAddr,
     pub tls: bool,
+}
+
+/// `Host` for the wiki's authority: its host, and its port unless it is the scheme's default
+/// (hyper_util's `set_host`, which fills in the same value when a request has none).
+/// `None` if it were not valid header text (it always is, coming from a parsed URI): the
+/// client then writes it per request.
+fn host_header(
+    scheme: &http::uri::Scheme,
+    authority: &http::uri::Authority,
+) -> Option<HeaderValue> {
+    let default_port = if *scheme == http::uri::Scheme::HTTPS {
+        443
+    } else {
+        80
+    };
+    let host = match authority.port() {
+        Some(port) if port.as_u16() != default_port => {
+            format!("{}:{}", authority.host(), port.as_str())
+        }
+        _ => authority.host().to_string(),
+    };
+    HeaderValue::from_str(&host).ok()
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and the proxy-only ones, never forwarded.
@@ -268,27 +295,35 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers, including any the `Connection` header names. An upgrade keeps
 /// `Upgrade` and `Connection: upgrade`, which it needs end to end.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
+    // Names `Connection` lists beyond the standard ones below (and `Upgrade`, decided
+    // there): rare, so only they are parsed into names of their own. `keep-alive`, which
+    // nearly every HTTP/1.1 answer lists, is one of the standard ones.
+    let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| {
+            !t.eq_ignore_ascii_case("upgrade")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|h| h.as_str().eq_ignore_ascii_case(t))
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
-    for name in named {
-        if !(keep_upgrade && name == header::UPGRADE) {
-            headers.remove(&name);
-        }
-    }
-    // Most messages carry none of them: one pass over the names present (standard names
-    // compare without hashing) instead of a hashed removal of each of the list.
-    let present: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| HOP_BY_HOP.contains(name) || (!keep_upgrade && *name == header::UPGRADE))
-        .cloned()
-        .collect();
-    for name in &present {
+    for name in &listed {
         headers.remove(name);
+    }
+    // Most messages carry one of them at most: a pass over the names present (standard
+    // names compare without hashing) for each, instead of a hashed removal of each of the
+    // list, and no list of what was found.
+    while let Some(name) = headers
+        .keys()
+        .find(|name| HOP_BY_HOP.contains(name) || (!keep_upgrade && *name == header::UPGRADE))
+        .cloned()
+    {
+        headers.remove(&name);
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -325,7 +360,10 @@ pub async fn forward(
     // The browser session and sign-in state are the gateway's; the wiki never sees them.
     crate::http::cookies::strip_gateway_cookies(headers);
     join_cookie_crumbs(headers);
-    headers.remove(header::HOST);
+    match &upstream.host {
+        Some(host) => headers.insert(header::HOST, host.clone()),
+        None => headers.remove(header::HOST),
+    };
     // The client's own X-Forwarded-For only counts when it comes through a proxy this
     // deployment trusts; from anyone else it is whatever the client wanted the wiki to log.
     let client_ip = conn.remote.ip();
@@ -423,6 +461,66 @@ mod tests {
             one.get(header::COOKIE).map(HeaderValue::as_bytes),
             Some(&b"a=1"[..])
         );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_lists_are_removed() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Trace"),
+        );
+        h.append(header::CONNECTION, HeaderValue::from_static(" Close ,te"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-trace", HeaderValue::from_static("1"));
+        h.insert("close", HeaderValue::from_static("odd"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "x-kept"]);
+
+        let mut up = HeaderMap::new();
+        up.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, X-Trace"),
+        );
+        up.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        up.insert("x-trace", HeaderValue::from_static("1"));
+        up.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        strip_hop_by_hop(&mut up, true);
+        let mut left: Vec<(&str, &[u8])> =
+            up.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                ("connection", &b"upgrade"[..]),
+                ("upgrade", &b"websocket"[..])
+            ]
+        );
+    }
+
+    #[test]
+    fn host_is_written_as_the_client_would_write_it() {
+        let host = |scheme: &str, authority: &str| {
+            let scheme = scheme.parse().expect("scheme");
+            let authority = authority.parse().expect("authority");
+            host_header(&scheme, &authority).map(|v| v.to_str().expect("text").to_string())
+        };
+        assert_eq!(host("http", "wiki:80").as_deref(), Some("wiki"));
+        assert_eq!(host("http", "wiki:8090").as_deref(), Some("wiki:8090"));
+        assert_eq!(host("https", "wiki:443").as_deref(), Some("wiki"));
+        assert_eq!(host("https", "wiki:80").as_deref(), Some("wiki:80"));
+        assert_eq!(host("http", "[::1]:8090").as_deref(), Some("[::1]:8090"));
+        assert_eq!(host("http", "wiki").as_deref(), Some("wiki"));
     }
 
     #[test]

@@ -141,7 +141,8 @@ fn passthrough(resp: Response<Incoming>) -> Response<ProxyBody> {
 fn weaken_etag(headers: &mut HeaderMap) {
     if let Some(etag) = headers.get(header::ETAG).and_then(|v| v.to_str().ok())
         && !etag.starts_with("W/")
-        && let Ok(weak) = HeaderValue::from_str(&format!("W/{etag}"))
+        && let Ok(weak) =
+            HeaderValue::from_maybe_shared(Bytes::from([b"W/", etag.as_bytes()].concat()))
     {
         headers.insert(header::ETAG, weak);
         return;
