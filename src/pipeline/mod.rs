@@ -40,7 +40,7 @@ use crate::snapshot::Snapshot;
 use crate::snapshot::store::SnapshotStore;
 use crate::telemetry::{DecisionLog, Metrics};
 use accept::Accepted;
-use classify::{ContentCache, content_cache};
+use classify::ContentCache;
 use decide::Decided;
 use error::GatewayError;
 use forward::{ConnInfo, ForwardIdentity, Upstream, UpstreamBody, UpstreamError};
@@ -145,7 +145,7 @@ impl Pipeline {
             store,
             upstream,
             upstream_slots,
-            content_cache: content_cache(ttl),
+            content_cache: ContentCache::new(ttl),
             decision_log,
             metrics,
             signin,
@@ -297,16 +297,29 @@ impl Pipeline {
         let mut body_charge = self.buffer_budget.charge();
         let body = match guest_principal {
             Some(principal) => {
-                let (body, targets) = Box::pin(self.guest_body_and_targets(
-                    &mut body_charge,
+                let streamed = Self::guest_body_streamed(
                     snapshot,
                     accepted,
                     &route,
                     &head.headers,
                     body,
                     body_limit,
-                ))
-                .await?;
+                )?;
+                let (body, targets) = match streamed {
+                    GuestBody::Streamed(body, targets) => (body, targets),
+                    GuestBody::ReadWhole(body, kind) => {
+                        Box::pin(self.guest_body_read_whole(
+                            &mut body_charge,
+                            snapshot,
+                            accepted,
+                            &route,
+                            kind,
+                            body,
+                            body_limit,
+                        ))
+                        .await?
+                    }
+                };
                 if names_nothing(snapshot, &route, &targets) {
                     return Err(GatewayError::Denied {
                         reason: "no_identifier_named".into(),
@@ -314,8 +327,10 @@ impl Pipeline {
                         anonymous: false,
                     });
                 }
-                Box::pin(self.judge_targets(snapshot, accepted, &route, &principal, targets))
-                    .await?;
+                if !targets.is_empty() {
+                    Box::pin(self.judge_targets(snapshot, accepted, &route, &principal, targets))
+                        .await?;
+                }
                 body
             }
             None => Either::Left(limited(body, body_limit)),
@@ -447,9 +462,7 @@ impl Pipeline {
             && let (Some(content), Some(lookup)) =
                 (&route.content, snapshot.routes.lookup_for(route))
         {
-            self.content_cache
-                .invalidate(&lookup.cache_key(content))
-                .await;
+            self.content_cache.invalidate(&lookup.cache_key(content));
         }
         let write = !matches!(
             *method,
@@ -474,19 +487,18 @@ impl Pipeline {
         self.metrics.observe_decision(route, &record);
     }
 
-    /// A guest's request body, read whole when it can name identifiers (a form, or JSON on
-    /// a write), and every identifier the request names beyond its route's own capture.
-    #[allow(clippy::too_many_arguments)]
-    async fn guest_body_and_targets(
-        &self,
-        charge: &mut BufferCharge,
+    /// A guest's request body and every identifier the request names beyond its route's
+    /// own capture, when the body is streamed (it cannot name identifiers, or is read as it
+    /// passes): decided without waiting. A form, or JSON on a write, must be read whole
+    /// first ([`Self::guest_body_read_whole`]); it is handed back.
+    fn guest_body_streamed(
         snapshot: &Snapshot,
         accepted: &Accepted,
         route: &crate::routes::Route,
         headers: &http::HeaderMap,
         body: Incoming,
         body_limit: usize,
-    ) -> Result<(UpstreamBody, Vec<identifiers::Target>), GatewayError> {
+    ) -> Result<GuestBody, GatewayError> {
         let profile = &snapshot.routes;
         let query = accepted
             .params
@@ -498,53 +510,77 @@ impl Pipeline {
             BodyKind::Json => true,
             BodyKind::Multipart | BodyKind::Other => false,
         };
-        if !read_whole {
-            // A rule that says where its body names what it acts on, sent a body of another
-            // type (`text/json`, none): it would go to the wiki unread, so it does not go.
-            let rule = route.rule.and_then(|i| profile.rules.get(i));
-            let names_in_body = rule.is_some_and(|r| {
-                r.json_identifiers.as_ref().is_some_and(|p| !p.is_empty()) || r.requires_identifier
-            });
-            if matches!(kind, BodyKind::Other)
-                && names_in_body
-                && !matches!(
-                    accepted.method,
-                    http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
-                )
-                && has_body(headers)
-            {
-                return Err(GatewayError::Denied {
-                    reason: "unjudged_request_body".into(),
-                    status: http::StatusCode::FORBIDDEN,
-                    anonymous: false,
-                });
-            }
-            let targets = identifiers::in_params(&profile.identifiers, query)?;
-            let body = limited(body, body_limit);
-            if matches!(kind, BodyKind::Multipart) && !profile.identifiers.is_empty() {
-                // Streamed, not held: a form field naming an identifier must repeat one
-                // judged already (the route's own, or the query's).
-                let mut judged: Vec<(Kind, String)> =
-                    targets.iter().map(|t| (t.kind, t.value.clone())).collect();
-                judged.extend(
-                    route
-                        .content
-                        .as_deref()
-                        .map(|c| (Kind::Content, c.to_string())),
-                );
-                judged.extend(route.space.as_deref().map(|s| (Kind::Space, s.to_string())));
-                let content_type = headers
-                    .get(http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                let scanner =
-                    multipart::PartScanner::new(content_type, profile.identifiers.clone(), judged)
-                        .ok_or(GatewayError::BadRequest("multipart_without_boundary"))?;
-                let guarded = multipart::GuardedMultipart::new(body, scanner);
-                return Ok((Either::Right(Either::Right(guarded)), targets));
-            }
-            return Ok((Either::Left(body), targets));
+        if read_whole {
+            return Ok(GuestBody::ReadWhole(body, kind));
         }
+        // A rule that says where its body names what it acts on, sent a body of another
+        // type (`text/json`, none): it would go to the wiki unread, so it does not go.
+        let rule = route.rule.and_then(|i| profile.rules.get(i));
+        let names_in_body = rule.is_some_and(|r| {
+            r.json_identifiers.as_ref().is_some_and(|p| !p.is_empty()) || r.requires_identifier
+        });
+        if matches!(kind, BodyKind::Other)
+            && names_in_body
+            && !matches!(
+                accepted.method,
+                http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+            )
+            && has_body(headers)
+        {
+            return Err(GatewayError::Denied {
+                reason: "unjudged_request_body".into(),
+                status: http::StatusCode::FORBIDDEN,
+                anonymous: false,
+            });
+        }
+        let targets = identifiers::in_params(&profile.identifiers, query)?;
+        let body = limited(body, body_limit);
+        if matches!(kind, BodyKind::Multipart) && !profile.identifiers.is_empty() {
+            // Streamed, not held: a form field naming an identifier must repeat one
+            // judged already (the route's own, or the query's).
+            let mut judged: Vec<(Kind, String)> =
+                targets.iter().map(|t| (t.kind, t.value.clone())).collect();
+            judged.extend(
+                route
+                    .content
+                    .as_deref()
+                    .map(|c| (Kind::Content, c.to_string())),
+            );
+            judged.extend(route.space.as_deref().map(|s| (Kind::Space, s.to_string())));
+            let content_type = headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let scanner =
+                multipart::PartScanner::new(content_type, profile.identifiers.clone(), judged)
+                    .ok_or(GatewayError::BadRequest("multipart_without_boundary"))?;
+            let guarded = multipart::GuardedMultipart::new(body, scanner);
+            return Ok(GuestBody::Streamed(
+                Either::Right(Either::Right(guarded)),
+                targets,
+            ));
+        }
+        Ok(GuestBody::Streamed(Either::Left(body), targets))
+    }
+
+    /// A guest's form, or JSON on a write, read whole, and every identifier the request
+    /// names beyond its route's own capture, in the query or the body.
+    #[allow(clippy::too_many_arguments)]
+    async fn guest_body_read_whole(
+        &self,
+        charge: &mut BufferCharge,
+        snapshot: &Snapshot,
+        accepted: &Accepted,
+        route: &crate::routes::Route,
+        kind: BodyKind,
+        body: Incoming,
+        body_limit: usize,
+    ) -> Result<(UpstreamBody, Vec<identifiers::Target>), GatewayError> {
+        let profile = &snapshot.routes;
+        let query = accepted
+            .params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()));
         let bytes = read_body(body, body_limit, &self.buffer_budget, charge).await?;
         let targets = match kind {
             BodyKind::Form => {
@@ -596,13 +632,15 @@ impl Pipeline {
             };
             if classify::needs_lookup(&target_route) {
                 let lookup = snapshot.routes.lookup_for(&target_route);
-                classify::resolve_space(
-                    &mut target_route,
-                    lookup,
-                    &self.content_cache,
-                    &self.upstream,
-                )
-                .await?;
+                if !classify::space_from_cache(&mut target_route, lookup, &self.content_cache) {
+                    classify::resolve_space(
+                        &mut target_route,
+                        lookup,
+                        &self.content_cache,
+                        &self.upstream,
+                    )
+                    .await?;
+                }
             }
             let same_as_route = target_route.space == route.space
                 && target_route.user == route.user
@@ -662,6 +700,9 @@ impl Pipeline {
             return Ok(());
         }
         let lookup = snapshot.routes.lookup_for(route);
+        if classify::space_from_cache(route, lookup, &self.content_cache) {
+            return Ok(());
+        }
         let resolved = Box::pin(classify::resolve_space(
             route,
             lookup,
@@ -801,6 +842,14 @@ fn scoped_query(
     keys.sort_unstable();
     let narrowed = scope::scoped_cql(cql, keys.into_iter())?;
     scope::with_param(&accepted.params, param, &narrowed)
+}
+
+/// A guest's request body, as [`Pipeline::guest_body_streamed`] found it.
+enum GuestBody {
+    /// On its way as it is, with the identifiers the request names.
+    Streamed(UpstreamBody, Vec<identifiers::Target>),
+    /// To be read whole before anything is decided.
+    ReadWhole(Incoming, BodyKind),
 }
 
 /// What a request body is, as far as naming identifiers goes.

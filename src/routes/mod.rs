@@ -184,7 +184,7 @@ impl ContentLookup {
 
     /// The cache key of an id: the id itself for `[content_lookup]`, prefixed with the
     /// lookup's name otherwise (a page id and a revision id may be the same number).
-    pub fn cache_key(&self, content: &str) -> Box<str> {
+    pub fn cache_key<'c>(&self, content: &'c str) -> std::borrow::Cow<'c, str> {
         // One key per id as the wiki reads it: `0101` is page 101 to `Long.parseLong`.
         let canonical = match content.trim_start_matches('0') {
             "" if !content.is_empty() => "0",
@@ -193,7 +193,7 @@ impl ContentLookup {
         };
         match &self.name {
             None => canonical.into(),
-            Some(name) => format!("{name}\u{0}{canonical}").into_boxed_str(),
+            Some(name) => format!("{name}\u{0}{canonical}").into(),
         }
     }
 
@@ -613,12 +613,12 @@ lookup = "revision"
         let r = p.classify(&Method::GET, "/index.php", &q);
         let revision = p.lookup_for(&r).expect("lookup");
         assert_eq!(revision.path_for("7"), "/api.php?revids=7");
-        assert_ne!(revision.cache_key("7"), Box::from("7"));
+        assert_ne!(revision.cache_key("7"), "7");
         let q = vec![("curid".to_string(), "7".to_string())];
         let page = p
             .lookup_for(&p.classify(&Method::GET, "/index.php", &q))
             .expect("lookup");
-        assert_eq!(page.cache_key("7"), Box::from("7"));
+        assert_eq!(page.cache_key("7"), "7");
         assert_eq!(page.space_of("eng_talk:Home").as_deref(), Some("ENG"));
         assert_eq!(page.space_of("Main Page"), None);
 
