@@ -179,7 +179,13 @@ impl Pipeline {
     }
 
     /// Handles one request end to end. Never fails: refusals are responses.
-    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+    /// Owns its pipeline (an `Arc`), so that its future is the request's whole future, with
+    /// no async layer around it to copy it.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let (head, body) = req.into_parts();
         let http1 = head.version < http::Version::HTTP_2;
@@ -368,10 +374,9 @@ impl Pipeline {
             },
             scoped_query.as_deref(),
             *conn,
-        )
+        )?
         .await?;
-        self.forget_moved_content(snapshot, &route, &accepted.method, response.status())
-            .await;
+        self.forget_moved_content(snapshot, &route, &accepted.method, response.status());
         if route.action == crate::routes::Action::Export && response.status().is_redirection() {
             Box::pin(self.remember_download(snapshot, decided.user.as_ref(), response.headers()))
                 .await;
@@ -450,7 +455,7 @@ impl Pipeline {
     /// as gone is forgotten, and every id once a write succeeds — a move or a rename may
     /// take any page elsewhere, and MediaWiki moves by title, so the ids it moves are not
     /// in the request.
-    async fn forget_moved_content(
+    fn forget_moved_content(
         &self,
         snapshot: &Snapshot,
         route: &crate::routes::Route,

@@ -350,7 +350,10 @@ impl RouteProfile {
                 rule: Some(index),
                 malformed: None,
             };
-            if let Some(caps) = rule.path.captures(path) {
+            // A rule with no group captures nothing: the set's match is all it needs.
+            if rule.path.captures_len() > 1
+                && let Some(caps) = rule.path.captures(path)
+            {
                 take_captures(&rule.path, &caps, &mut route);
             }
             for (re, value) in query_values {
@@ -388,8 +391,11 @@ impl RouteProfile {
 }
 
 fn take_captures(re: &Regex, caps: &regex::Captures<'_>, route: &mut Route) {
-    for name in re.capture_names().flatten() {
-        let Some(m) = caps.name(name) else { continue };
+    // By position, as the names are listed: `Captures::name` hashes each name to find it.
+    for (index, name) in re.capture_names().enumerate() {
+        let (Some(name), Some(m)) = (name, caps.get(index)) else {
+            continue;
+        };
         if m.as_str().is_empty() {
             continue;
         }

@@ -263,16 +263,17 @@ impl hyper::service::Service<Request<Incoming>> for RequestService {
     type Future = Pin<Box<dyn Future<Output = Result<ClientResponse, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let pipeline = self.pipeline.clone();
-        let conn = self.conn;
         let busy = self.activity.begin(req.body().is_end_stream());
-        Box::pin(async move {
-            let response = respond(&pipeline, req, conn).await;
-            // The request stays in progress until its response body has been sent (or
-            // dropped), so a long download is never taken for an idle connection; and the
-            // body tells the connection when a frame waits for the client to take it.
-            Ok(response.map(|body| WatchedBody { inner: body, busy }.boxed_unsync()))
-        })
+        // Combinators, not an async block around `respond`: each async layer copies the
+        // whole of the future it awaits into its own, and this one is kilobytes.
+        Box::pin(
+            respond(self.pipeline.clone(), req, self.conn).map(|response| {
+                // The request stays in progress until its response body has been sent (or
+                // dropped), so a long download is never taken for an idle connection; and the
+                // body tells the connection when a frame waits for the client to take it.
+                Ok(response.map(|body| WatchedBody { inner: body, busy }.boxed_unsync()))
+            }),
+        )
     }
 }
 
@@ -635,20 +636,22 @@ impl hyper::body::Body for WatchedBody {
 }
 
 /// Runs one request through the pipeline, inside the panic guard.
-async fn respond(
-    pipeline: &Pipeline,
+fn respond(
+    pipeline: Arc<Pipeline>,
     req: Request<Incoming>,
     conn: ConnInfo,
-) -> Response<ProxyBody> {
+) -> impl Future<Output = Response<ProxyBody>> + Send {
     let started = Instant::now();
-    let (response, panicked) = catch_panics(pipeline.handle(req, conn)).await;
-    if panicked {
-        // `handle` records every answer it gives; this one it never got to give.
-        pipeline
-            .metrics()
-            .observe_request(response.status(), started.elapsed());
-    }
-    response
+    let metrics = pipeline.clone();
+    catch_panics(pipeline.handle(req, conn)).map(move |(response, panicked)| {
+        if panicked {
+            // `handle` records every answer it gives; this one it never got to give.
+            metrics
+                .metrics()
+                .observe_request(response.status(), started.elapsed());
+        }
+        response
+    })
 }
 
 /// Awaits a request's future; if it panics, the panic is logged and the request answered
