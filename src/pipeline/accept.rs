@@ -141,6 +141,10 @@ pub(crate) fn inside_context(path: String, context_path: &str) -> String {
 /// part that any further decoding would change, or that could carry a query, is refused.
 fn served_as(path: &str, profile: &RouteProfile) -> Result<Option<String>, GatewayError> {
     for forward in &profile.forwards {
+        // Most paths match none: a plain search allocates nothing, captures do.
+        if !forward.is_match(path) {
+            continue;
+        }
         let Some(inner) = forward.captures(path).and_then(|c| c.name("path")) else {
             continue;
         };
