@@ -13,6 +13,8 @@
 #                                        # wrk and the upstream on CPU 1 (steadier on 2 cores;
 #                                        # ROUNDS defaults to 5 there)
 #   SKIP_HALF=1 SKIP_IDLE=1 ...          # peak load only
+#   SKIP_PEAK=1 ...                      # idle connections only (RSS "before" is then a
+#                                        # fresh process's, not one after the load)
 #   CHART=docs/benchmarks.svg ...        # also the peak-load medians as an SVG bar chart
 #
 # Needs nginx and wrk (Debian: apt-get install nginx wrk). Loopback only; it starts its
@@ -172,6 +174,8 @@ if [ -n "${BASELINE:-}" ]; then
   PORT[guestgate_before]=18084; PID[guestgate_before]=$BEFORE_PID; AUTH[guestgate_before]="$REGULAR"
   TARGETS+=(guestgate_before)
 fi
+if [ -n "${SKIP_PEAK:-}" ]; then SKIP_HALF=1; fi
+if [ -z "${SKIP_PEAK:-}" ]; then
 echo "== $ROUNDS interleaved rounds of ${DURATION}s, $CONNS connections, $THREADS wrk threads, $(nproc) cores, MODE=$MODE"
 for round in $(seq "$ROUNDS"); do
   for t in "${TARGETS[@]}"; do
@@ -240,6 +244,7 @@ out.append("</svg>")
 open(sys.argv[2], "w").write("\n".join(out) + "\n")
 print("chart written to", sys.argv[2])
 PY
+fi
 fi
 
 if [ -z "${SKIP_HALF:-}" ]; then

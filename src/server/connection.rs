@@ -111,11 +111,17 @@ impl Drop for Session {
     }
 }
 
-/// Serves a plain-text client connection until it ends. hyper's connection is not built
+/// What a connection holds for as long as it is open, given back when it closes: its
+/// `max_connections` slot and its place in its worker's count (server/mod.rs).
+pub(super) type Slots = Box<dyn std::any::Any + Send>;
+
+/// Serves a plain-text client connection until it ends (`None`) or is idle enough to park
+/// (the connection, as from [`serve_http1`]). hyper's connection is not built
 /// until the client sends its first bytes; HTTP/1.1 connections idle for [`PARK_AFTER`] are
-/// parked — hyper's connection and its buffers are dropped, only the socket is kept — and
-/// served afresh when the client sends again, so that an idle keep-alive connection costs
-/// little more than its socket.
+/// parked — hyper's connection, its buffers and the connection's task are dropped, and the
+/// socket waits in its worker's table (server/parking.rs) — and served afresh, in a new
+/// task, when the client sends again, so that an idle keep-alive connection costs little
+/// more than its socket.
 pub(super) fn serve_plain(
     protocols: Arc<Protocols>,
     stream: TcpStream,
@@ -123,26 +129,29 @@ pub(super) fn serve_plain(
     conn: ConnInfo,
     shutdown: watch::Receiver<bool>,
     activity: Arc<Activity>,
-) -> impl Future<Output = ()> + Send {
+    slots: Slots,
+) -> impl Future<Output = Option<Http1Connection>> + Send {
     // Not an `async fn`, which copies its arguments into locals, and what is built from
     // them is built before the future: everything the future captures stays in the
     // connection's task for as long as the connection is open (-Zprint-type-sizes).
     let mut session = Session::new(&pipeline, activity.clone(), shutdown);
-    let mut service = RequestService {
+    let service = RequestService {
         pipeline,
         conn,
         activity: activity.clone(),
     };
     async move {
+        // Waited for here, not in the table: a connection that has not begun a request may
+        // be evicted for a new one, and gets a moment at shutdown to send what it was
+        // opened for.
         if !await_request(&stream, &mut session).await {
-            return;
+            return None;
         }
-        // Scoped, as `parts` below: a local's storage outlives its last use to the end of its
-        // scope, and would take room in every parked connection's task.
+        // Scoped: a local's storage outlives its last use to the end of its scope.
         let may_be_http2 = {
             let mut head = [0u8; H2_PREFACE.len()];
             let Ok(read @ 1..) = stream.peek(&mut head).await else {
-                return;
+                return None;
             };
             H2_PREFACE.starts_with(&head[..read])
         };
@@ -150,13 +159,86 @@ pub(super) fn serve_plain(
             // HTTP/2 with prior knowledge, or too few bytes yet to tell: the auto builder
             // reads the preface itself. Such connections are not parked.
             Box::pin(serve_auto(&protocols, stream, service, &mut session)).await;
-            return;
+            drop(slots);
+            return None;
         }
-        let mut socket = ClientSocket {
+        let socket = ClientSocket {
             unread: Bytes::new(),
             stream,
             activity,
         };
+        serve_http1(Http1Connection {
+            socket,
+            protocols,
+            service,
+            session,
+            slots,
+        })
+        .await
+    }
+}
+
+/// A plain HTTP/1.1 connection with no request in progress: all it needs to serve again.
+/// The fields drop in order: the socket closes before the slots are given back.
+pub(super) struct Http1Connection {
+    socket: ClientSocket,
+    protocols: Arc<Protocols>,
+    service: RequestService,
+    session: Session,
+    slots: Slots,
+}
+
+impl Http1Connection {
+    /// The gateway's shutdown signal.
+    pub(super) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.session.shutdown.clone()
+    }
+
+    /// The gateway is shutting down: an idle connection that has served a request is closed.
+    pub(super) fn shutting_down(&self) -> bool {
+        *self.session.shutdown.borrow()
+    }
+
+    /// Whether the client has sent something (or closed): `Ready(false)` when the socket
+    /// can no longer be waited on.
+    pub(super) fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<bool> {
+        self.socket
+            .stream
+            .poll_read_ready(cx)
+            .map(|ready| ready.is_ok())
+    }
+
+    pub(super) fn set_parked(&mut self, parked: bool) {
+        self.session.set_parked(parked);
+    }
+
+    /// When the connection must be closed if the client sends nothing before: a parked
+    /// connection may stay idle as long as it could unparked ([`Session::http1_idle_limit`]).
+    pub(super) fn idle_deadline(&self) -> Instant {
+        self.session
+            .activity
+            .idle_deadline(self.session.http1_idle_limit())
+    }
+
+    /// It has been idle for as long as it may.
+    pub(super) fn idle_too_long(&self) -> bool {
+        self.session.activity.idle_for() >= self.session.http1_idle_limit()
+    }
+}
+
+/// Serves a plain HTTP/1.1 connection from its next request until it ends (`None`) or is
+/// idle enough to park (the connection, to hand to its worker's table: server/parking.rs).
+pub(super) fn serve_http1(
+    connection: Http1Connection,
+) -> impl Future<Output = Option<Http1Connection>> + Send {
+    let Http1Connection {
+        mut socket,
+        protocols,
+        mut service,
+        mut session,
+        slots,
+    } = connection;
+    async move {
         loop {
             let mut connection = Box::new(
                 protocols
@@ -167,17 +249,15 @@ pub(super) fn serve_plain(
             let graceful = |c: &mut Box<http1::UpgradeableConnection<_, _>>| {
                 Pin::new(&mut **c).graceful_shutdown()
             };
-            // Boxed, as the connection is: a parked connection's task holds neither.
+            // Boxed, as the connection is: the task's own future stays small.
             let turn = Box::pin(drive(&mut connection, graceful, true, &mut session)).await;
             if let Turn::Ended = turn {
-                return;
+                return None;
             }
             // Nothing is in progress and everything written has been flushed: all hyper holds
             // that must be kept is what it read of a request not yet begun.
             {
-                let Some(parts) = connection.into_parts() else {
-                    return;
-                };
+                let parts = connection.into_parts()?;
                 service = parts.service;
                 socket = parts.io.into_inner();
                 // Copied, and dropped here: hyper's `read_buf` is a view of its whole read
@@ -190,15 +270,18 @@ pub(super) fn serve_plain(
                 };
             }
             if socket.unread.is_empty() {
-                if !await_request(&socket.stream, &mut session).await {
-                    return;
-                }
-            } else {
-                // Part of the next request had arrived. It is served at once, and not parked
-                // again until a request begins: still idle past `PARK_AFTER`, it would otherwise
-                // be parked and woken again at once, over and over, while the head trickles in.
-                session.activity.clean.store(false, Ordering::Relaxed);
+                return Some(Http1Connection {
+                    socket,
+                    protocols,
+                    service,
+                    session,
+                    slots,
+                });
             }
+            // Part of the next request had arrived. It is served at once, and not parked
+            // again until a request begins: still idle past `PARK_AFTER`, it would otherwise
+            // be parked and woken again at once, over and over, while the head trickles in.
+            session.activity.clean.store(false, Ordering::Relaxed);
         }
     }
 }
@@ -383,11 +466,9 @@ where
     }
 }
 
-/// Waits, holding nothing but the socket, until the client sends something: `false` when
-/// the connection is to be closed instead — evicted, idle too long, or the gateway shutting
-/// down (a connection that has not begun a request gets a moment to begin one first).
-/// A parked connection may stay idle as long as it could unparked
-/// ([`Session::http1_idle_limit`]).
+/// Waits for a new connection's first bytes: `false` when the connection is to be closed
+/// instead — evicted, idle too long, or the gateway shutting down (a connection that has not
+/// begun a request gets a moment to begin one first).
 async fn await_request(stream: &TcpStream, session: &mut Session) -> bool {
     session.set_parked(true);
     let woken = wait_parked(stream, session).await;

@@ -6,6 +6,7 @@
 //! guard: a bug answers 500, it does not take the process down.
 
 pub mod connection;
+mod parking;
 pub mod workers;
 
 use std::collections::{HashMap, VecDeque};
@@ -27,7 +28,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::config::TlsFiles;
 use crate::gateway::Gateway;
 use crate::pipeline::forward::ConnInfo;
-use connection::{Activity, Protocols, serve_plain, serve_tls};
+use connection::{Activity, Protocols, Slots, serve_plain, serve_tls};
 use workers::Workers;
 
 /// Why the listeners could not start.
@@ -234,27 +235,27 @@ pub async fn start(gw: Arc<Gateway>) -> Result<Running, ServerError> {
                         // Combinators rather than one async block: a block keeps everything
                         // it captured for as long as it runs, beside the copies it handed on,
                         // and this task lives as long as its connection (-Zprint-type-sizes).
-                        workers.spawn(admit(slot).then(move |slot| {
+                        workers.spawn(move |open| admit(slot).then(move |slot| {
                             let (Some(slot), Ok(stream)) = (slot, TcpStream::from_std(stream)) else {
                                 return Either::Left(std::future::ready(()));
                             };
                             let conn = ConnInfo { remote, tls: tls.is_some() };
-                            // Boxed, the TLS path: a parked plain-text connection should not
+                            // Given back when the connection closes.
+                            let slots: Slots = Box::new((per_client, slot, open));
+                            // Boxed, the TLS path: a plain-text connection's task should not
                             // carry the handshake's state in it.
-                            let serve = match tls {
+                            Either::Right(match tls {
                                 Some(acceptor) => Either::Left(Box::pin(async move {
                                     // A client that never finishes the handshake must not hold the slot.
                                     let timeout = pipeline.config.server.header_read_timeout;
                                     let handshake = acceptor.accept(stream);
-                                    let Ok(Ok(stream)) = tokio::time::timeout(timeout, handshake).await else {
-                                        return;
-                                    };
-                                    serve_tls(&protocols, stream, pipeline, conn, shutdown, activity).await;
+                                    if let Ok(Ok(stream)) = tokio::time::timeout(timeout, handshake).await {
+                                        serve_tls(&protocols, stream, pipeline, conn, shutdown, activity).await;
+                                    }
+                                    drop(slots);
                                 })),
-                                None => Either::Right(serve_plain(protocols, stream, pipeline, conn, shutdown, activity)),
-                            };
-                            // Both slots are given back when the connection ends.
-                            Either::Right(serve.map(move |()| drop((per_client, slot))))
+                                None => Either::Right(parking::then_park(serve_plain(protocols, stream, pipeline, conn, shutdown, activity, slots))),
+                            })
                         }));
                     }
                     _ = rx.changed() => break,

@@ -166,3 +166,119 @@ async fn a_request_body_still_to_come_is_never_read_as_a_request() {
     let uris: Vec<String> = up.requests().into_iter().map(|s| s.uri).collect();
     assert_eq!(uris, ["/rest/api/content"]);
 }
+
+/// Reads until the gateway closes `stream`, for at most `limit`: whether it did.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A worker holds its parked connections in one table: each must be woken by its own
+/// client only, however many wait and in whatever order they come back, and a slot freed
+/// by a closed connection must serve the next one without mixing them up.
+#[tokio::test]
+async fn many_parked_connections_each_wake_for_their_own_client() {
+    let up = start_upstream().await;
+    let gw = start_gateway(TestConfig::new(&up.url())).await;
+    let mut clients = Vec::new();
+    for _ in 0..12 {
+        let mut client = TcpStream::connect(gw.addr).await.unwrap();
+        client
+            .write_all(as_gary("/display/ENG/First").as_bytes())
+            .await
+            .unwrap();
+        assert!(
+            read_response(&mut client)
+                .await
+                .starts_with("HTTP/1.1 200 ")
+        );
+        clients.push(client);
+    }
+    until_parked(&gw, 12).await;
+    // Every third connection closes while parked; its slot goes to a new connection.
+    for gone in (0..12).step_by(3).rev() {
+        drop(clients.remove(gone));
+    }
+    until_parked(&gw, 8).await;
+    for _ in 0..4 {
+        let mut client = TcpStream::connect(gw.addr).await.unwrap();
+        client
+            .write_all(as_gary("/display/ENG/Second").as_bytes())
+            .await
+            .unwrap();
+        assert!(
+            read_response(&mut client)
+                .await
+                .starts_with("HTTP/1.1 200 ")
+        );
+        clients.push(client);
+    }
+    until_parked(&gw, 12).await;
+    // Woken in reverse order, one at a time: only the client that sent is answered.
+    for round in 0..2 {
+        for (i, client) in clients.iter_mut().enumerate().rev() {
+            let target = format!("/display/ENG/R{round}C{i}");
+            client.write_all(as_gary(&target).as_bytes()).await.unwrap();
+            let answer = read_response(client).await;
+            assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        }
+        until_parked(&gw, 12).await;
+    }
+    let forwarded: Vec<String> = up.forwarded().into_iter().map(|s| s.uri).collect();
+    for round in 0..2 {
+        for i in 0..12 {
+            let target = format!("/display/ENG/R{round}C{i}");
+            assert_eq!(
+                forwarded.iter().filter(|u| **u == target).count(),
+                1,
+                "{target}"
+            );
+        }
+    }
+    assert_eq!(connections(&gw, "active").await, 0);
+}
+
+/// Shutdown closes parked connections at once (they have nothing in progress): the
+/// gateway does not wait out its grace period for them.
+#[tokio::test]
+async fn parked_connections_are_closed_when_the_gateway_shuts_down() {
+    let up = start_upstream().await;
+    let gw = start_gateway(TestConfig::new(&up.url())).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut client = TcpStream::connect(gw.addr).await.unwrap();
+        client
+            .write_all(as_gary("/display/ENG/Home").as_bytes())
+            .await
+            .unwrap();
+        assert!(
+            read_response(&mut client)
+                .await
+                .starts_with("HTTP/1.1 200 ")
+        );
+        clients.push(client);
+    }
+    until_parked(&gw, 3).await;
+    let started = Instant::now();
+    gw.running.shutdown();
+    for client in &mut clients {
+        assert!(
+            closed_within(client, Duration::from_secs(2)).await,
+            "a parked connection outlived shutdown"
+        );
+    }
+    gw.running.wait().await;
+    // The default grace period is 10 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
