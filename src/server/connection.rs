@@ -407,6 +407,10 @@ where
             check_at = check_at.min(activity.idle_deadline(PARK_AFTER));
         }
         tokio::select! {
+            // The connection first: a parked connection resumed because its client sent
+            // something is past its park deadline, and must read before that is checked, or
+            // it would go back to the table unread (and be woken again at once).
+            biased;
             _ = &mut *connection => return Turn::Ended,
             // At capacity the listener evicts the oldest connection that never began a
             // request, rather than refuse a new one (server/mod.rs).

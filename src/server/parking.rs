@@ -74,6 +74,7 @@ async fn hold(mut incoming: mpsc::UnboundedReceiver<Http1Connection>) {
     // The gateway's shutdown signal, from the first connection parked (every connection a
     // worker serves belongs to the same server).
     let mut shutdown: Option<watch::Receiver<bool>> = None;
+    let mut shut = false;
     loop {
         let next_deadline = table.next_deadline();
         tokio::select! {
@@ -81,26 +82,31 @@ async fn hold(mut incoming: mpsc::UnboundedReceiver<Http1Connection>) {
             () = table.ready.notify.notified() => table.resume_ready(),
             connection = incoming.recv() => {
                 let Some(connection) = connection else { return };
+                if shut {
+                    // Dropped: closed, as every idle connection is at shutdown.
+                    continue;
+                }
                 if shutdown.is_none() {
                     shutdown = Some(connection.shutdown_signal());
                 }
                 table.insert(connection);
             }
-            () = shutdown_changed(&mut shutdown) => table.close_all(),
+            () = shutdown_signalled(&mut shutdown), if !shut => {
+                table.close_all();
+                shut = true;
+            }
             () = sleep_until_some(next_deadline) => table.close_expired(),
         }
     }
 }
 
-/// Resolves when the gateway starts shutting down (or has begun to, unseen); never when
-/// there is no signal yet, or its sender is gone (the server is gone, and the worker with it).
-async fn shutdown_changed(shutdown: &mut Option<watch::Receiver<bool>>) {
+/// Resolves when the gateway shuts down, or has already begun to, or its signal's sender
+/// is gone (the server with it); never while there is no signal yet.
+async fn shutdown_signalled(shutdown: &mut Option<watch::Receiver<bool>>) {
     let Some(signal) = shutdown else {
         return std::future::pending().await;
     };
-    if signal.changed().await.is_err() {
-        std::future::pending::<()>().await;
-    }
+    let _ = signal.wait_for(|shutting_down| *shutting_down).await;
 }
 
 async fn sleep_until_some(at: Option<Instant>) {
