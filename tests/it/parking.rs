@@ -180,6 +180,15 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
     }
 }
 
+/// A new connection that has been answered once, as gary.
+async fn served_once(gw: &TestGateway, target: &str) -> TcpStream {
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    client.write_all(as_gary(target).as_bytes()).await.unwrap();
+    let answer = read_response(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    client
+}
+
 /// A worker holds its parked connections in one table: each must be woken by its own
 /// client only, however many wait and in whatever order they come back, and a slot freed
 /// by a closed connection must serve the next one without mixing them up.
@@ -189,17 +198,7 @@ async fn many_parked_connections_each_wake_for_their_own_client() {
     let gw = start_gateway(TestConfig::new(&up.url())).await;
     let mut clients = Vec::new();
     for _ in 0..12 {
-        let mut client = TcpStream::connect(gw.addr).await.unwrap();
-        client
-            .write_all(as_gary("/display/ENG/First").as_bytes())
-            .await
-            .unwrap();
-        assert!(
-            read_response(&mut client)
-                .await
-                .starts_with("HTTP/1.1 200 ")
-        );
-        clients.push(client);
+        clients.push(served_once(&gw, "/display/ENG/First").await);
     }
     until_parked(&gw, 12).await;
     // Every third connection closes while parked; its slot goes to a new connection.
@@ -208,17 +207,7 @@ async fn many_parked_connections_each_wake_for_their_own_client() {
     }
     until_parked(&gw, 8).await;
     for _ in 0..4 {
-        let mut client = TcpStream::connect(gw.addr).await.unwrap();
-        client
-            .write_all(as_gary("/display/ENG/Second").as_bytes())
-            .await
-            .unwrap();
-        assert!(
-            read_response(&mut client)
-                .await
-                .starts_with("HTTP/1.1 200 ")
-        );
-        clients.push(client);
+        clients.push(served_once(&gw, "/display/ENG/Second").await);
     }
     until_parked(&gw, 12).await;
     // Woken in reverse order, one at a time: only the client that sent is answered.
@@ -253,17 +242,7 @@ async fn parked_connections_are_closed_when_the_gateway_shuts_down() {
     let gw = start_gateway(TestConfig::new(&up.url())).await;
     let mut clients = Vec::new();
     for _ in 0..3 {
-        let mut client = TcpStream::connect(gw.addr).await.unwrap();
-        client
-            .write_all(as_gary("/display/ENG/Home").as_bytes())
-            .await
-            .unwrap();
-        assert!(
-            read_response(&mut client)
-                .await
-                .starts_with("HTTP/1.1 200 ")
-        );
-        clients.push(client);
+        clients.push(served_once(&gw, "/display/ENG/Home").await);
     }
     until_parked(&gw, 3).await;
     let started = Instant::now();
