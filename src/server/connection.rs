@@ -214,10 +214,9 @@ impl Http1Connection {
 
     /// When the connection must be closed if the client sends nothing before: a parked
     /// connection may stay idle as long as it could unparked ([`Session::http1_idle_limit`]).
-    pub(super) fn idle_deadline(&self) -> Instant {
-        self.session
-            .activity
-            .idle_deadline(self.session.http1_idle_limit())
+    pub(super) fn idle_deadline(&self) -> tokio::time::Instant {
+        let limit = self.session.http1_idle_limit();
+        tokio::time::Instant::from_std(self.session.activity.idle_deadline(limit))
     }
 
     /// It has been idle for as long as it may.
@@ -585,7 +584,7 @@ impl AsyncWrite for ClientSocket {
 const SHUTDOWN_FIRST_REQUEST_WAIT: Duration = Duration::from_millis(500);
 
 /// Sleeps until `at`, or for ever when it is `None`.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+pub(super) async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

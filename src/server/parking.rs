@@ -23,7 +23,7 @@ use slab::Slab;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
-use super::connection::{Http1Connection, serve_http1};
+use super::connection::{Http1Connection, serve_http1, sleep_until_some};
 
 thread_local! {
     /// This worker's table. A worker is one thread with its own runtime, and a connection
@@ -109,13 +109,6 @@ async fn shutdown_signalled(shutdown: &mut Option<watch::Receiver<bool>>) {
     let _ = signal.wait_for(|shutting_down| *shutting_down).await;
 }
 
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 struct Entry {
     connection: Http1Connection,
     /// Tells the table this entry's socket is ready; registered with the socket.
@@ -123,6 +116,13 @@ struct Entry {
     /// Which use of the slot this is: a deadline queued for an earlier occupant of the same
     /// slot must not close this one.
     generation: u64,
+}
+
+impl Entry {
+    /// Its place in the table's deadlines, as the entry in slot `index`.
+    fn deadline(&self, index: usize) -> Reverse<(Instant, usize, u64)> {
+        Reverse((self.connection.idle_deadline(), index, self.generation))
+    }
 }
 
 struct Table {
@@ -199,23 +199,18 @@ impl Table {
         }
         connection.set_parked(true);
         self.generations += 1;
-        let deadline = Instant::from_std(connection.idle_deadline());
         let index = slot.key();
-        slot.insert(Entry {
+        let entry = slot.insert(Entry {
             connection,
             waker,
             generation: self.generations,
         });
-        self.deadlines
-            .push(Reverse((deadline, index, self.generations)));
+        self.deadlines.push(entry.deadline(index));
         if self.deadlines.len() > 2 * self.entries.len() + 64 {
             self.deadlines = self
                 .entries
                 .iter()
-                .map(|(index, entry)| {
-                    let deadline = Instant::from_std(entry.connection.idle_deadline());
-                    Reverse((deadline, index, entry.generation))
-                })
+                .map(|(index, entry)| entry.deadline(index))
                 .collect();
         }
     }
@@ -263,8 +258,7 @@ impl Table {
             if entry.connection.idle_too_long() {
                 self.entries.remove(index);
             } else {
-                let deadline = Instant::from_std(entry.connection.idle_deadline());
-                self.deadlines.push(Reverse((deadline, index, generation)));
+                self.deadlines.push(entry.deadline(index));
             }
         }
     }
