@@ -183,8 +183,9 @@ async fn json_users_are_tagged_and_everything_else_is_byte_for_byte() {
 
 #[tokio::test]
 async fn users_are_tagged_however_the_wiki_spells_their_names() {
-    // Confluence looks a user up by the lower-cased name (the profile's `user_names`), so
-    // `GaRy` in an answer is gary, a guest, and is tagged as one.
+    // Confluence looks a user up by the lower-cased name (Confluence 8.7.2
+    // HibernateConfluenceUserDao.findByUsername through IdentifierUtils.toLowerCase; the
+    // profile's `user_names`), so `GaRy` in an answer is gary, a guest, and is tagged as one.
     let (_up, gw) = setup("").await;
     let a = get(
         &gw.url("/rest/api/content/101?spelled"),
