@@ -260,6 +260,15 @@ fn serve_drains_then_stops_on_sigterm() {
             .to_string()
     };
     let (proxy, admin) = (addr("proxy"), addr("admin"));
+    // It serves without transparent huge pages (src/main.rs): the kernel reports the
+    // process's opt-out in /proc (Linux 5.0 and later).
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|line| line.split_whitespace().eq(["THP_enabled:", "0"])),
+        "{status}"
+    );
     // One HTTP/1.1 exchange on a fresh connection: the status line and the headers.
     let head = |at: &str, target: &str| -> String {
         let mut s = std::net::TcpStream::connect(at).unwrap();
