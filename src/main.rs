@@ -6,8 +6,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     // No transparent huge pages: backed by 2 MiB pages, a partly used heap is resident
-    // whole (an idle gateway 41 MB instead of 22, 10,000 idle connections 50 MB instead of
-    // 39), and no request, decision or reload was measurably faster with them
+    // whole (an idle gateway 41 MB instead of 22, 10,000 idle connections 50-60 MB instead
+    // of 36-40), and no request or decision was measurably faster with them
     // (docs/BENCHMARKS.md, "Huge pages"). mimalloc is built not to ask for them (its
     // `no_thp` feature); this covers hosts whose kernel gives them unasked
     // (`transparent_hugepage=always`). Inherited by anything the process starts.

@@ -86,7 +86,7 @@ struct Scanner<'s, 'p> {
     item_space: Option<(usize, String)>,
     /// What the last [`Scanner::value`] was. Kept here rather than returned: as a return
     /// value it made `Result<Val, _>` too large for registers, and copying it back through
-    /// the stack stalled on store forwarding (a quarter of the scan's samples, perf).
+    /// the stack stalled on store forwarding (a quarter of `value`'s samples, perf annotate).
     last: Val,
 }
 
