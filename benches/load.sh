@@ -16,7 +16,14 @@
 #   SKIP_PEAK=1 ...                      # idle connections only (RSS "before" is then a
 #                                        # fresh process's, not one after the load)
 #   CHART=docs/benchmarks.svg ...        # also the peak-load medians as an SVG bar chart
+#   BASELINE=... ONLY="guestgate guestgate_before" SKIP_HALF=1 SKIP_IDLE=1 ...
+#                                        # a quick A/B of two builds: only these targets
+#                                        # (of nginx bare guestgate guestgate_guest
+#                                        # guestgate_before), compared round by round
 #
+# Each round runs the targets in turn, in reverse order every other round: on a shared VM
+# whichever runs later in a round has often measured lower, and alternating spreads that
+# over all of them.
 # Needs nginx and wrk (Debian: apt-get install nginx wrk). Loopback only; it starts its
 # own processes on ports 18080-18093 and stops exactly those (by PID) when it exits.
 set -euo pipefail
@@ -174,11 +181,21 @@ if [ -n "${BASELINE:-}" ]; then
   PORT[guestgate_before]=18084; PID[guestgate_before]=$BEFORE_PID; AUTH[guestgate_before]="$REGULAR"
   TARGETS+=(guestgate_before)
 fi
+if [ -n "${ONLY:-}" ]; then
+  read -ra TARGETS <<< "$ONLY"
+  for t in "${TARGETS[@]}"; do
+    [ -n "${PORT[$t]:-}" ] || { echo "ONLY: unknown target $t (BASELINE= for guestgate_before)" >&2; exit 1; }
+  done
+fi
+# The targets in a round's order: as listed in odd rounds, reversed in even ones.
+round_order() {
+  if (( $1 % 2 == 1 )); then printf '%s\n' "${TARGETS[@]}"; else printf '%s\n' "${TARGETS[@]}" | tac; fi
+}
 if [ -n "${SKIP_PEAK:-}" ]; then SKIP_HALF=1; fi
 if [ -z "${SKIP_PEAK:-}" ]; then
 echo "== $ROUNDS interleaved rounds of ${DURATION}s, $CONNS connections, $THREADS wrk threads, $(nproc) cores, MODE=$MODE"
 for round in $(seq "$ROUNDS"); do
-  for t in "${TARGETS[@]}"; do
+  for t in $(round_order "$round"); do
     header=()
     [ -n "${AUTH[$t]}" ] && header=(-H "Authorization: Bearer ${AUTH[$t]}")
     before=$(ticks "${PID[$t]}")
@@ -209,9 +226,19 @@ for t, m in med.items():
     print(f"{t:<16}{m[0]:>10.0f}{m[1]:>9.0f}{m[2]:>9.0f}{m[3]:>12.1f}{m[4]/1024:>8.1f}{m[5]:>9.0f}")
 print()
 for t in [t for t in ("guestgate", "guestgate_guest", "guestgate_before") if t in med]:
+    if "nginx" not in med or "bare" not in med:
+        break
     print(f"{t}: {med[t][0]/med['nginx'][0]:.2f}x nginx req/s, {med[t][0]/med['bare'][0]:.2f}x bare proxy req/s, "
           f"CPU/req {med[t][3]/med['nginx'][3]:.2f}x nginx, {med[t][3]/med['bare'][3]:.2f}x bare proxy, "
           f"p99 +{med[t][2]-med['nginx'][2]:.0f} µs vs nginx")
+# Paired by round: the two builds ran within seconds of each other, so their difference in
+# a round is steadier than the difference of their medians.
+for a, b in (("guestgate", "guestgate_before"), ("guestgate_guest", "guestgate")):
+    if a in rows and b in rows:
+        diffs = [x[3] - y[3] for x, y in zip(rows[a], rows[b])]
+        lower = sum(d < 0 for d in diffs)
+        print(f"{a} vs {b}, round by round: CPU/req lower in {lower} of {len(diffs)} rounds, "
+              f"median difference {statistics.median(diffs):+.1f} µs ({', '.join(f'{d:+.1f}' for d in diffs)})")
 PY
 if [ -n "${CHART:-}" ]; then
   # The medians as one picture: req/s and CPU µs per request, one bar each per target.
@@ -261,7 +288,7 @@ PY
 echo
 echo "== latency at a fixed $HALF req/s (half the lowest peak), $ROUNDS interleaved rounds of ${DURATION}s, 32 connections"
 for round in $(seq "$ROUNDS"); do
-  for t in "${TARGETS[@]}"; do
+  for t in $(round_order "$round"); do
     header=()
     [ -n "${AUTH[$t]}" ] && header=(--header "Authorization: Bearer ${AUTH[$t]}")
     before=$(ticks "${PID[$t]}")
@@ -284,6 +311,8 @@ print(f"{'target':<16}{'p50 µs':>9}{'p99 µs':>9}{'p99.9 µs':>10}{'errors':>8}
 for t, m in med.items():
     print(f"{t:<16}{m[0]:>9.0f}{m[1]:>9.0f}{m[2]:>10.0f}{m[3]:>8.0f}{m[4]:>12.1f}")
 for t in [t for t in ("guestgate", "guestgate_guest", "guestgate_before") if t in med]:
+    if "nginx" not in med or "bare" not in med:
+        break
     print(f"{t}: added p99 {med[t][1]-med['nginx'][1]:+.0f} µs vs nginx, {med[t][1]-med['bare'][1]:+.0f} µs vs the bare proxy")
 PY
 
