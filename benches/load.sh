@@ -16,14 +16,14 @@
 #   SKIP_PEAK=1 ...                      # idle connections only (RSS "before" is then a
 #                                        # fresh process's, not one after the load)
 #   CHART=docs/benchmarks.svg ...        # also the peak-load medians as an SVG bar chart
-#   BASELINE=... ONLY="guestgate guestgate_before" SKIP_HALF=1 SKIP_IDLE=1 ...
+#   BASELINE=... ONLY="guestgate guestgate_before" ROUNDS=6 SKIP_HALF=1 SKIP_IDLE=1 ...
 #                                        # a quick A/B of two builds: only these targets
 #                                        # (of nginx bare guestgate guestgate_guest
 #                                        # guestgate_before), compared round by round
 #
 # Each round runs the targets in turn, in reverse order every other round: on a shared VM
-# whichever runs later in a round has often measured lower, and alternating spreads that
-# over all of them.
+# the target that runs later in a round has often measured lower. With two targets and an
+# even ROUNDS each runs first equally often (the middle one of an odd list never moves).
 # Needs nginx and wrk (Debian: apt-get install nginx wrk). Loopback only; it starts its
 # own processes on ports 18080-18093 and stops exactly those (by PID) when it exits.
 set -euo pipefail
@@ -183,11 +183,17 @@ if [ -n "${BASELINE:-}" ]; then
 fi
 if [ -n "${ONLY:-}" ]; then
   read -ra TARGETS <<< "$ONLY"
+  [ "${#TARGETS[@]}" -gt 0 ] || { echo "ONLY names no target" >&2; exit 1; }
+  declare -A seen=()
   for t in "${TARGETS[@]}"; do
-    [ -n "${PORT[$t]:-}" ] || { echo "ONLY: unknown target $t (BASELINE= for guestgate_before)" >&2; exit 1; }
+    [[ "$t" =~ ^[a-z_]+$ && -n "${PORT[$t]:-}" ]] \
+      || { echo "ONLY: unknown target $t (BASELINE= for guestgate_before)" >&2; exit 1; }
+    [ -z "${seen[$t]:-}" ] || { echo "ONLY: $t named twice" >&2; exit 1; }
+    seen[$t]=1
   done
 fi
-# The targets in a round's order: as listed in odd rounds, reversed in even ones.
+# The targets in a round's order: as listed in odd rounds, reversed in even ones (an even
+# ROUNDS puts each of two targets first equally often).
 round_order() {
   if (( $1 % 2 == 1 )); then printf '%s\n' "${TARGETS[@]}"; else printf '%s\n' "${TARGETS[@]}" | tac; fi
 }
@@ -361,7 +367,7 @@ PY
     "$1" $((before / 1024)) $((after / 1024)) "$(awk -v a="$after" -v b="$before" -v n="$IDLE_CONNS" 'BEGIN { printf "%.1f", (a - b) / n }')"
   wait "$holder" || true
 }
-idle_rss nginx 18082 "$NGINX_PX"
-idle_rss bare 18081 "$BARE_PID"
-idle_rss guestgate 18083 "$GG_PID"
-if [ -n "${BASELINE:-}" ]; then idle_rss guestgate_before 18084 "$BEFORE_PID"; fi
+for t in "${TARGETS[@]}"; do
+  # The guest shares the regular user's process: its idle connections are the same.
+  [ "$t" = guestgate_guest ] || idle_rss "$t" "${PORT[$t]}" "${PID[$t]}"
+done

@@ -11,6 +11,7 @@ fn main() -> std::process::ExitCode {
     // (docs/BENCHMARKS.md, "Huge pages"). mimalloc is built not to ask for them (its
     // `no_thp` feature); this covers hosts whose kernel gives them unasked
     // (`transparent_hugepage=always`). Inherited by anything the process starts.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     if let Err(error) = rustix::thread::disable_transparent_huge_pages(true) {
         eprintln!("guestgate: transparent huge pages stay on ({error}): idle memory is higher");
     }
