@@ -18,7 +18,10 @@ pub fn full_body(body: impl Into<Bytes>) -> ProxyBody {
 }
 
 /// The upstream's body passed through unchanged.
-pub fn streamed(body: Incoming) -> ProxyBody {
+pub fn streamed<B>(body: B) -> ProxyBody
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
+{
     body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()
 }
 

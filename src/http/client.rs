@@ -1,6 +1,6 @@
-//! The one way guestgate builds an HTTP(S) client — towards the wiki, the identity
-//! provider and the bundle server: rustls with the aws-lc-rs provider, the Mozilla roots
-//! plus an optional private CA, HTTP/1.1, pooled keep-alive connections.
+//! The one way guestgate connects out — to the wiki, the identity provider and the bundle
+//! server: rustls with the aws-lc-rs provider, the Mozilla roots plus an optional private
+//! CA, HTTP/1.1, keep-alive connections (the wiki's in `super::pool`, per worker thread).
 
 use std::cell::Cell;
 use std::path::Path;
@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -95,6 +94,11 @@ pub enum ClientError {
     Tls(#[source] rustls::Error),
 }
 
+/// How long an idle keep-alive connection is kept: a load balancer on the way may forget a
+/// connection silently, and a request sent on it would wait for its whole timeout.
+/// hyper_util's pool default.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// Idle connections a shared client keeps per host.
 const SHARED_MAX_IDLE: usize = 256;
 
@@ -109,22 +113,28 @@ pub fn build<B: RequestBody>(
     build_with(extra_ca, connect_timeout, spawner, SHARED_MAX_IDLE)
 }
 
-/// Builds a client for one worker thread: its connections run on the runtime that opens
-/// them, and it keeps at most `max_idle` idle connections per host.
-pub fn build_local<B: RequestBody>(
-    extra_ca: Option<&Path>,
-    connect_timeout: Duration,
-    max_idle: usize,
-) -> Result<HttpsClient<B>, ClientError> {
-    build_with(extra_ca, connect_timeout, Spawner::Current, max_idle)
-}
-
 fn build_with<B: RequestBody>(
     extra_ca: Option<&Path>,
     connect_timeout: Duration,
     spawner: Spawner,
     max_idle: usize,
 ) -> Result<HttpsClient<B>, ClientError> {
+    Ok(Client::builder(spawner)
+        // hyper grows a connection's read buffer to ~400 KB while a large body streams;
+        // 64 KiB streams as fast on a LAN and keeps 96 concurrent downloads from holding
+        // ~30 MB more (benches/memory.sh).
+        .http1_max_buf_size(64 * 1024)
+        .pool_idle_timeout(IDLE_TIMEOUT)
+        .pool_max_idle_per_host(max_idle)
+        .build(connector(extra_ca, connect_timeout)?))
+}
+
+/// The connector every client uses: TCP with the connect timeout, no Nagle delay and
+/// keepalive probes, then TLS for `https` (HTTP/1.1 only).
+pub fn connector(
+    extra_ca: Option<&Path>,
+    connect_timeout: Duration,
+) -> Result<HttpsConnector<HttpConnector>, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(ca) = extra_ca {
@@ -155,19 +165,11 @@ fn build_with<B: RequestBody>(
     // A peer that vanishes without a word (a dead bundle server, a dropped NAT entry) is
     // noticed by the kernel, not only by a request's deadline.
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(spawner)
-        // hyper grows a connection's read buffer to ~400 KB while a large body streams;
-        // 64 KiB streams as fast on a LAN and keeps 96 concurrent downloads from holding
-        // ~30 MB more (benches/memory.sh).
-        .http1_max_buf_size(64 * 1024)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(max_idle)
-        .build(connector))
+        .wrap_connector(http))
 }
 
 /// Why a request the gateway makes on its own behalf (keys, discovery, bundles, content
@@ -255,14 +257,15 @@ pub async fn fetch<B: RequestBody>(
 }
 
 /// As [`fetch`], for a request already on its way (`send` yields the answer's head).
-pub async fn exchange<E>(
+pub async fn exchange<E, B>(
     uri: String,
-    send: impl std::future::Future<Output = Result<Response<Incoming>, E>>,
+    send: impl std::future::Future<Output = Result<Response<B>, E>>,
     deadline: Duration,
     max_bytes: usize,
 ) -> Result<Fetched, FetchError>
 where
     E: Into<BoxError>,
+    B: hyper::body::Body<Data = Bytes, Error: Into<BoxError>>,
 {
     let whole = async {
         let response = send.await.map_err(|e| FetchError::Unreachable {

@@ -7,6 +7,7 @@ pub mod canonical;
 pub mod client;
 pub mod cookies;
 pub mod page;
+pub mod pool;
 
 /// The gateway's own namespace (browser sign-in): answered by the gateway, never
 /// classified by the route profile, never forwarded.

@@ -213,7 +213,7 @@ async fn fetch_space(
     }
     let json = exchange(
         uri.to_string(),
-        upstream.client().request(req),
+        upstream.request(req),
         upstream.request_timeout(),
         MAX_LOOKUP_BYTES,
     )

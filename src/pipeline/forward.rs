@@ -1,8 +1,10 @@
 //! Stage 5, forward: sends the judged request — canonical path, identity headers set by the
-//! gateway alone — to the wiki over a pooled keep-alive client, and streams the answer back.
+//! gateway alone — to the wiki over a keep-alive connection of the worker's pool, and streams
+//! the answer back.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,13 +12,13 @@ use futures_util::FutureExt as _;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::accept::Accepted;
 use super::multipart::GuardedMultipart;
 use crate::config::{ServerConfig, UpstreamConfig};
-use crate::http::client::{ClientError, HttpsClient, build_local, current_worker};
+use crate::http::client::{ClientError, current_worker};
+use crate::http::pool::{OriginPool, PooledBody};
 use crate::pipeline::error::GatewayError;
 
 /// Request bodies towards the wiki: the client's, streamed (cut off at its route's limit),
@@ -27,6 +29,9 @@ pub type UpstreamBody = Either<
     crate::http::body::RequestBody,
     Either<Full<Bytes>, GuardedMultipart<crate::http::body::RequestBody>>,
 >;
+
+/// The body of the wiki's answer.
+pub type WikiBody = PooledBody<UpstreamBody>;
 
 /// An upstream body the gateway holds whole.
 pub fn whole_body(bytes: Bytes) -> UpstreamBody {
@@ -44,13 +49,12 @@ pub struct Upstream {
     /// One pool per worker thread, then one for everything else: a pooled connection's task
     /// runs on the runtime that opened it, and a request should find its upstream
     /// connection on its own thread (see `crate::workers`).
-    clients: Box<[HttpsClient<UpstreamBody>]>,
+    pools: Box<[Arc<OriginPool<UpstreamBody>>]>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
-    /// `Host` towards the wiki, as hyper_util's client would write it from the URI (the
-    /// port only where it is not the scheme's default), made once instead of formatted
-    /// for every request.
-    host: Option<HeaderValue>,
+    /// `Host` towards the wiki, as a client writes it from the URI (the port only where it
+    /// is not the scheme's default), made once instead of formatted for every request.
+    host: HeaderValue,
     base_path: String,
     user_header: Option<HeaderName>,
     request_timeout: Duration,
@@ -64,6 +68,8 @@ pub struct Upstream {
 pub enum UpstreamError {
     #[error("upstream.ca_file")]
     Client(#[source] ClientError),
+    #[error("upstream.url: its host and port do not make a `Host` header")]
+    Origin,
     #[error("upstream.service_authorization_env: environment variable ${0} is not set")]
     ServiceAuthorizationUnset(String),
     #[error("upstream.service_authorization_env: ${0} is not a valid header value")]
@@ -76,12 +82,20 @@ impl Upstream {
         // Clones share one pool; each worker needs a pool of its own. Together they keep
         // about as many idle connections to the wiki as one shared pool of 256 would.
         let max_idle = (256 / (workers + 1)).max(8);
-        let clients = (0..=workers)
-            .map(|_| {
-                build_local(config.ca_file.as_deref(), config.connect_timeout, max_idle)
-                    .map_err(UpstreamError::Client)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let connector =
+            crate::http::client::connector(config.ca_file.as_deref(), config.connect_timeout)
+                .map_err(UpstreamError::Client)?;
+        let origin = Uri::builder()
+            .scheme(config.scheme.clone())
+            .authority(config.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|_| UpstreamError::Origin)?;
+        let pools = (0..=workers)
+            .map(|_| OriginPool::new(connector.clone(), origin.clone(), max_idle))
+            .collect::<Vec<_>>();
+        // hyper_util's client wrote `Host` from the URI; requests now go in origin form.
+        let host = host_header(&config.scheme, &config.authority).ok_or(UpstreamError::Origin)?;
         let service_authorization = match &config.service_authorization_env {
             Some(var) => {
                 let value = std::env::var(var)
@@ -94,8 +108,8 @@ impl Upstream {
             None => None,
         };
         Ok(Upstream {
-            clients: clients.into_boxed_slice(),
-            host: host_header(&config.scheme, &config.authority),
+            pools: pools.into_boxed_slice(),
+            host,
             scheme: config.scheme.clone(),
             authority: config.authority.clone(),
             base_path: config.base_path.clone(),
@@ -132,9 +146,21 @@ impl Upstream {
     }
 
     /// The pool of the worker thread this runs on (the shared last one off the workers).
-    pub fn client(&self) -> &HttpsClient<UpstreamBody> {
-        let last = self.clients.len() - 1;
-        &self.clients[current_worker().map_or(last, |i| i.min(last))]
+    fn pool(&self) -> &Arc<OriginPool<UpstreamBody>> {
+        let last = self.pools.len() - 1;
+        &self.pools[current_worker().map_or(last, |i| i.min(last))]
+    }
+
+    /// Sends a request to the wiki and answers the response head, without a deadline (the
+    /// caller's): the gateway's own lookups. The URI may be absolute; it is sent in origin
+    /// form with the gateway's `Host`.
+    pub fn request(
+        &self,
+        mut req: Request<UpstreamBody>,
+    ) -> impl Future<Output = Result<Response<WikiBody>, crate::http::pool::PoolError>> + Send + use<>
+    {
+        req.headers_mut().insert(header::HOST, self.host.clone());
+        self.pool().send(req)
     }
 
     /// How long the wiki has to answer (`server.request_timeout`).
@@ -149,19 +175,18 @@ impl Upstream {
     pub fn send(
         &self,
         req: Request<UpstreamBody>,
-    ) -> impl Future<Output = Result<Response<Incoming>, GatewayError>> + Send + use<> {
-        tokio::time::timeout(self.request_timeout, self.client().request(req)).map(|answer| {
-            match answer {
-                Err(_) => {
-                    crate::telemetry::count(&crate::telemetry::UPSTREAM_ERRORS, 1);
-                    Err(GatewayError::UpstreamTimeout)
-                }
-                Ok(Err(e)) => {
-                    crate::telemetry::count(&crate::telemetry::UPSTREAM_ERRORS, 0);
-                    Err(GatewayError::upstream_failed(Box::new(e)))
-                }
-                Ok(Ok(resp)) => Ok(resp),
+    ) -> impl Future<Output = Result<Response<WikiBody>, GatewayError>> + Send + use<> {
+        tokio::time::timeout(self.request_timeout, self.pool().send(req)).map(|answer| match answer
+        {
+            Err(_) => {
+                crate::telemetry::count(&crate::telemetry::UPSTREAM_ERRORS, 1);
+                Err(GatewayError::UpstreamTimeout)
             }
+            Ok(Err(e)) => {
+                crate::telemetry::count(&crate::telemetry::UPSTREAM_ERRORS, 0);
+                Err(GatewayError::upstream_failed(Box::new(e)))
+            }
+            Ok(Ok(resp)) => Ok(resp),
         })
     }
 }
@@ -182,9 +207,9 @@ pub struct ConnInfo {
 }
 
 /// `Host` for the wiki's authority: its host, and its port unless it is the scheme's default
-/// (hyper_util's `set_host`, which fills in the same value when a request has none).
-/// `None` if it were not valid header text (it always is, coming from a parsed URI): the
-/// client then writes it per request.
+/// (as hyper_util's `set_host` writes it, which the gateway's requests got before they were
+/// sent in origin form). `None` if it were not valid header text (it always is, coming from
+/// a parsed URI).
 fn host_header(
     scheme: &http::uri::Scheme,
     authority: &http::uri::Authority,
@@ -381,7 +406,7 @@ pub fn forward(
     query: Option<&str>,
     conn: ConnInfo,
 ) -> Result<
-    impl Future<Output = Result<Response<Incoming>, GatewayError>> + Send + use<>,
+    impl Future<Output = Result<Response<WikiBody>, GatewayError>> + Send + use<>,
     GatewayError,
 > {
     let upgrade = is_upgrade(req.headers());
@@ -406,10 +431,7 @@ pub fn forward(
     // The browser session and sign-in state are the gateway's; the wiki never sees them.
     crate::http::cookies::strip_gateway_cookies(headers);
     join_cookie_crumbs(headers);
-    match &upstream.host {
-        Some(host) => headers.insert(header::HOST, host.clone()),
-        None => headers.remove(header::HOST),
-    };
+    headers.insert(header::HOST, upstream.host.clone());
     // The client's own X-Forwarded-For only counts when it comes through a proxy this
     // deployment trusts; from anyone else it is whatever the client wanted the wiki to log.
     let client_ip = conn.remote.ip();

@@ -445,3 +445,123 @@ async fn websocket_upgrades_are_authorized_then_tunnelled() {
     assert_eq!(seen[0].header("x-guestgate-user"), Some("alice"));
     assert_eq!(seen[0].header("upgrade"), Some("websocket"));
 }
+
+/// A gateway with one worker, so that every request uses the same pool of connections to
+/// the wiki (each worker keeps its own: src/http/pool.rs).
+fn one_worker(upstream: &str) -> TestConfig {
+    let mut c = TestConfig::new(upstream);
+    c.server_extra = "workers = 1\n".into();
+    c
+}
+
+/// Connections to the wiki are kept and used again: requests one after another share one,
+/// whether the answer had a body, had none (`HEAD`), or was `204 No Content`.
+#[tokio::test]
+async fn requests_one_after_another_share_one_connection_to_the_wiki() {
+    let handler: Handler = Arc::new(|req| {
+        Box::pin(async move {
+            if req.uri().path().ends_with("/Nothing") {
+                Response::builder()
+                    .status(StatusCode::NO_CONTENT)
+                    .body(full(Bytes::new()))
+                    .unwrap()
+            } else {
+                json_response(StatusCode::OK, serde_json::json!({"ok": true}))
+            }
+        })
+    });
+    let up = start_upstream_with(handler).await;
+    let gw = start_gateway(one_worker(&up.url())).await;
+    let auth = bearer(&token("alice", &[]));
+    let headers = [("authorization", auth.as_str())];
+    for (method, page, status) in [
+        ("GET", "Home", StatusCode::OK),
+        ("GET", "Home", StatusCode::OK),
+        ("HEAD", "Home", StatusCode::OK),
+        ("GET", "Nothing", StatusCode::NO_CONTENT),
+        ("GET", "Home", StatusCode::OK),
+    ] {
+        let url = gw.url(&format!("/display/ENG/{page}"));
+        let a = request(method, &url, &headers, "").await;
+        assert_eq!(a.status, status, "{method} {page}");
+    }
+    assert_eq!(up.forwarded().len(), 5);
+    assert_eq!(up.connection_count(), 1, "one connection for all five");
+}
+
+/// A connection the wiki closed while it waited idle (its keep-alive timeout) is not used
+/// again: the next request goes on a new one and is answered.
+#[tokio::test]
+async fn a_connection_the_wiki_closed_while_idle_is_not_used_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Answers one request per connection, keep-alive by its headers, then closes it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}")
+                    .await;
+            });
+        }
+    });
+    let gw = start_gateway(one_worker(&format!("http://{addr}"))).await;
+    let auth = bearer(&token("alice", &[]));
+    for i in 0..4 {
+        let a = get(&gw.url("/display/ENG/Home"), &[("authorization", &auth)]).await;
+        assert_eq!(a.status, StatusCode::OK, "request {i}: {}", a.text());
+        // Time for the gateway to see the connection close.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
+}
+
+/// An answer whose client went away before it was read to its end leaves its connection
+/// unusable (the rest of the answer is still on it): it is closed, not put back, and the
+/// next request is answered on a new one.
+#[tokio::test]
+async fn a_connection_with_an_unread_answer_is_not_put_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SIZE: usize = 16 << 20;
+    let handler: Handler = Arc::new(|req| {
+        Box::pin(async move {
+            if req.uri().path().ends_with("/big.bin") {
+                Response::builder()
+                    .header("content-type", "application/octet-stream")
+                    .body(full(vec![b'x'; SIZE]))
+                    .unwrap()
+            } else {
+                json_response(StatusCode::OK, serde_json::json!({"ok": true}))
+            }
+        })
+    });
+    let up = start_upstream_with(handler).await;
+    let gw = start_gateway(one_worker(&up.url())).await;
+    let mut client = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    client
+        .write_all(b"GET /s/x/_/download/resources/big.bin HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 64 << 10];
+    let read = client.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..read]).starts_with("HTTP/1.1 200"));
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let auth = bearer(&token("alice", &[]));
+    let a = get(&gw.url("/display/ENG/Home"), &[("authorization", &auth)]).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(up.connection_count(), 2);
+}

@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use lol_html::html_content::ContentType;
 use lol_html::send::{ElementContentHandlers, HtmlRewriter, Settings};
 use lol_html::{AsciiCompatibleEncoding, Selector};
 
 use crate::http::body::BoxError;
 use crate::http::page::escape as html_escape;
+use crate::pipeline::forward::WikiBody;
 use crate::routes::extract::UserNameSource;
 
 pub const LABEL_HTML: &str = "<span class=\"guestgate-guest-label\">GUEST</span>";
@@ -91,14 +92,14 @@ fn buffer_sink(capacity: usize) -> (Sink, Arc<Mutex<Vec<u8>>>) {
 
 /// A response body rewritten as it streams through.
 pub struct HtmlRewriteBody {
-    inner: Incoming,
+    inner: WikiBody,
     rewriter: Option<HtmlRewriter<'static, Sink>>,
     output: Arc<Mutex<Vec<u8>>>,
     done: bool,
 }
 
 impl HtmlRewriteBody {
-    pub fn new(inner: Incoming, plan: HtmlPlan) -> HtmlRewriteBody {
+    pub fn new(inner: WikiBody, plan: HtmlPlan) -> HtmlRewriteBody {
         let (sink, output) = buffer_sink(16 * 1024);
         HtmlRewriteBody {
             inner,

@@ -19,11 +19,12 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming};
+use hyper::body::{Body, Frame};
 
 use crate::config::RewriteConfig;
 use crate::http::body::{BoxError, ProxyBody};
 use crate::pipeline::error::GatewayError;
+use crate::pipeline::forward::WikiBody;
 use crate::pipeline::limits::{BufferBudget, BufferCharge};
 use crate::routes::Route;
 use crate::snapshot::Snapshot;
@@ -133,7 +134,7 @@ fn kind_of(headers: &HeaderMap) -> Kind {
     }
 }
 
-fn passthrough(resp: Response<Incoming>) -> Response<ProxyBody> {
+fn passthrough(resp: Response<WikiBody>) -> Response<ProxyBody> {
     resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync())
 }
 
@@ -165,7 +166,7 @@ fn content_encoding(headers: &HeaderMap) -> Option<String> {
 
 /// Runs the plan over the wiki's response.
 pub async fn apply(
-    resp: Response<Incoming>,
+    resp: Response<WikiBody>,
     plan: RewritePlan,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     let status = resp.status();
@@ -220,7 +221,7 @@ enum TooLarge {
 /// body, and the copies a rewrite makes of it). `Err` when the body is larger or the
 /// budget is spent, with the prefix read and the frame that did not fit.
 async fn read_limited(
-    body: &mut Incoming,
+    body: &mut WikiBody,
     max: usize,
     budget: &BufferBudget,
     charge: &mut BufferCharge,
@@ -287,7 +288,7 @@ fn decode(encoding: &str, raw: &[u8], max: usize) -> Option<Vec<u8>> {
 }
 
 async fn rewrite_json(
-    resp: Response<Incoming>,
+    resp: Response<WikiBody>,
     plan: RewritePlan,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     let guarded = plan.filter.is_some();
@@ -433,7 +434,7 @@ impl Body for ChargedBody {
 struct PrefixedBody {
     prefix: Option<Bytes>,
     extra: Option<Bytes>,
-    rest: Incoming,
+    rest: WikiBody,
     /// What the prefix was charged, given back once it is handed on.
     charge: Option<BufferCharge>,
 }

@@ -28,6 +28,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub lookups: Arc<AtomicUsize>,
+    /// TCP connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -49,6 +51,10 @@ impl Upstream {
 
     pub fn lookup_count(&self) -> usize {
         self.lookups.load(Ordering::SeqCst)
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 }
 
@@ -133,12 +139,14 @@ pub async fn start_upstream_with(handler: Handler) -> Upstream {
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let lookups = Arc::new(AtomicUsize::new(0));
-    let (seen2, lookups2) = (seen.clone(), lookups.clone());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (seen2, lookups2, connections2) = (seen.clone(), lookups.clone(), connections.clone());
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            connections2.fetch_add(1, Ordering::SeqCst);
             let (seen, lookups, handler) = (seen2.clone(), lookups2.clone(), handler.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
@@ -166,5 +174,6 @@ pub async fn start_upstream_with(handler: Handler) -> Upstream {
         addr,
         seen,
         lookups,
+        connections,
     }
 }
