@@ -565,3 +565,94 @@ async fn a_connection_with_an_unread_answer_is_not_put_back() {
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     assert_eq!(up.connection_count(), 2);
 }
+
+/// A wiki behind HTTPS with a private CA (`upstream.ca_file`): requests reach it over TLS
+/// with its `Host`, one after another on one connection; without the CA its certificate is
+/// not trusted and the request fails closed (502), never falling back to anything else.
+#[tokio::test]
+async fn an_https_wiki_with_a_private_ca_is_reached_and_its_connection_kept() {
+    use rustls::pki_types::pem::PemObject;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("wiki-ca.pem");
+    std::fs::write(&ca_file, cert.cert.pem()).unwrap();
+    let server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(
+            cert.signing_key.serialize_pem().as_bytes(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let hosts = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (counted, seen) = (handshakes.clone(), hosts.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, counted, seen) = (acceptor.clone(), counted.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let host = req.headers().get("host").and_then(|h| h.to_str().ok());
+                        seen.lock().unwrap().push(host.unwrap_or("").to_string());
+                        async {
+                            Ok::<_, std::convert::Infallible>(json_response(
+                                StatusCode::OK,
+                                serde_json::json!({"ok": true}),
+                            ))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    let wiki = format!("https://localhost:{port}");
+    let auth = bearer(&token("alice", &[]));
+
+    let mut c = one_worker(&wiki);
+    c.upstream_extra = format!("ca_file = \"{}\"\n", ca_file.display());
+    let gw = start_gateway(c).await;
+    for i in 0..3 {
+        let a = get(&gw.url("/display/ENG/Home"), &[("authorization", &auth)]).await;
+        assert_eq!(a.status, StatusCode::OK, "request {i}: {}", a.text());
+    }
+    assert_eq!(
+        handshakes.load(Ordering::SeqCst),
+        1,
+        "one TLS connection for three requests"
+    );
+    let expected_host = format!("localhost:{port}");
+    assert!(
+        hosts.lock().unwrap().iter().all(|h| *h == expected_host),
+        "{hosts:?}"
+    );
+
+    let untrusting = start_gateway(one_worker(&wiki)).await;
+    let a = get(
+        &untrusting.url("/display/ENG/Home"),
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        hosts.lock().unwrap().len(),
+        3,
+        "nothing reached the wiki without trust"
+    );
+}
