@@ -157,7 +157,15 @@ impl<B: RequestBody> OriginPool<B> {
     }
 
     async fn connect(&self) -> Result<SendRequest<B>, PoolError> {
-        let io = tower_service::Service::call(&mut self.connector.clone(), self.origin.clone())
+        let mut connector = self.connector.clone();
+        // The tower contract: ready before called (the HTTP connector always is).
+        std::future::poll_fn(|cx| tower_service::Service::<Uri>::poll_ready(&mut connector, cx))
+            .await
+            .map_err(|source| PoolError::Connect {
+                origin: self.origin.clone(),
+                source,
+            })?;
+        let io = tower_service::Service::call(&mut connector, self.origin.clone())
             .await
             .map_err(|source| PoolError::Connect {
                 origin: self.origin.clone(),
@@ -282,10 +290,12 @@ impl<B: RequestBody> Body for PooledBody<B> {
         let this = &mut *self;
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
         match &frame {
-            // hyper's server stops polling a body that says it has ended: the last frame
-            // is where its end is seen.
+            // hyper's server stops polling a body that says it has ended, and after its
+            // trailers: the last frame is where the end is seen.
             Poll::Ready(None) => this.read_to_end = true,
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.read_to_end = true,
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() || this.inner.is_end_stream() => {
+                this.read_to_end = true
+            }
             Poll::Ready(Some(Err(_))) => drop(this.home.take()),
             _ => {}
         }

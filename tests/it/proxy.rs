@@ -656,3 +656,45 @@ async fn an_https_wiki_with_a_private_ca_is_reached_and_its_connection_kept() {
         "nothing reached the wiki without trust"
     );
 }
+
+/// A chunked answer with trailers ends at its trailers (hyper's server polls no further):
+/// its connection is kept all the same.
+#[tokio::test]
+async fn a_connection_whose_answer_ended_with_trailers_is_kept() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: 1\r\n\r\n";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let gw = start_gateway(one_worker(&format!("http://{addr}"))).await;
+    let auth = bearer(&token("alice", &[]));
+    for i in 0..3 {
+        let a = get(&gw.url("/display/ENG/Home"), &[("authorization", &auth)]).await;
+        assert_eq!(a.status, StatusCode::OK, "request {i}");
+        assert_eq!(a.text(), "hello");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
