@@ -99,33 +99,39 @@ enum Kind {
     Other,
 }
 
-fn media_type(headers: &HeaderMap) -> (String, Option<String>) {
+/// The media type and charset of `Content-Type`, as written (compared without case by
+/// the callers): read on every response, so not lower-cased into new strings.
+fn media_type(headers: &HeaderMap) -> (&str, Option<&str>) {
     let Some(ct) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
     else {
-        return (String::new(), None);
+        return ("", None);
     };
     let mut parts = ct.split(';');
-    let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let media = parts.next().unwrap_or("").trim();
     let charset = parts.find_map(|p| {
         let (k, v) = p.split_once('=')?;
         k.trim()
             .eq_ignore_ascii_case("charset")
-            .then(|| v.trim().trim_matches('"').to_ascii_lowercase())
+            .then(|| v.trim().trim_matches('"'))
     });
     (media, charset)
 }
 
 fn kind_of(headers: &HeaderMap) -> Kind {
     let (media, charset) = media_type(headers);
-    if media == "application/json"
-        || (media.starts_with("application/") && media.ends_with("+json"))
+    let bytes = media.as_bytes();
+    let (application, json_suffix) = (&b"application/"[..], &b"+json"[..]);
+    if media.eq_ignore_ascii_case("application/json")
+        || (bytes.len() >= application.len() + json_suffix.len()
+            && bytes[..application.len()].eq_ignore_ascii_case(application)
+            && bytes[bytes.len() - json_suffix.len()..].eq_ignore_ascii_case(json_suffix))
     {
         Kind::Json
-    } else if media == "text/html" {
+    } else if media.eq_ignore_ascii_case("text/html") {
+        // `for_label` compares labels without case.
         let enc = charset
-            .as_deref()
             .and_then(|c| encoding_rs::Encoding::for_label(c.as_bytes()))
             .unwrap_or(encoding_rs::UTF_8);
         Kind::Html(enc)
@@ -353,7 +359,8 @@ async fn rewrite_json(
         },
     };
     let (_, charset) = media_type(&parts.headers);
-    if charset.is_some_and(|c| c != "utf-8" && c != "utf8") {
+    if charset.is_some_and(|c| !c.eq_ignore_ascii_case("utf-8") && !c.eq_ignore_ascii_case("utf8"))
+    {
         if guarded {
             return Err(GatewayError::Unfilterable("listing_not_utf8"));
         }
@@ -457,5 +464,47 @@ impl Body for PrefixedBody {
         Pin::new(&mut self.rest)
             .poll_frame(cx)
             .map(|f| f.map(|r| r.map_err(|e| -> BoxError { Box::new(e) })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(content_type: &str) -> Kind {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(content_type).expect("header"),
+        );
+        kind_of(&headers)
+    }
+
+    #[test]
+    fn media_types_compare_without_case() {
+        for json in [
+            "application/json",
+            "Application/JSON; charset=UTF-8",
+            "application/vnd.api+json",
+            "APPLICATION/problem+JSON",
+        ] {
+            assert!(matches!(kind(json), Kind::Json), "{json}");
+        }
+        for other in [
+            "text/plain",
+            "application/jsonp",
+            "application/+jsonx",
+            "json",
+        ] {
+            assert!(matches!(kind(other), Kind::Other), "{other}");
+        }
+        match kind("Text/HTML; Charset=\"ISO-8859-1\"") {
+            Kind::Html(enc) => assert_eq!(enc, encoding_rs::WINDOWS_1252),
+            _ => panic!("text/html"),
+        }
+        match kind("text/html") {
+            Kind::Html(enc) => assert_eq!(enc, encoding_rs::UTF_8),
+            _ => panic!("text/html"),
+        }
     }
 }
