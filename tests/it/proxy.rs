@@ -489,13 +489,15 @@ async fn requests_one_after_another_share_one_connection_to_the_wiki() {
     assert_eq!(up.connection_count(), 1, "one connection for all five");
 }
 
-/// A connection the wiki closed while it waited idle (its keep-alive timeout) is not used
-/// again: the next request goes on a new one and is answered.
-#[tokio::test]
-async fn a_connection_the_wiki_closed_while_idle_is_not_used_again() {
+/// A wiki written byte by byte: every request head it reads is answered with `answer`;
+/// with `one_per_connection` the connection is then closed (no `Connection: close`: as a
+/// keep-alive timeout would). Counts the connections it accepts.
+async fn raw_wiki(
+    answer: &'static [u8],
+    one_per_connection: bool,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // Answers one request per connection, keep-alive by its headers, then closes it.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -504,20 +506,35 @@ async fn a_connection_the_wiki_closed_while_idle_is_not_used_again() {
         while let Ok((mut stream, _)) = listener.accept().await {
             counted.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut head = Vec::new();
+                let mut pending = Vec::new();
                 let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                loop {
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        if stream.write_all(answer).await.is_err() || one_per_connection {
+                            return;
+                        }
+                    }
                     match stream.read(&mut buf).await {
                         Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
                     }
                 }
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}")
-                    .await;
             });
         }
     });
+    (addr, accepted)
+}
+
+/// A connection the wiki closed while it waited idle (its keep-alive timeout) is not used
+/// again: the next request goes on a new one and is answered.
+#[tokio::test]
+async fn a_connection_the_wiki_closed_while_idle_is_not_used_again() {
+    let (addr, accepted) = raw_wiki(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}",
+        true,
+    )
+    .await;
     let gw = start_gateway(one_worker(&format!("http://{addr}"))).await;
     let auth = bearer(&token("alice", &[]));
     for i in 0..4 {
@@ -526,7 +543,7 @@ async fn a_connection_the_wiki_closed_while_idle_is_not_used_again() {
         // Time for the gateway to see the connection close.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), 4);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 4);
 }
 
 /// An answer whose client went away before it was read to its end leaves its connection
@@ -661,34 +678,11 @@ async fn an_https_wiki_with_a_private_ca_is_reached_and_its_connection_kept() {
 /// its connection is kept all the same.
 #[tokio::test]
 async fn a_connection_whose_answer_ended_with_trailers_is_kept() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counted = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut pending = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                        pending.drain(..end + 4);
-                        let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: 1\r\n\r\n";
-                        if stream.write_all(answer).await.is_err() {
-                            return;
-                        }
-                    }
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => pending.extend_from_slice(&buf[..n]),
-                    }
-                }
-            });
-        }
-    });
+    let (addr, accepted) = raw_wiki(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: 1\r\n\r\n",
+        false,
+    )
+    .await;
     let gw = start_gateway(one_worker(&format!("http://{addr}"))).await;
     let auth = bearer(&token("alice", &[]));
     for i in 0..3 {
@@ -696,5 +690,5 @@ async fn a_connection_whose_answer_ended_with_trailers_is_kept() {
         assert_eq!(a.status, StatusCode::OK, "request {i}");
         assert_eq!(a.text(), "hello");
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
