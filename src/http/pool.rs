@@ -7,10 +7,11 @@
 //! again, and every checkout goes through a keyed, shared pool and a connect future built
 //! whether it is needed or not. Here the answer's body puts its connection back when the
 //! wiki's answer has been read to its end, with no task: the bare pass-through proxy
-//! measured 1.5 µs less CPU per request this way (docs/BENCHMARKS.md, "Upstream
-//! connections"). What that client did for the gateway is kept: a request that an idle
-//! connection closed before it could be sent is sent again on another; idle connections
-//! are closed after [`IDLE_TIMEOUT`] and at most `max_idle` are kept.
+//! measured 1.5 µs less CPU per request this way, the gateway as much
+//! (docs/BENCHMARKS.md, "Connections to the wiki"). What that client did for the gateway
+//! is kept: a request that an idle connection closed before it could be sent is sent
+//! again on another; idle connections are closed after [`IDLE_TIMEOUT`] and at most
+//! `max_idle` are kept.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
