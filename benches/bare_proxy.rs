@@ -4,6 +4,11 @@
 //!
 //!     cargo bench --bench bare_proxy -- 127.0.0.1:18081 http://127.0.0.1:18080
 //!
+//! Its client is hyper_util's pooled one, the way a plain hyper proxy is written. With
+//! `BARE_POOL=guestgate` it forwards through guestgate's own pool of upstream connections
+//! (`guestgate::http::pool`) instead: the same proxy without what hyper_util's client adds
+//! around each send (load.sh's target `bare_pool`).
+//!
 //! Without both arguments it exits at once, so a plain `cargo bench` is not blocked by it.
 
 use std::convert::Infallible;
@@ -31,6 +36,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    if std::env::var("BARE_POOL").as_deref() == Ok("guestgate") {
+        runtime.block_on(serve_on_guestgates_pool(listen, upstream));
+        return;
+    }
     runtime.block_on(async move {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -88,4 +97,44 @@ fn main() {
             });
         }
     });
+}
+
+/// The same pass-through, its upstream connections from guestgate's pool.
+async fn serve_on_guestgates_pool(listen: SocketAddr, upstream: Uri) {
+    let connector = guestgate::http::client::connector(None, std::time::Duration::from_secs(5))
+        .expect("connector");
+    let host = http::HeaderValue::from_str(upstream.authority().expect("authority").as_str())
+        .expect("host");
+    let pool = guestgate::http::pool::OriginPool::<Incoming>::new(connector, upstream, 256);
+    let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
+    eprintln!("bare_proxy (guestgate's pool) listening on {listen}");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (pool, host) = (pool.clone(), host.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.headers_mut().insert(http::header::HOST, host.clone());
+                let send = pool.send(req);
+                async move {
+                    let resp = match send.await {
+                        Ok(resp) => resp.map(http_body_util::Either::Left),
+                        Err(_) => hyper::Response::builder()
+                            .status(502)
+                            .body(http_body_util::Either::Right(http_body_util::Empty::<
+                                bytes::Bytes,
+                            >::new(
+                            )))
+                            .expect("response"),
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }

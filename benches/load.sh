@@ -18,14 +18,17 @@
 #   CHART=docs/benchmarks.svg ...        # also the peak-load medians as an SVG bar chart
 #   BASELINE=... ONLY="guestgate guestgate_before" ROUNDS=6 SKIP_HALF=1 SKIP_IDLE=1 ...
 #                                        # a quick A/B of two builds: only these targets
-#                                        # (of nginx bare guestgate guestgate_guest
+#                                        # (of nginx bare bare_pool guestgate guestgate_guest
 #                                        # guestgate_before), compared round by round
+#   ONLY="bare bare_pool guestgate" ...   # bare_pool: the bare proxy on guestgate's own pool
+#                                        # of upstream connections (benches/bare_proxy.rs),
+#                                        # run only when named
 #
 # Each round runs the targets in turn, in reverse order every other round: on a shared VM
 # the target that runs later in a round has often measured lower. With two targets and an
 # even ROUNDS each runs first equally often (the middle one of an odd list never moves).
 # Needs nginx and wrk (Debian: apt-get install nginx wrk). Loopback only; it starts its
-# own processes on ports 18080-18093 and stops exactly those (by PID) when it exits.
+# own processes on ports 18080-18094 and stops exactly those (by PID) when it exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -136,8 +139,10 @@ ulimit -n 65536 2>/dev/null || true
 "${LOAD_CPU[@]}" nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" & PIDS+=($!)
 "${PROXY_CPU[@]}" nginx -p "$WORK/px" -c "$WORK/px/nginx.conf" & PIDS+=($!); NGINX_PX=$!
 "${PROXY_CPU[@]}" "$BARE" 127.0.0.1:18081 http://127.0.0.1:18080 2>/dev/null & PIDS+=($!); BARE_PID=$!
+# The same bare proxy on guestgate's pool of upstream connections (target bare_pool, by ONLY=).
+BARE_POOL=guestgate "${PROXY_CPU[@]}" "$BARE" 127.0.0.1:18085 http://127.0.0.1:18080 2>/dev/null & PIDS+=($!); BARE_POOL_PID=$!
 RUST_LIB_BACKTRACE=0 RUST_BACKTRACE=0 RUST_LOG=warn "${PROXY_CPU[@]}" ./target/release/guestgate serve --config "$WORK/guestgate.toml" 2>"$WORK/gg.log" & PIDS+=($!); GG_PID=$!
-PORTS=(18080 18081 18082 18083)
+PORTS=(18080 18081 18082 18083 18085)
 if [ -n "${BASELINE:-}" ]; then
   # An older build of guestgate on the same config, as one more target ("guestgate_before").
   # A build older than its policy input may need the policies it shipped with.
@@ -173,9 +178,9 @@ rss_kb() { local total=0; for p in "$@"; do
     [ -r /proc/$q/status ] && total=$((total + $(awk '/VmRSS/ {print $2}' /proc/$q/status)))
   done; done; echo $total; }
 
-declare -A PORT=( [nginx]=18082 [bare]=18081 [guestgate]=18083 [guestgate_guest]=18083 )
-declare -A PID=( [nginx]=$NGINX_PX [bare]=$BARE_PID [guestgate]=$GG_PID [guestgate_guest]=$GG_PID )
-declare -A AUTH=( [nginx]="" [bare]="" [guestgate]="$REGULAR" [guestgate_guest]="$GUEST" )
+declare -A PORT=( [nginx]=18082 [bare]=18081 [bare_pool]=18085 [guestgate]=18083 [guestgate_guest]=18083 )
+declare -A PID=( [nginx]=$NGINX_PX [bare]=$BARE_PID [bare_pool]=$BARE_POOL_PID [guestgate]=$GG_PID [guestgate_guest]=$GG_PID )
+declare -A AUTH=( [nginx]="" [bare]="" [bare_pool]="" [guestgate]="$REGULAR" [guestgate_guest]="$GUEST" )
 TARGETS=(nginx bare guestgate guestgate_guest)
 if [ -n "${BASELINE:-}" ]; then
   PORT[guestgate_before]=18084; PID[guestgate_before]=$BEFORE_PID; AUTH[guestgate_before]="$REGULAR"
@@ -239,12 +244,18 @@ for t in [t for t in ("guestgate", "guestgate_guest", "guestgate_before") if t i
           f"p99 +{med[t][2]-med['nginx'][2]:.0f} µs vs nginx")
 # Paired by round: the two builds ran within seconds of each other, so their difference in
 # a round is steadier than the difference of their medians.
-for a, b in (("guestgate", "guestgate_before"), ("guestgate_guest", "guestgate")):
+for a, b in (("guestgate", "guestgate_before"), ("guestgate_guest", "guestgate"), ("bare_pool", "bare")):
     if a in rows and b in rows:
         diffs = [x[3] - y[3] for x, y in zip(rows[a], rows[b])]
         lower = sum(d < 0 for d in diffs)
         print(f"{a} vs {b}, round by round: CPU/req lower in {lower} of {len(diffs)} rounds, "
               f"median difference {statistics.median(diffs):+.1f} µs ({', '.join(f'{d:+.1f}' for d in diffs)})")
+# CPU per request against each bare proxy, as a ratio within each round.
+for base in ("bare", "bare_pool"):
+    for t in [t for t in ("guestgate", "guestgate_guest", "guestgate_before") if t in rows and base in rows]:
+        ratios = [x[3] / y[3] for x, y in zip(rows[t], rows[base])]
+        print(f"{t} / {base}, CPU/req round by round: median {statistics.median(ratios):.2f}x "
+              f"({', '.join(f'{r:.2f}' for r in ratios)})")
 PY
 if [ -n "${CHART:-}" ]; then
   # The medians as one picture: req/s and CPU µs per request, one bar each per target.
