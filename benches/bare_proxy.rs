@@ -78,17 +78,7 @@ fn main() {
                             .build()
                             .expect("uri");
                         req.headers_mut().remove(http::header::HOST);
-                        let resp = match client.request(req).await {
-                            Ok(resp) => resp.map(http_body_util::Either::Left),
-                            Err(_) => hyper::Response::builder()
-                                .status(502)
-                                .body(http_body_util::Either::Right(http_body_util::Empty::<
-                                    bytes::Bytes,
-                                >::new(
-                                )))
-                                .expect("response"),
-                        };
-                        Ok::<_, Infallible>(resp)
+                        Ok::<_, Infallible>(answer(client.request(req).await))
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -118,23 +108,24 @@ async fn serve_on_guestgates_pool(listen: SocketAddr, upstream: Uri) {
             let service = service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.headers_mut().insert(http::header::HOST, host.clone());
                 let send = pool.send(req);
-                async move {
-                    let resp = match send.await {
-                        Ok(resp) => resp.map(http_body_util::Either::Left),
-                        Err(_) => hyper::Response::builder()
-                            .status(502)
-                            .body(http_body_util::Either::Right(http_body_util::Empty::<
-                                bytes::Bytes,
-                            >::new(
-                            )))
-                            .expect("response"),
-                    };
-                    Ok::<_, Infallible>(resp)
-                }
+                async move { Ok::<_, Infallible>(answer(send.await)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// The upstream's answer, or an empty 502 when there was none.
+fn answer<B, E>(
+    sent: Result<hyper::Response<B>, E>,
+) -> hyper::Response<http_body_util::Either<B, http_body_util::Empty<bytes::Bytes>>> {
+    match sent {
+        Ok(resp) => resp.map(http_body_util::Either::Left),
+        Err(_) => hyper::Response::builder()
+            .status(502)
+            .body(http_body_util::Either::Right(http_body_util::Empty::new()))
+            .expect("response"),
     }
 }
