@@ -99,21 +99,21 @@ impl<B: RequestBody> OriginPool<B> {
         }
         let pool = self.clone();
         async move {
-            // A connection that the wiki closed while it waited idle gives the request back
-            // unsent (hyper's `TrySendError::take_message`): it goes to the next one.
-            while let Some(mut sender) = pool.checkout() {
+            loop {
+                // An idle connection that the wiki closed while it waited gives the request
+                // back unsent (hyper's `TrySendError::take_message`): it goes to the next
+                // one, or a new one. A new one that fails has no next.
+                let (mut sender, idle) = match pool.checkout() {
+                    Some(sender) => (sender, true),
+                    None => (pool.connect().await?, false),
+                };
                 match sender.try_send_request(req).await {
                     Ok(response) => return Ok(pool.body_returns(response, sender)),
                     Err(mut failed) => match failed.take_message() {
-                        Some(unsent) => req = unsent,
-                        None => return Err(pool.send_error(failed.into_error())),
+                        Some(unsent) if idle => req = unsent,
+                        _ => return Err(pool.send_error(failed.into_error())),
                     },
                 }
-            }
-            let mut sender = pool.connect().await?;
-            match sender.send_request(req).await {
-                Ok(response) => Ok(pool.body_returns(response, sender)),
-                Err(e) => Err(pool.send_error(e)),
             }
         }
     }
@@ -158,20 +158,18 @@ impl<B: RequestBody> OriginPool<B> {
     }
 
     async fn connect(&self) -> Result<SendRequest<B>, PoolError> {
+        let unreachable = |source| PoolError::Connect {
+            origin: self.origin.clone(),
+            source,
+        };
         let mut connector = self.connector.clone();
         // The tower contract: ready before called (the HTTP connector always is).
         std::future::poll_fn(|cx| tower_service::Service::<Uri>::poll_ready(&mut connector, cx))
             .await
-            .map_err(|source| PoolError::Connect {
-                origin: self.origin.clone(),
-                source,
-            })?;
+            .map_err(unreachable)?;
         let io = tower_service::Service::call(&mut connector, self.origin.clone())
             .await
-            .map_err(|source| PoolError::Connect {
-                origin: self.origin.clone(),
-                source,
-            })?;
+            .map_err(unreachable)?;
         let (sender, connection) =
             self.handshake
                 .handshake(io)

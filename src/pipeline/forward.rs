@@ -121,14 +121,27 @@ impl Upstream {
         })
     }
 
-    /// The upstream URI of a canonical path and query.
+    /// The absolute upstream URI of a canonical path and query (the gateway's own lookups,
+    /// whose errors name it; the pool sends it in origin form).
     pub fn uri_for(&self, path_and_query: &str) -> Uri {
-        self.uri_with_query(path_and_query, None)
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(self.path_text(path_and_query, None))
+            .build()
+            .unwrap_or_else(|_| Uri::from_static("/"))
     }
 
-    /// The upstream URI of a canonical path and, when there is one, its query: written
-    /// once, into the buffer the URI keeps.
-    pub fn uri_with_query(&self, path: &str, query: Option<&str>) -> Uri {
+    /// A forwarded request's URI in origin form (as it goes on the wire: the pool would
+    /// otherwise rebuild an absolute one on every request).
+    fn origin_form(&self, path: &str, query: Option<&str>) -> Uri {
+        http::uri::PathAndQuery::from_maybe_shared(self.path_text(path, query))
+            .map_or_else(|_| Uri::from_static("/"), Uri::from)
+    }
+
+    /// The base path, a canonical path and, when there is one, its query: written once,
+    /// into the buffer the URI keeps.
+    fn path_text(&self, path: &str, query: Option<&str>) -> String {
         let query_len = query.map_or(0, |q| q.len() + 1);
         let mut s = String::with_capacity(self.base_path.len() + path.len() + query_len);
         s.push_str(&self.base_path);
@@ -137,12 +150,7 @@ impl Upstream {
             s.push('?');
             s.push_str(query);
         }
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(s)
-            .build()
-            .unwrap_or_else(|_| Uri::from_static("/"))
+        s
     }
 
     /// The pool of the worker thread this runs on (the shared last one off the workers).
@@ -476,7 +484,7 @@ pub fn forward(
     }
 
     // A guest's search narrowed to their spaces replaces the query (`pipeline::scope`).
-    parts.uri = upstream.uri_with_query(&accepted.path, query.or(accepted.query.as_deref()));
+    parts.uri = upstream.origin_form(&accepted.path, query.or(accepted.query.as_deref()));
     // The client may speak HTTP/2; the wiki is spoken to in HTTP/1.1.
     parts.version = Version::HTTP_11;
     let upstream_req = Request::from_parts(parts, body);
