@@ -91,7 +91,14 @@ async fn in_memory_client(gw: Arc<Gateway>) -> SendRequest<Empty<Bytes>> {
     tokio::spawn(async move {
         let service = service_fn(move |req| {
             let gw = gw.clone();
-            async move { Ok::<_, Infallible>(gw.pipeline.clone().handle(req, conn).await) }
+            async move {
+                Ok::<_, Infallible>(
+                    gw.pipeline
+                        .clone()
+                        .handle(req, conn, std::time::Instant::now())
+                        .await,
+                )
+            }
         });
         let _ = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(server), service)

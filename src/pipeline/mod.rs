@@ -180,13 +180,15 @@ impl Pipeline {
 
     /// Handles one request end to end. Never fails: refusals are responses.
     /// Owns its pipeline (an `Arc`), so that its future is the request's whole future, with
-    /// no async layer around it to copy it.
+    /// no async layer around it to copy it. `started` is when the request was taken from
+    /// the connection, the start of the latency recorded for it (read by the caller, which
+    /// needs the same instant should this future panic).
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         conn: ConnInfo,
+        started: Instant,
     ) -> Response<ProxyBody> {
-        let started = Instant::now();
         let (head, body) = req.into_parts();
         let http1 = head.version < http::Version::HTTP_2;
         let mut ctx = RequestContext {

@@ -233,16 +233,20 @@ pub(super) fn serve_http1(
     let Http1Connection {
         mut socket,
         protocols,
-        mut service,
+        service,
         mut session,
         slots,
     } = connection;
     async move {
         loop {
+            let handler = service.clone();
             let mut connection = Box::new(
                 protocols
                     .http1
-                    .serve_connection(TokioIo::new(socket), service)
+                    .serve_connection(
+                        TokioIo::new(socket),
+                        hyper::service::service_fn(move |req| handler.call_inline(req)),
+                    )
                     .with_upgrades(),
             );
             let graceful = |c: &mut Box<http1::UpgradeableConnection<_, _>>| {
@@ -257,7 +261,6 @@ pub(super) fn serve_http1(
             // that must be kept is what it read of a request not yet begun.
             {
                 let parts = connection.into_parts()?;
-                service = parts.service;
                 socket = parts.io.into_inner();
                 // Copied, and dropped here: hyper's `read_buf` is a view of its whole read
                 // buffer, which would otherwise stay allocated while the connection is parked.
@@ -336,26 +339,38 @@ struct RequestService {
     activity: Arc<Activity>,
 }
 
-impl hyper::service::Service<Request<Incoming>> for RequestService {
-    type Response = ClientResponse;
-    type Error = Infallible;
-    // Boxed: hyper keeps a slot the size of this future for every connection, idle or not
-    // (its `in_flight`); a pointer there instead of the whole request future saves about
-    // 3.5 KB per idle keep-alive connection for one allocation per request.
-    type Future = Pin<Box<dyn Future<Output = Result<ClientResponse, Infallible>> + Send>>;
-
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+impl RequestService {
+    /// One request's whole future. Plain HTTP/1.1 connections (`serve_http1`) hand it to
+    /// hyper as it is, through `service_fn`: hyper keeps one slot for it per connection
+    /// (its `in_flight`, built with the connection), so a connection in steady use
+    /// allocates nothing for it per request, and a parked one holds no slot at all.
+    fn call_inline(
+        &self,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Result<ClientResponse, Infallible>> + Send + use<> {
         let busy = self.activity.begin(req.body().is_end_stream());
         // Combinators, not an async block around `respond`: each async layer copies the
         // whole of the future it awaits into its own, and this one is kilobytes.
-        Box::pin(
-            respond(self.pipeline.clone(), req, self.conn).map(|response| {
-                // The request stays in progress until its response body has been sent (or
-                // dropped), so a long download is never taken for an idle connection; and the
-                // body tells the connection when a frame waits for the client to take it.
-                Ok(response.map(|body| WatchedBody { inner: body, busy }.boxed_unsync()))
-            }),
-        )
+        respond(self.pipeline.clone(), req, self.conn).map(|response| {
+            // The request stays in progress until its response body has been sent (or
+            // dropped), so a long download is never taken for an idle connection; and the
+            // body tells the connection when a frame waits for the client to take it.
+            Ok(response.map(|body| WatchedBody { inner: body, busy }.boxed_unsync()))
+        })
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for RequestService {
+    type Response = ClientResponse;
+    type Error = Infallible;
+    // Boxed for the connections that are never parked (TLS, HTTP/2): hyper keeps a slot the
+    // size of this future for every connection, idle or not (its `in_flight`); a pointer
+    // there instead of the whole request future saves about 3.5 KB per idle connection for
+    // one allocation per request.
+    type Future = Pin<Box<dyn Future<Output = Result<ClientResponse, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        Box::pin(self.call_inline(req))
     }
 }
 
@@ -641,8 +656,9 @@ impl Activity {
     fn begin(self: &Arc<Self>, bodiless: bool) -> Busy {
         self.served.store(true, Ordering::Relaxed);
         self.clean.store(bodiless, Ordering::Relaxed);
+        // No clock read here: while a request is in progress the connection is not idle
+        // whenever `last` says, and `Busy`'s drop sets `last` before it can be idle again.
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        self.touch();
         Busy(self.clone())
     }
 
@@ -678,8 +694,8 @@ impl Activity {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -727,7 +743,7 @@ fn respond(
 ) -> impl Future<Output = Response<ProxyBody>> + Send {
     let started = Instant::now();
     let metrics = pipeline.clone();
-    catch_panics(pipeline.handle(req, conn)).map(move |(response, panicked)| {
+    catch_panics(pipeline.handle(req, conn, started)).map(move |(response, panicked)| {
         if panicked {
             // `handle` records every answer it gives; this one it never got to give.
             metrics
