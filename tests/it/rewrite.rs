@@ -181,6 +181,39 @@ async fn json_users_are_tagged_and_everything_else_is_byte_for_byte() {
     assert_eq!(a.text(), tagged_content());
 }
 
+/// An answer that arrives in many frames (here 13-byte chunks, as a slow wiki streams) is
+/// gathered whole and tagged exactly as one that arrives in one; the search listing is
+/// filtered for a guest the same way.
+#[tokio::test]
+async fn json_in_many_frames_is_rewritten_as_one_frame_is() {
+    let (_up, gw) = setup("").await;
+    let a = get(
+        &gw.url("/rest/api/content/101?chunked=1"),
+        &[("authorization", &alice())],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.text(), tagged_content());
+    assert_eq!(
+        a.header("content-length"),
+        Some(a.body.len().to_string().as_str())
+    );
+    let whole = get(
+        &gw.url("/rest/api/search?cql=type=page"),
+        &[("authorization", &gary())],
+    )
+    .await;
+    let framed = get(
+        &gw.url("/rest/api/search?cql=type=page&chunked=1"),
+        &[("authorization", &gary())],
+    )
+    .await;
+    assert_eq!(whole.status, StatusCode::OK);
+    assert_eq!(framed.status, StatusCode::OK);
+    assert_eq!(framed.text(), whole.text());
+    assert_ne!(whole.text(), SEARCH, "the guest's listing was filtered");
+}
+
 #[tokio::test]
 async fn users_are_tagged_however_the_wiki_spells_their_names() {
     // Confluence looks a user up by the lower-cased name (Confluence 8.7.2

@@ -223,6 +223,48 @@ enum TooLarge {
     Budget,
 }
 
+/// A body read so far: its first frame as hyper gave it, copied into one buffer only if
+/// a second arrives. An API answer of a few kilobytes comes in one frame, which is then
+/// scanned, and sent on when nothing changes, without a copy.
+enum Gathered {
+    Nothing,
+    OneFrame(Bytes),
+    Frames(Vec<u8>),
+}
+
+impl Gathered {
+    fn len(&self) -> usize {
+        match self {
+            Gathered::Nothing => 0,
+            Gathered::OneFrame(frame) => frame.len(),
+            Gathered::Frames(buffer) => buffer.len(),
+        }
+    }
+
+    /// Appends `data`; a buffer begun here holds at least `capacity` bytes (what
+    /// Content-Length announced, already charged).
+    fn push(&mut self, data: Bytes, capacity: usize) {
+        match self {
+            Gathered::Nothing => *self = Gathered::OneFrame(data),
+            Gathered::OneFrame(first) => {
+                let mut buffer = Vec::with_capacity(capacity.max(first.len() + data.len()));
+                buffer.extend_from_slice(first);
+                buffer.extend_from_slice(&data);
+                *self = Gathered::Frames(buffer);
+            }
+            Gathered::Frames(buffer) => buffer.extend_from_slice(&data),
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Gathered::Nothing => Bytes::new(),
+            Gathered::OneFrame(frame) => frame,
+            Gathered::Frames(buffer) => Bytes::from(buffer),
+        }
+    }
+}
+
 /// Reads at most `max` bytes, each counted `factor` times against the buffer budget (the
 /// body, and the copies a rewrite makes of it). `Err` when the body is larger or the
 /// budget is spent, with the prefix read and the frame that did not fit.
@@ -233,32 +275,33 @@ async fn read_limited(
     charge: &mut BufferCharge,
     factor: usize,
     announced: Option<usize>,
-) -> Result<Result<Vec<u8>, (TooLarge, Vec<u8>, Bytes)>, GatewayError> {
-    // Sized (and charged) once from Content-Length: a Vec grown by doubling would hold up
-    // to twice the body (three times while it moves), memory the budget would not see.
+) -> Result<Result<Bytes, (TooLarge, Bytes, Bytes)>, GatewayError> {
+    // Charged once from Content-Length, and a buffer, if one is needed, sized from it: a
+    // Vec grown by doubling would hold up to twice the body (three times while it moves),
+    // memory the budget would not see.
     let announced = announced.unwrap_or(0).min(max);
     if !budget.add(charge, factor * announced) {
-        return Ok(Err((TooLarge::Budget, Vec::new(), Bytes::new())));
+        return Ok(Err((TooLarge::Budget, Bytes::new(), Bytes::new())));
     }
     let mut covered = announced;
-    let mut raw = Vec::with_capacity(announced);
+    let mut read = Gathered::Nothing;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| GatewayError::UpstreamUnavailable(Box::new(e)))?;
         if let Ok(data) = frame.into_data() {
-            if raw.len() + data.len() > max {
-                return Ok(Err((TooLarge::Limit, raw, data)));
+            if read.len() + data.len() > max {
+                return Ok(Err((TooLarge::Limit, read.into_bytes(), data)));
             }
-            let needed = raw.len() + data.len();
+            let needed = read.len() + data.len();
             if needed > covered {
                 if !budget.add(charge, factor * (needed - covered)) {
-                    return Ok(Err((TooLarge::Budget, raw, data)));
+                    return Ok(Err((TooLarge::Budget, read.into_bytes(), data)));
                 }
                 covered = needed;
             }
-            raw.extend_from_slice(&data);
+            read.push(data, announced);
         }
     }
-    Ok(Ok(raw))
+    Ok(Ok(read.into_bytes()))
 }
 
 /// Undoes a content coding, refusing to produce more than `max` bytes.
@@ -331,7 +374,7 @@ async fn rewrite_json(
                 crate::telemetry::count(&crate::telemetry::BUFFER_BUDGET_EXCEEDED, 1);
             }
             let body = PrefixedBody {
-                prefix: Some(Bytes::from(prefix)),
+                prefix: Some(prefix),
                 extra: Some(extra),
                 rest: body,
                 charge: Some(charge),
@@ -339,7 +382,7 @@ async fn rewrite_json(
             return Ok(Response::from_parts(parts, body.boxed_unsync()));
         }
     };
-    let unchanged = |parts: http::response::Parts, raw: Vec<u8>, charge: BufferCharge| {
+    let unchanged = |parts: http::response::Parts, raw: Bytes, charge: BufferCharge| {
         Ok(Response::from_parts(parts, charged_body(raw, charge)))
     };
     let decoded = match &encoding {
@@ -387,7 +430,10 @@ async fn rewrite_json(
             weaken_etag(&mut parts.headers);
             drop(raw);
             drop(decoded);
-            Ok(Response::from_parts(parts, charged_body(out, charge)))
+            Ok(Response::from_parts(
+                parts,
+                charged_body(Bytes::from(out), charge),
+            ))
         }
         Ok(None) => unchanged(parts, raw, charge),
         Err(e) if guarded => {
@@ -400,9 +446,9 @@ async fn rewrite_json(
 
 /// A body held whole, its buffer-budget charge given back once it is sent (or dropped):
 /// a client slow to read it keeps it counted.
-fn charged_body(bytes: Vec<u8>, charge: BufferCharge) -> ProxyBody {
+fn charged_body(bytes: Bytes, charge: BufferCharge) -> ProxyBody {
     ChargedBody {
-        inner: http_body_util::Full::new(Bytes::from(bytes)),
+        inner: http_body_util::Full::new(bytes),
         _charge: charge,
     }
     .boxed_unsync()
