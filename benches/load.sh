@@ -23,12 +23,15 @@
 #   ONLY="bare bare_pool guestgate" ...   # bare_pool: the bare proxy on guestgate's own pool
 #                                        # of upstream connections (benches/bare_proxy.rs),
 #                                        # run only when named
+#   COUNT=instructions DURATION=10 ...   # instead of timed rounds, user-space instructions per
+#                                        # request of each target under callgrind, by stage
+#                                        # (needs valgrind; BASELINE=/ONLY= as above)
 #
 # Each round runs the targets in turn, in reverse order every other round: on a shared VM
 # the target that runs later in a round has often measured lower. With two targets and an
 # even ROUNDS each runs first equally often (the middle one of an odd list never moves).
 # Needs nginx and wrk (Debian: apt-get install nginx wrk). Loopback only; it starts its
-# own processes on ports 18080-18094 and stops exactly those (by PID) when it exits.
+# own processes on ports 18080-18096 and stops exactly those (by PID) when it exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -202,6 +205,80 @@ fi
 round_order() {
   if (( $1 % 2 == 1 )); then printf '%s\n' "${TARGETS[@]}"; else printf '%s\n' "${TARGETS[@]}" | tac; fi
 }
+
+if [ "${COUNT:-}" = instructions ]; then
+  # Instructions per request, counted by callgrind for each target in turn (a process of
+  # its own on port 18086, admin 18096), in all and by stage. A count does not move with
+  # what else the machine runs, as CPU time does: the A/B of a change worth a few hundred
+  # nanoseconds, lost in the noise of timed rounds, shows here. It counts user-space work
+  # only (the kernel's TCP is most of the CPU time), and under valgrind SHA-256 runs
+  # without the CPU's SHA extensions.
+  command -v valgrind >/dev/null || { echo "COUNT=instructions needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+  sed -e 's/127.0.0.1:18083/127.0.0.1:18086/' -e 's/127.0.0.1:18093/127.0.0.1:18096/' \
+    "$WORK/guestgate.toml" > "$WORK/guestgate-count.toml"
+  [ -z "${BASELINE:-}" ] || sed -e 's/127.0.0.1:18084/127.0.0.1:18086/' -e 's/127.0.0.1:18094/127.0.0.1:18096/' \
+    "$WORK/guestgate-before.toml" > "$WORK/guestgate-before-count.toml"
+  echo "== instructions per request (callgrind), ${DURATION}s of 4 connections per target"
+  for t in "${TARGETS[@]}"; do
+    case "$t" in
+      bare) run=("$BARE" 127.0.0.1:18086 http://127.0.0.1:18080) ;;
+      bare_pool) run=(env BARE_POOL=guestgate "$BARE" 127.0.0.1:18086 http://127.0.0.1:18080) ;;
+      guestgate|guestgate_guest) run=(./target/release/guestgate serve --config "$WORK/guestgate-count.toml") ;;
+      guestgate_before) run=("$BASELINE" serve --config "$WORK/guestgate-before-count.toml") ;;
+      *) echo "COUNT=instructions: $t is not counted (nginx forks its workers)"; continue ;;
+    esac
+    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.$t" "${run[@]}" 2>"$WORK/callgrind-$t.log" & pid=$!
+    PIDS+=("$pid")
+    for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/18086) 2>/dev/null && break; sleep 0.1; done
+    header=()
+    [ -n "${AUTH[$t]}" ] && header=(-H "Authorization: Bearer ${AUTH[$t]}")
+    "${LOAD_CPU[@]}" wrk -t1 -c4 -d3s "${header[@]}" "http://127.0.0.1:18086$PATH_UNDER_TEST" >/dev/null
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    out=$("${LOAD_CPU[@]}" wrk -t1 -c4 -d"${DURATION}s" "${header[@]}" "http://127.0.0.1:18086$PATH_UNDER_TEST")
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    requests=$(echo "$out" | awk '/requests in/ {print $1}')
+    # The dump taken after the zeroing holds the counted stretch: the largest of the files.
+    dump=$(for f in "$WORK/callgrind.$t".*; do
+      echo "$(callgrind_annotate --threshold=100 "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}') $f"
+    done | sort -n | tail -1 | cut -d' ' -f2)
+    callgrind_annotate --threshold=100 --inclusive=yes "$dump" 2>/dev/null | python3 -c '
+import re, sys
+name, requests = sys.argv[1], int(sys.argv[2])
+# Inclusive counts: a stage includes what it calls. A function the compiler inlined into
+# its caller has no line of its own (shown as -).
+stages = [
+    ("the whole process", "PROGRAM TOTALS"),
+    ("the request future (Pipeline::serve)", "guestgate::pipeline::Pipeline::serve::{{closure}}"),
+    ("  accept", "guestgate::pipeline::accept::accept"),
+    ("  identify (Verifier::verify)", "guestgate::identity::verify::Verifier::verify"),
+    ("  classify (judge::admit)", "guestgate::pipeline::judge::admit"),
+    ("  decide", "guestgate::pipeline::decide::decide"),
+    ("  forward (preparing the request)", "guestgate::pipeline::forward::forward"),
+    ("  rewrite (the JSON scan and splice)", "guestgate::pipeline::rewrite::json::rewrite"),
+    ("the wiki connection task (hyper client)", "guestgate::http::pool::OriginPool<B>::connect::{{closure}}::{{closure}}"),
+]
+best = {}
+for line in sys.stdin:
+    m = re.match(r"\s*([\d,]+) ", line)
+    if not m:
+        continue
+    count = int(m.group(1).replace(",", ""))
+    for _, pattern in stages:
+        if re.search(re.escape(pattern) + r"( |$)", line):
+            best[pattern] = max(best.get(pattern, 0), count)
+print(f"{name}: {requests} requests")
+for label, pattern in stages:
+    if pattern in best or pattern == "PROGRAM TOTALS":
+        value = f"{best.get(pattern, 0) / requests:>9.0f}" if pattern in best else f"{chr(45):>9}"
+        if pattern != "PROGRAM TOTALS" and not name.startswith("guestgate"):
+            continue
+        print(f"  {label:<44}{value}")
+' "$t" "$requests"
+  done
+  exit 0
+fi
+
 if [ -n "${SKIP_PEAK:-}" ]; then SKIP_HALF=1; fi
 if [ -z "${SKIP_PEAK:-}" ]; then
 echo "== $ROUNDS interleaved rounds of ${DURATION}s, $CONNS connections, $THREADS wrk threads, $(nproc) cores, MODE=$MODE"
