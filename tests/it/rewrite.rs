@@ -140,6 +140,16 @@ fn tagged_content() -> String {
         )
 }
 
+/// The content fixture answered with exactly the expected tags, its length corrected.
+fn assert_tagged_content(a: &Answer) {
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.text(), tagged_content());
+    assert_eq!(
+        a.header("content-length"),
+        Some(a.body.len().to_string().as_str())
+    );
+}
+
 #[tokio::test]
 async fn json_users_are_tagged_and_everything_else_is_byte_for_byte() {
     let (up, gw) = setup("").await;
@@ -148,12 +158,7 @@ async fn json_users_are_tagged_and_everything_else_is_byte_for_byte() {
         &[("authorization", &alice())],
     )
     .await;
-    assert_eq!(a.status, StatusCode::OK);
-    assert_eq!(a.text(), tagged_content());
-    assert_eq!(
-        a.header("content-length"),
-        Some(a.body.len().to_string().as_str())
-    );
+    assert_tagged_content(&a);
     assert_eq!(
         a.header("etag"),
         Some("W/\"v7\""),
@@ -192,12 +197,7 @@ async fn json_in_many_frames_is_rewritten_as_one_frame_is() {
         &[("authorization", &alice())],
     )
     .await;
-    assert_eq!(a.status, StatusCode::OK);
-    assert_eq!(a.text(), tagged_content());
-    assert_eq!(
-        a.header("content-length"),
-        Some(a.body.len().to_string().as_str())
-    );
+    assert_tagged_content(&a);
     let whole = get(
         &gw.url("/rest/api/search?cql=type=page"),
         &[("authorization", &gary())],
