@@ -202,17 +202,15 @@ async fn fetch_space(
     content: &str,
     upstream: &Upstream,
 ) -> Result<Arc<str>, LookupError> {
-    let uri = upstream.uri_for(&lookup.path_for(content));
-    let mut req = get_json_request::<UpstreamBody>(
-        &uri.to_string(),
-        super::forward::whole_body(bytes::Bytes::new()),
-    )?;
+    let url = upstream.url_for(&lookup.path_for(content));
+    let mut req =
+        get_json_request::<UpstreamBody>(&url, super::forward::whole_body(bytes::Bytes::new()))?;
     if let Some(auth) = &upstream.service_authorization {
         req.headers_mut()
             .insert(header::AUTHORIZATION, auth.clone());
     }
     let json = exchange(
-        uri.to_string(),
+        url,
         upstream.request(req),
         upstream.request_timeout(),
         MAX_LOOKUP_BYTES,

@@ -121,38 +121,43 @@ impl Upstream {
         })
     }
 
-    /// The absolute upstream URI of a canonical path and query (the gateway's own lookups,
-    /// whose errors name it; the pool sends it in origin form).
-    pub fn uri_for(&self, path_and_query: &str) -> Uri {
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(self.path_text(path_and_query, None))
-            .build()
-            .unwrap_or_else(|_| Uri::from_static("/"))
+    /// The absolute upstream URL of a canonical path and query, for the gateway's own
+    /// lookups (whose errors name it; the pool sends it in origin form). Parsed by the
+    /// request that carries it, which refuses one that is not a URI.
+    pub fn url_for(&self, path_and_query: &str) -> String {
+        format!(
+            "{}://{}{}",
+            self.scheme,
+            self.authority,
+            path_text(&self.base_path, path_and_query, None)
+        )
     }
+}
 
-    /// A forwarded request's URI in origin form (as it goes on the wire: the pool would
-    /// otherwise rebuild an absolute one on every request).
-    fn origin_form(&self, path: &str, query: Option<&str>) -> Uri {
-        http::uri::PathAndQuery::from_maybe_shared(self.path_text(path, query))
-            .map_or_else(|_| Uri::from_static("/"), Uri::from)
+/// A forwarded request's URI in origin form, as it goes on the wire (the pool would
+/// otherwise rebuild an absolute one on every request). `None` when the base path, path
+/// and query do not make one: the request is refused rather than sent somewhere else.
+fn origin_form(base_path: &str, path: &str, query: Option<&str>) -> Option<Uri> {
+    http::uri::PathAndQuery::from_maybe_shared(path_text(base_path, path, query))
+        .ok()
+        .map(Uri::from)
+}
+
+/// The base path, a canonical path and, when there is one, its query: written once, into
+/// the buffer the URI keeps.
+fn path_text(base_path: &str, path: &str, query: Option<&str>) -> String {
+    let query_len = query.map_or(0, |q| q.len() + 1);
+    let mut s = String::with_capacity(base_path.len() + path.len() + query_len);
+    s.push_str(base_path);
+    s.push_str(path);
+    if let Some(query) = query {
+        s.push('?');
+        s.push_str(query);
     }
+    s
+}
 
-    /// The base path, a canonical path and, when there is one, its query: written once,
-    /// into the buffer the URI keeps.
-    fn path_text(&self, path: &str, query: Option<&str>) -> String {
-        let query_len = query.map_or(0, |q| q.len() + 1);
-        let mut s = String::with_capacity(self.base_path.len() + path.len() + query_len);
-        s.push_str(&self.base_path);
-        s.push_str(path);
-        if let Some(query) = query {
-            s.push('?');
-            s.push_str(query);
-        }
-        s
-    }
-
+impl Upstream {
     /// The pool of the worker thread this runs on (the shared last one off the workers).
     fn pool(&self) -> &Arc<OriginPool<UpstreamBody>> {
         let last = self.pools.len() - 1;
@@ -484,7 +489,12 @@ pub fn forward(
     }
 
     // A guest's search narrowed to their spaces replaces the query (`pipeline::scope`).
-    parts.uri = upstream.origin_form(&accepted.path, query.or(accepted.query.as_deref()));
+    parts.uri = origin_form(
+        &upstream.base_path,
+        &accepted.path,
+        query.or(accepted.query.as_deref()),
+    )
+    .ok_or(GatewayError::BadRequest("target_not_a_uri"))?;
     // The client may speak HTTP/2; the wiki is spoken to in HTTP/1.1.
     parts.version = Version::HTTP_11;
     let upstream_req = Request::from_parts(parts, body);
@@ -609,6 +619,24 @@ mod tests {
         }
         let v6: std::net::IpAddr = "2001:db8::ffff:1.2.3.4".parse().expect("v6");
         assert_eq!(address_text(v6), v6.to_string());
+    }
+
+    #[test]
+    fn the_wiki_gets_base_path_path_and_query_or_nothing() {
+        let uri = origin_form("/wiki", "/display/ENG/Home", Some("a=1&b=%20"));
+        assert_eq!(
+            uri.as_ref().map(Uri::to_string).as_deref(),
+            Some("/wiki/display/ENG/Home?a=1&b=%20")
+        );
+        assert_eq!(
+            origin_form("", "/x", None)
+                .map(|u| u.to_string())
+                .as_deref(),
+            Some("/x")
+        );
+        // Not a URI: refused, never replaced by another target.
+        assert!(origin_form("", "/a b", None).is_none());
+        assert!(origin_form("", "/x", Some("q=\u{7f}")).is_none());
     }
 
     #[test]
